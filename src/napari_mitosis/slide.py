@@ -1,0 +1,209 @@
+"""An opened slide or image: lazy multiscale levels with physical units and metadata.
+
+`open_slide` is the one entry point scripts, the CLI, Dask workers and the napari reader
+share. It never reads pixels: every level is a Dask array (or, for small plain images, a
+NumPy array) whose chunks are the slide's own tiles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dask.array as da
+import numpy as np
+
+from napari_mitosis.errors import SlideNotFoundError, UnsupportedFormatError
+
+ColorMode = Literal["raw", "srgb"]
+LayerType = Literal["image", "labels"]
+
+#: Extensions OpenSlide reads (``.tif``/``.tiff`` may also be plain images).
+OPENSLIDE_SUFFIXES: tuple[str, ...] = (
+    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif",
+)  # fmt: skip
+#: Extensions read as plain (single-resolution) images.
+PLAIN_IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+#: Everything `open_slide` accepts.
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(dict.fromkeys(OPENSLIDE_SUFFIXES + PLAIN_IMAGE_SUFFIXES))
+
+#: A coarsest level longer than this (px) gets Dask-downsampled levels added for display.
+DISPLAY_SIZE = 2048
+
+
+@dataclass(frozen=True)
+class SlideMetadata:
+    """What is known about a slide without reading its pixels.
+
+    Dimensions follow OpenSlide's order, ``(width, height)``; arrays are ``(y, x[, c])``.
+    """
+
+    path: str
+    vendor: str
+    mpp: tuple[float, float] | None  # (y, x) µm per level-0 pixel; None when unknown
+    objective_power: float | None
+    level_dimensions: tuple[tuple[int, int], ...]  # native levels only
+    level_downsamples: tuple[float, ...]
+    tile_sizes: tuple[tuple[int, int], ...]  # (width, height) per native level
+    background_rgb: tuple[int, int, int] = (255, 255, 255)
+    associated_images: tuple[str, ...] = ()
+    color: ColorMode = "raw"
+    color_profile: str | None = None  # description of the embedded ICC profile, if any
+    layer_type: LayerType = "image"
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-friendly copy (napari layer metadata, run records)."""
+        out = asdict(self)
+        out["properties"] = dict(self.properties)
+        return out
+
+
+@dataclass
+class Slide:
+    """A slide opened lazily: ``levels[0]`` is full resolution, each next level coarser.
+
+    ``levels`` may hold more entries than the slide's native levels: single-level slides
+    larger than a screen get Dask-downsampled levels so viewers stay responsive.
+    """
+
+    metadata: SlideMetadata
+    levels: list[Any]  # da.Array, or np.ndarray for small plain images
+    _closer: Any = field(default=None, repr=False)
+
+    @property
+    def path(self) -> Path:
+        return Path(self.metadata.path)
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        """(y, x) µm per level-0 pixel, or None when the file does not say."""
+        return self.metadata.mpp
+
+    @property
+    def rgb(self) -> bool:
+        data = self.levels[0]
+        return data.ndim == 3 and data.shape[-1] in (3, 4)
+
+    @property
+    def multiscale(self) -> bool:
+        return len(self.levels) > 1
+
+    def level_downsample(self, level: int) -> tuple[float, float]:
+        """(y, x) downsample of ``levels[level]`` relative to level 0, from the shapes."""
+        h0, w0 = self.levels[0].shape[:2]
+        h, w = self.levels[level].shape[:2]
+        return h0 / h, w0 / w
+
+    def level_mpp(self, level: int) -> tuple[float, float] | None:
+        """(y, x) µm per pixel of ``levels[level]``."""
+        if self.mpp is None:
+            return None
+        dy, dx = self.level_downsample(level)
+        return self.mpp[0] * dy, self.mpp[1] * dx
+
+    def scale(self) -> tuple[float, float]:
+        """Level-0 layer scale: µm per pixel when known, else 1 (pixel units)."""
+        return self.mpp if self.mpp is not None else (1.0, 1.0)
+
+    def units(self) -> tuple[str, str]:
+        return ("micrometer", "micrometer") if self.mpp is not None else ("pixel", "pixel")
+
+    def read_region(self, level: int, y: int, x: int, height: int, width: int) -> np.ndarray:
+        """Pixels of ``levels[level]`` at (y, x) in that level's coordinates."""
+        region = self.levels[level][y : y + height, x : x + width]
+        return np.asarray(region.compute() if isinstance(region, da.Array) else region)
+
+    def associated_image(self, name: str) -> np.ndarray:
+        """An associated image (label, macro, thumbnail) as RGB; read on request only."""
+        if name not in self.metadata.associated_images:
+            raise KeyError(
+                f"{self.path}: no associated image {name!r}; "
+                f"it has {list(self.metadata.associated_images)}"
+            )
+        return self._closer.associated_image(name)
+
+    def summary(self) -> str:
+        """A few human-readable lines about the slide."""
+        m = self.metadata
+        mpp = f"{m.mpp[1]:.4g} × {m.mpp[0]:.4g} µm/px" if m.mpp else "unknown (pixel units)"
+        lines = [
+            f"{m.path}",
+            f"  vendor: {m.vendor}   objective: {m.objective_power or 'unknown'}   mpp: {mpp}",
+            f"  colour: {m.color}" + (f" (ICC: {m.color_profile})" if m.color_profile else ""),
+        ]
+        for i, arr in enumerate(self.levels):
+            native = i < len(m.level_dimensions)
+            kind = "native" if native else "derived"
+            dy, _ = self.level_downsample(i)
+            lines.append(f"  level {i}: {arr.shape[1]} × {arr.shape[0]} px  ×{dy:.4g}  ({kind})")
+        if m.associated_images:
+            lines.append(f"  associated images: {', '.join(m.associated_images)}")
+        return "\n".join(lines)
+
+    def close(self) -> None:
+        if self._closer is not None:
+            self._closer.close()
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_slide(
+    path: str | Path, *, color: ColorMode = "raw", display_size: int = DISPLAY_SIZE
+) -> Slide:
+    """Open a whole-slide image or a plain image lazily, without reading its pixels.
+
+    ``color="srgb"`` applies the slide's embedded ICC profile (when it has one) on read;
+    the default ``"raw"`` gives the pixels as stored, like OpenSlide.
+    """
+    # Imported here so a plain-image user never pays for OpenSlide's library load twice.
+    from napari_mitosis import openslide_source, plain_image
+
+    path = Path(path)
+    if color not in ("raw", "srgb"):
+        raise ValueError(f"color must be 'raw' or 'srgb', not {color!r}")
+    if not path.exists():
+        raise SlideNotFoundError(path, "no such file")
+    if path.is_dir():
+        raise SlideNotFoundError(path, "is a directory, not a slide or image file")
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise UnsupportedFormatError(
+            path, f"unsupported extension {suffix!r}; napari-mitosis reads {', '.join(SUPPORTED_SUFFIXES)}"
+        )
+    if suffix in OPENSLIDE_SUFFIXES and openslide_source.is_openslide_slide(path):
+        slide = openslide_source.open_openslide(path, color=color)
+    elif suffix in PLAIN_IMAGE_SUFFIXES:
+        slide = plain_image.open_plain_image(path)
+    else:
+        raise UnsupportedFormatError(path, "OpenSlide does not recognise this file as a slide")
+    slide.levels.extend(display_levels(slide.levels, display_size, labels=slide.metadata.layer_type == "labels"))
+    return slide
+
+
+def display_levels(levels: Sequence[Any], display_size: int, *, labels: bool = False) -> list[da.Array]:
+    """Extra ×2 levels under the coarsest one until it fits ``display_size``.
+
+    Only lazy (Dask) levels get them: an in-memory image is small enough to show as is.
+    Images average 2×2 blocks; labels take every second pixel so no new label appears.
+    """
+    coarsest = levels[-1]
+    extra: list[da.Array] = []
+    if not isinstance(coarsest, da.Array):
+        return extra
+    while max(coarsest.shape[:2]) > display_size:
+        if labels:
+            coarsest = coarsest[::2, ::2]
+        else:
+            axes = {0: 2, 1: 2}
+            coarsest = da.coarsen(np.mean, coarsest, axes, trim_excess=True)
+            coarsest = da.round(coarsest).astype(levels[0].dtype)
+        coarsest = coarsest.rechunk(levels[0].chunksize)
+        extra.append(coarsest)
+    return extra
