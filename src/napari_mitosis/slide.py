@@ -15,7 +15,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
-from napari_mitosis.errors import SlideNotFoundError, UnsupportedFormatError
+from napari_mitosis.errors import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError
 
 ColorMode = Literal["raw", "srgb"]
 LayerType = Literal["image", "labels"]
@@ -181,10 +181,19 @@ def open_slide(
         slide = openslide_source.open_openslide(path, color=color)
     elif suffix in PLAIN_IMAGE_SUFFIXES:
         slide = plain_image.open_plain_image(path)
+    elif _has_tiff_header(path):
+        raise CorruptSlideError(
+            path, "a TIFF-based slide that OpenSlide cannot open: truncated or damaged"
+        )
     else:
         raise UnsupportedFormatError(path, "OpenSlide does not recognise this file as a slide")
     slide.levels.extend(display_levels(slide.levels, display_size, labels=slide.metadata.layer_type == "labels"))
     return slide
+
+
+def _has_tiff_header(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 def display_levels(levels: Sequence[Any], display_size: int, *, labels: bool = False) -> list[da.Array]:

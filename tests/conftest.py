@@ -1,0 +1,66 @@
+"""Fixtures: slides with a known answer, built with tifffile, and the real shared samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CMU_SMALL = SHARED_DATA / "slides" / "CMU-1-Small-Region.svs"
+
+
+def gradient_rgb(height: int, width: int) -> np.ndarray:
+    """Pixels whose value says where they are: R = y mod 251, G = x mod 253, B = (x+y) mod 255."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.stack([yy % 251, xx % 253, (yy + xx) % 255], axis=-1).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def pyramid_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-level tiled RGB pyramid, separate pages, lossless, 0.5 µm/px, written by tifffile
+    directly (not by our writer), so reader tests do not lean on our own writer."""
+    path = tmp_path_factory.mktemp("pyramid") / "gradient.tif"
+    image = gradient_rgb(1000, 1500)  # not a multiple of the tile size on purpose
+    with tifffile.TiffWriter(path) as tif:
+        for level in range(3):
+            data = image[:: 2**level, :: 2**level]
+            res = 1e4 / (0.5 * 2**level)
+            tif.write(
+                data, tile=(256, 256), photometric="rgb", compression="zlib",
+                resolution=(res, res), resolutionunit="CENTIMETER", subfiletype=1 if level else 0,
+            )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="session")
+def cmu_small() -> Path:
+    if not CMU_SMALL.exists():
+        pytest.skip(f"{CMU_SMALL} is not here (../shared/data is beside the repo in CI)")
+    return CMU_SMALL
+
+
+@pytest.fixture(scope="session")
+def sample(tmp_path_factory: pytest.TempPathFactory):
+    """A small synthetic H&E slide with known mitoses (generated once per test run)."""
+    from napari_mitosis.synthetic import ensure_sample_slide
+
+    return ensure_sample_slide(tmp_path_factory.mktemp("sample"), height=1024, width=1536, seed=3)
+
+
+@pytest.fixture
+def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, tuple[int, int]]]:
+    """Record every OpenSlide read_region call as (level, size)."""
+    import openslide
+
+    calls: list[tuple[int, tuple[int, int]]] = []
+    original = openslide.OpenSlide.read_region
+
+    def counting(self, location, level, size):  # type: ignore[no-untyped-def]
+        calls.append((level, tuple(size)))
+        return original(self, location, level, size)
+
+    monkeypatch.setattr(openslide.OpenSlide, "read_region", counting)
+    return calls
