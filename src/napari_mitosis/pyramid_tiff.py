@@ -8,6 +8,7 @@ input (a slide level, a heatmap) never has to fit in memory.
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -59,6 +60,17 @@ def _tiles(level: Any, tile: int) -> Iterator[np.ndarray]:
             yield block
 
 
+def _counted(
+    tiles: Iterator[np.ndarray], counter: Iterator[int], total: int, progress: ProgressCallback | None
+) -> Iterator[np.ndarray]:
+    """Report each tile as it is handed to the writer (the writer never asks past the last)."""
+    for block in tiles:
+        done = next(counter)
+        if progress is not None:
+            progress(done, total)
+        yield block
+
+
 def write_pyramid_tiff(
     path: str | Path,
     image: Any,
@@ -89,7 +101,7 @@ def write_pyramid_tiff(
     if mpp is not None:
         info["mpp"] = [float(mpp[0]), float(mpp[1])]
     total = sum(-(-lv.shape[0] // tile) * -(-lv.shape[1] // tile) for lv in levels)
-    done = 0
+    counter = itertools.count(1)
     photometric = "rgb" if image.ndim == 3 and image.shape[-1] in (3, 4) else "minisblack"
     bigtiff = image.nbytes > 2**31
 
@@ -102,16 +114,8 @@ def write_pyramid_tiff(
                 options["resolution"] = (1e4 / (mpp[1] * down_x), 1e4 / (mpp[0] * down_y))
                 options["resolutionunit"] = "CENTIMETER"
 
-            def counted(tiles: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
-                nonlocal done
-                for block in tiles:
-                    yield block
-                    done += 1
-                    if progress is not None:
-                        progress(done, total)
-
             tif.write(
-                counted(_tiles(level, tile)),
+                _counted(_tiles(level, tile), counter, total, progress),
                 shape=level.shape,
                 dtype=level.dtype,
                 tile=(tile, tile),

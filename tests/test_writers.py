@@ -1,0 +1,140 @@
+"""Given data, when I write it, other tools (and we) read back exactly what was meant,
+and no existing file is lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import openslide
+import pytest
+
+from conftest import gradient_rgb
+from napari_mitosis import Annotation, OutputExistsError, open_slide, read_geojson, write_geojson
+from napari_mitosis.pyramid_tiff import write_pyramid_tiff
+
+
+def test_image_round_trips_losslessly_as_an_openslide_pyramid(tmp_path: Path) -> None:
+    image = gradient_rgb(700, 900)
+    path = write_pyramid_tiff(tmp_path / "heat.tif", image, mpp=(0.5, 0.5))
+    with openslide.OpenSlide(str(path)) as raw:  # other tools see a real pyramid
+        assert raw.level_count == 3  # 900 → 450 → 225 px wide
+        assert float(raw.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.5)
+    slide = open_slide(path)
+    np.testing.assert_array_equal(slide.levels[0].compute(), image)
+    assert slide.mpp == pytest.approx((0.5, 0.5))
+    assert slide.level_mpp(1) == pytest.approx((1.0, 1.0))
+
+
+def test_dask_input_is_written_tile_by_tile(tmp_path: Path) -> None:
+    computed_chunks = []
+
+    def tile(block: np.ndarray, block_info=None) -> np.ndarray:
+        computed_chunks.append(block_info[None]["chunk-location"])
+        return block
+
+    lazy = da.from_array(gradient_rgb(600, 600), chunks=(256, 256, 3)).map_blocks(tile, dtype=np.uint8)
+    write_pyramid_tiff(tmp_path / "lazy.tif", lazy, mpp=(1.0, 1.0))
+    np.testing.assert_array_equal(open_slide(tmp_path / "lazy.tif").levels[0], gradient_rgb(600, 600))
+    assert computed_chunks  # streamed through Dask, never handed over as one array
+
+
+def test_labels_round_trip_exactly_and_open_as_labels(tmp_path: Path) -> None:
+    labels = np.zeros((600, 800), np.uint16)
+    labels[100:200, 100:300] = 7
+    labels[400:500, 600:700] = 65000
+    path = write_pyramid_tiff(tmp_path / "mask.tif", labels, mpp=(0.25, 0.25), layer_type="labels")
+    slide = open_slide(path)
+    assert slide.metadata.layer_type == "labels"
+    assert slide.mpp == pytest.approx((0.25, 0.25))
+    np.testing.assert_array_equal(np.asarray(slide.levels[0]), labels)
+
+
+def test_writers_never_replace_a_file_unless_told(tmp_path: Path) -> None:
+    path = tmp_path / "mine.tif"
+    path.write_bytes(b"the user's precious file")
+    with pytest.raises(OutputExistsError, match="already exists"):
+        write_pyramid_tiff(path, gradient_rgb(64, 64))
+    with pytest.raises(OutputExistsError):
+        write_geojson(path, [])
+    assert path.read_bytes() == b"the user's precious file"
+    write_pyramid_tiff(path, gradient_rgb(64, 64), overwrite=True)
+    np.testing.assert_array_equal(open_slide(path).levels[0], gradient_rgb(64, 64))
+
+
+def test_a_cancelled_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    class Cancelled(Exception):
+        pass
+
+    def cancel_after_three(done: int, total: int) -> None:
+        if done == 3:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        write_pyramid_tiff(tmp_path / "big.tif", gradient_rgb(1024, 1024), progress=cancel_after_three)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_progress_counts_every_tile_of_every_level(tmp_path: Path) -> None:
+    seen: list[tuple[int, int]] = []
+    write_pyramid_tiff(tmp_path / "p.tif", gradient_rgb(512, 512), progress=lambda d, t: seen.append((d, t)))
+    # 512 px: 4 tiles, then 256 px: 1 tile.
+    assert seen[-1] == (5, 5) and len(seen) == 5
+
+
+def test_geojson_is_what_qupath_imports(tmp_path: Path) -> None:
+    box = np.array([[10, 20], [10, 60], [40, 60], [40, 20]], float)  # (y, x)
+    path = write_geojson(
+        tmp_path / "mitoses.geojson",
+        [
+            Annotation(box, "rectangle", "Mitosis", {"score": 0.93}, "detection"),
+            Annotation(np.array([[5.0, 7.0]]), "point", "Mitosis"),
+        ],
+    )
+    content = json.loads(path.read_text())
+    assert content["type"] == "FeatureCollection"
+    rect, point = content["features"]
+    assert rect["geometry"]["type"] == "Polygon"
+    assert rect["geometry"]["coordinates"][0][0] == [20.0, 10.0]  # GeoJSON is (x, y)
+    assert rect["geometry"]["coordinates"][0][-1] == rect["geometry"]["coordinates"][0][0]
+    assert rect["properties"]["objectType"] == "detection"
+    assert rect["properties"]["classification"]["name"] == "Mitosis"
+    assert rect["properties"]["measurements"] == {"score": 0.93}
+    assert point["geometry"] == {"type": "Point", "coordinates": [7.0, 5.0]}
+
+
+def test_geojson_round_trip_keeps_every_shape(tmp_path: Path) -> None:
+    shapes = [
+        Annotation(np.array([[0, 0], [0, 10], [10, 10], [10, 0]], float), "rectangle", "Tumour"),
+        Annotation(np.array([[1, 1], [5, 9], [9, 2]], float), "polygon", None, {"area": 3.5}),
+        Annotation(np.array([[0, 0], [3, 4], [8, 8]], float), "path", "Nerve"),
+        Annotation(np.array([[2.5, 3.5]]), "point", "Mitosis", {"score": 0.5}, "detection"),
+    ]
+    back = read_geojson(write_geojson(tmp_path / "all.geojson", shapes))
+    assert [a.shape_type for a in back] == ["polygon", "polygon", "path", "point"]
+    for original, copy in zip(shapes, back):
+        np.testing.assert_allclose(copy.coords, original.coords)
+        assert copy.classification == original.classification
+        assert copy.measurements == original.measurements
+        assert copy.object_type == original.object_type
+
+
+def test_ellipses_become_polygons_inside_their_box(tmp_path: Path) -> None:
+    corners = np.array([[0, 0], [0, 20], [10, 20], [10, 0]], float)
+    (back,) = read_geojson(write_geojson(tmp_path / "e.geojson", [Annotation(corners, "ellipse")]))
+    assert len(back.coords) == 64
+    assert back.coords[:, 0].min() >= -1e-9 and back.coords[:, 0].max() <= 10 + 1e-9
+    assert back.coords[:, 1].min() >= -1e-9 and back.coords[:, 1].max() <= 20 + 1e-9
+
+
+def test_malformed_geojson_is_reported_with_the_file(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.geojson"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match=r"bad\.geojson: not valid JSON"):
+        read_geojson(bad)
+    odd = tmp_path / "odd.geojson"
+    odd.write_text(json.dumps({"type": "Feature", "geometry": {"type": "Torus"}, "properties": {}}))
+    with pytest.raises(ValueError, match=r"odd\.geojson: feature 0 .*Torus"):
+        read_geojson(odd)
