@@ -25,8 +25,17 @@ lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-bench: setup
-	$(PY) benchmarks/bench_reader.py
+# Benchmarks run in their own environment so peers (napari-wsi) never enter the test one.
+BENCH_VENV := .bench/venv
+$(BENCH_VENV)/.installed: pyproject.toml
+	mkdir -p .bench
+	[ -x $(BENCH_VENV)/bin/python ] || python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -e . "napari-wsi[openslide]==1.3.0" 2>&1 | grep -v "^WARNING: Location" || true
+	$(BENCH_VENV)/bin/python -c "import napari_mitosis, napari_wsi"
+	touch $@
+
+bench: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/bench_reader.py
 
 clean:
 	rm -rf $(VENV) demo-output .bench .pytest_cache .ruff_cache

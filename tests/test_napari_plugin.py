@@ -22,7 +22,9 @@ def test_reader_declines_paths_it_does_not_handle(tmp_path: Path) -> None:
     assert get_reader(str(tmp_path / "ANNOTATIONS.GEOJSON")) is not None
 
 
-def test_real_slide_opens_as_one_multiscale_rgb_layer_in_micrometres(make_napari_viewer, cmu_small) -> None:
+def test_real_slide_opens_as_one_multiscale_rgb_layer_in_micrometres(
+    make_napari_viewer, cmu_small
+) -> None:
     viewer = make_napari_viewer()
     layers = viewer.open(cmu_small, plugin=PLUGIN)
     assert len(layers) == 1 and len(viewer.layers) == 1
@@ -76,7 +78,9 @@ def test_sample_slide_has_mitoses_where_the_points_are(make_napari_viewer) -> No
     assert list(points.features["classification"]) == ["Mitosis"] * 12
 
 
-def test_shapes_drawn_over_a_slide_save_as_level0_geojson(make_napari_viewer, tmp_path, pyramid_path) -> None:
+def test_shapes_drawn_over_a_slide_save_as_level0_geojson(
+    make_napari_viewer, tmp_path, pyramid_path
+) -> None:
     viewer = make_napari_viewer()
     viewer.open(pyramid_path, plugin=PLUGIN)
     mpp = 0.5

@@ -235,3 +235,16 @@ def test_other_openslide_extensions_are_recognised(cmu_small: Path, tmp_path: Pa
     copy = tmp_path / "CMU-1-Small-Region.SVS"
     shutil.copy(cmu_small, copy)
     assert open_slide(copy).metadata.vendor == "aperio"
+
+
+def test_viewer_levels_read_big_regions_in_few_parallel_calls(pyramid_path, count_reads) -> None:
+    slide = open_slide(pyramid_path)
+    view = slide.viewer_levels[0]
+    assert not isinstance(view, da.Array) and view.shape == (1000, 1500, 3)
+    truth = gradient_rgb(1000, 1500)
+    np.testing.assert_array_equal(view[100:900, 50:1400], truth[100:900, 50:1400])
+    # 4 tile rows × 6 tile columns, read as at most one band per worker thread.
+    assert 1 <= len(count_reads) <= slide._closer.workers
+    np.testing.assert_array_equal(view[::4, 7:300:3], truth[::4, 7:300:3])
+    np.testing.assert_array_equal(np.asarray(slide.viewer_levels[2]), truth[::4, ::4])
+    assert view[5:5, :].shape == (0, 1500, 3)

@@ -35,9 +35,13 @@ def test_dask_input_is_written_tile_by_tile(tmp_path: Path) -> None:
         computed_chunks.append(block_info[None]["chunk-location"])
         return block
 
-    lazy = da.from_array(gradient_rgb(600, 600), chunks=(256, 256, 3)).map_blocks(tile, dtype=np.uint8)
+    lazy = da.from_array(gradient_rgb(600, 600), chunks=(256, 256, 3)).map_blocks(
+        tile, dtype=np.uint8
+    )
     write_pyramid_tiff(tmp_path / "lazy.tif", lazy, mpp=(1.0, 1.0))
-    np.testing.assert_array_equal(open_slide(tmp_path / "lazy.tif").levels[0], gradient_rgb(600, 600))
+    np.testing.assert_array_equal(
+        open_slide(tmp_path / "lazy.tif").levels[0], gradient_rgb(600, 600)
+    )
     assert computed_chunks  # streamed through Dask, never handed over as one array
 
 
@@ -73,13 +77,17 @@ def test_a_cancelled_write_leaves_nothing_behind(tmp_path: Path) -> None:
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        write_pyramid_tiff(tmp_path / "big.tif", gradient_rgb(1024, 1024), progress=cancel_after_three)
+        write_pyramid_tiff(
+            tmp_path / "big.tif", gradient_rgb(1024, 1024), progress=cancel_after_three
+        )
     assert list(tmp_path.iterdir()) == []
 
 
 def test_progress_counts_every_tile_of_every_level(tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
-    write_pyramid_tiff(tmp_path / "p.tif", gradient_rgb(512, 512), progress=lambda d, t: seen.append((d, t)))
+    write_pyramid_tiff(
+        tmp_path / "p.tif", gradient_rgb(512, 512), progress=lambda d, t: seen.append((d, t))
+    )
     # 512 px: 4 tiles, then 256 px: 1 tile.
     assert seen[-1] == (5, 5) and len(seen) == 5
 
@@ -114,7 +122,7 @@ def test_geojson_round_trip_keeps_every_shape(tmp_path: Path) -> None:
     ]
     back = read_geojson(write_geojson(tmp_path / "all.geojson", shapes))
     assert [a.shape_type for a in back] == ["polygon", "polygon", "path", "point"]
-    for original, copy in zip(shapes, back):
+    for original, copy in zip(shapes, back, strict=True):
         np.testing.assert_allclose(copy.coords, original.coords)
         assert copy.classification == original.classification
         assert copy.measurements == original.measurements

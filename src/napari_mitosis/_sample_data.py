@@ -32,4 +32,3 @@ def make_sample_slide() -> list[tuple[Any, dict[str, Any], str]]:
         "points",
     )
     return [image, points] if len(truth.mitoses) else [image]
-

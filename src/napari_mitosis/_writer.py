@@ -76,7 +76,7 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
     rows = _feature_rows(attributes, len(data))
     annotations = [
         Annotation(_to_level0(shape, attributes), kind, name or attributes.get("name"), meas)
-        for shape, kind, (name, meas) in zip(data, types, rows)
+        for shape, kind, (name, meas) in zip(data, types, rows, strict=True)
     ]
     write_geojson(path, annotations)
     return [path]
@@ -88,7 +88,7 @@ def write_points_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
     rows = _feature_rows(attributes, len(coords))
     annotations = [
         Annotation(point[None], "point", name or attributes.get("name"), meas)
-        for point, (name, meas) in zip(coords, rows)
+        for point, (name, meas) in zip(coords, rows, strict=True)
     ]
     write_geojson(path, annotations)
     return [path]

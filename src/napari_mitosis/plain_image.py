@@ -33,8 +33,13 @@ def open_plain_image(path: Path) -> Slide:
     return _open_pil(path)
 
 
-def _metadata(path: Path, vendor: str, levels: list[Any], mpp: tuple[float, float] | None,
-              layer_type: str = "image", properties: dict[str, str] | None = None) -> SlideMetadata:  # fmt: skip
+def _metadata(
+    path: Path,
+    vendor: str,
+    levels: list[Any],
+    mpp: tuple[float, float] | None,
+    layer_type: str = "image",
+) -> SlideMetadata:
     dims = tuple((int(a.shape[1]), int(a.shape[0])) for a in levels)
     return SlideMetadata(
         path=str(path),
@@ -45,7 +50,6 @@ def _metadata(path: Path, vendor: str, levels: list[Any], mpp: tuple[float, floa
         level_downsamples=tuple(dims[0][0] / d[0] for d in dims),
         tile_sizes=dims,
         layer_type=layer_type,  # type: ignore[arg-type]
-        properties=properties or {},
     )
 
 

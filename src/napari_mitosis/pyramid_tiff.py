@@ -61,7 +61,10 @@ def _tiles(level: Any, tile: int) -> Iterator[np.ndarray]:
 
 
 def _counted(
-    tiles: Iterator[np.ndarray], counter: Iterator[int], total: int, progress: ProgressCallback | None
+    tiles: Iterator[np.ndarray],
+    counter: Iterator[int],
+    total: int,
+    progress: ProgressCallback | None,
 ) -> Iterator[np.ndarray]:
     """Report each tile as it is handed to the writer (the writer never asks past the last)."""
     for block in tiles:
@@ -105,7 +108,10 @@ def write_pyramid_tiff(
     photometric = "rgb" if image.ndim == 3 and image.shape[-1] in (3, 4) else "minisblack"
     bigtiff = image.nbytes > 2**31
 
-    with atomic_output(path, overwrite=overwrite) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
+    with (
+        atomic_output(path, overwrite=overwrite) as tmp,
+        tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif,
+    ):
         for index, level in enumerate(levels):
             down_y = image.shape[0] / level.shape[0]
             down_x = image.shape[1] / level.shape[1]

@@ -27,7 +27,9 @@ OPENSLIDE_SUFFIXES: tuple[str, ...] = (
 #: Extensions read as plain (single-resolution) images.
 PLAIN_IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Everything `open_slide` accepts.
-SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(dict.fromkeys(OPENSLIDE_SUFFIXES + PLAIN_IMAGE_SUFFIXES))
+SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(
+    dict.fromkeys(OPENSLIDE_SUFFIXES + PLAIN_IMAGE_SUFFIXES)
+)
 
 #: A coarsest level longer than this (px) gets Dask-downsampled levels added for display.
 DISPLAY_SIZE = 2048
@@ -71,7 +73,14 @@ class Slide:
 
     metadata: SlideMetadata
     levels: list[Any]  # da.Array, or np.ndarray for small plain images
+    #: The same pyramid as direct lazy arrays for viewers (napari): no Dask graph per
+    #: request. Defaults to ``levels`` where there is nothing to gain (plain images).
+    viewer_levels: list[Any] = field(default_factory=list)
     _closer: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.viewer_levels:
+            self.viewer_levels = list(self.levels)
 
     @property
     def path(self) -> Path:
@@ -175,7 +184,9 @@ def open_slide(
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise UnsupportedFormatError(
-            path, f"unsupported extension {suffix!r}; napari-mitosis reads {', '.join(SUPPORTED_SUFFIXES)}"
+            path,
+            f"unsupported extension {suffix!r}; "
+            f"napari-mitosis reads {', '.join(SUPPORTED_SUFFIXES)}",
         )
     if suffix in OPENSLIDE_SUFFIXES and openslide_source.is_openslide_slide(path):
         slide = openslide_source.open_openslide(path, color=color)
@@ -187,7 +198,9 @@ def open_slide(
         )
     else:
         raise UnsupportedFormatError(path, "OpenSlide does not recognise this file as a slide")
-    slide.levels.extend(display_levels(slide.levels, display_size, labels=slide.metadata.layer_type == "labels"))
+    extra = display_levels(slide.levels, display_size, labels=slide.metadata.layer_type == "labels")
+    slide.levels.extend(extra)
+    slide.viewer_levels.extend(extra)
     return slide
 
 
@@ -196,7 +209,9 @@ def _has_tiff_header(path: Path) -> bool:
         return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def display_levels(levels: Sequence[Any], display_size: int, *, labels: bool = False) -> list[da.Array]:
+def display_levels(
+    levels: Sequence[Any], display_size: int, *, labels: bool = False
+) -> list[da.Array]:
     """Extra ×2 levels under the coarsest one until it fits ``display_size``.
 
     Only lazy (Dask) levels get them: an in-memory image is small enough to show as is.

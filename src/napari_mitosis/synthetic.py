@@ -36,7 +36,9 @@ class SyntheticTruth:
     tumour_mask: np.ndarray  # bool, same (y, x) as the slide
 
 
-def _ellipse(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float) -> np.ndarray:
+def _ellipse(
+    yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ry: float, rx: float
+) -> np.ndarray:
     return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
 
 
@@ -103,7 +105,7 @@ def synthetic_slide(
         cys, cxs = np.meshgrid(np.arange(step / 2, height, step), np.arange(step / 2, width, step))
         cys = cys.ravel() + rng.uniform(-0.35, 0.35, cys.size) * step
         cxs = cxs.ravel() + rng.uniform(-0.35, 0.35, cxs.size) * step
-        for cy, cx in zip(cys, cxs):
+        for cy, cx in zip(cys, cxs, strict=True):
             iy, ix = int(np.clip(cy, 0, height - 1)), int(np.clip(cx, 0, width - 1))
             if region[iy, ix]:
                 r = radius * um * rng.uniform(0.8, 1.25)
@@ -119,7 +121,7 @@ def synthetic_slide(
     mitoses: list[tuple[float, float]] = []
     for index in rng.permutation(len(candidates)):
         cy, cx = candidates[index].astype(float)
-        if all(np.hypot(cy - my, cx - mx) > 12 * figure_radius for my, mx in mitoses):
+        if all(np.hypot(cy - my, cx - mx) > 5 * figure_radius for my, mx in mitoses):
             mitoses.append((cy, cx))
         if len(mitoses) == n_mitoses:
             break
