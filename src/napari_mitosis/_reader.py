@@ -68,6 +68,7 @@ def annotation_layer_data(
 ) -> list[LayerData]:
     """Shapes for regions and Points for points, in level-0 pixels (scaled by ``mpp``)."""
     scale = mpp or (1.0, 1.0)
+    units = ("micrometer", "micrometer") if mpp else ("pixel", "pixel")
     meta = {"mpp": list(mpp) if mpp else None, "coordinates": "level-0 pixels (y, x)"}
     shapes = [a for a in annotations if a.shape_type != "point"]
     points = [a for a in annotations if a.shape_type == "point"]
@@ -89,6 +90,7 @@ def annotation_layer_data(
             "shape_type": [a.shape_type if a.shape_type != "line" else "path" for a in shapes],
             "features": features(shapes),
             "scale": scale,
+            "units": units,
             "metadata": meta,
             "edge_color": "yellow",
             "face_color": "transparent",
@@ -99,6 +101,7 @@ def annotation_layer_data(
             "name": f"{name} points" if shapes else name,
             "features": features(points),
             "scale": scale,
+            "units": units,
             "metadata": meta,
         }
         layers.append((np.array([a.coords[0] for a in points]), kwargs, "points"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from napari_mitosis.geojson import Annotation, write_geojson
+from napari_mitosis.geojson import Annotation, read_geojson, write_geojson
 from napari_mitosis.slide import open_slide
 from napari_mitosis.synthetic import ensure_sample_slide
 
@@ -29,16 +29,23 @@ def run_demo(out: Path, *, headless: bool) -> None:
     print(f"true mitoses: {len(sample.mitoses)} → {geojson} (QuPath: File ▸ Import objects)")
 
     import napari  # only the viewer part of the demo needs napari and Qt
+    from napari.layers import Layer
+
+    from napari_mitosis._reader import annotation_layer_data
+
+    sample_mpp = (sample.mpp, sample.mpp)
 
     viewer = napari.Viewer(show=True, title="napari-mitosis demo")
     viewer.open(sample.path, plugin="napari-mitosis")
-    viewer.open(geojson, plugin="napari-mitosis", name="true mitoses")
-    viewer.layers[-1].scale = viewer.layers[0].scale
-    viewer.layers[-1].units = viewer.layers[0].units
-    viewer.layers[-1].size = 2 * sample.mitosis_radius_px * 1.6
-    viewer.layers[-1].symbol = "ring"
-    viewer.layers[-1].face_color = "transparent"
-    viewer.layers[-1].border_color = "lime"
+    # The GeoJSON is in level-0 pixels; give its layer the slide's µm/pixel to overlay it.
+    (points,) = annotation_layer_data(read_geojson(geojson), "true mitoses", mpp=sample_mpp)
+    points[1].update(
+        symbol="ring",
+        size=2 * sample.mitosis_radius_px * 1.6,
+        face_color="transparent",
+        border_color="lime",
+    )
+    viewer.add_layer(Layer.create(*points))
     viewer.scale_bar.visible = True
     viewer.window.resize(1400, 900)
     viewer.reset_view()
