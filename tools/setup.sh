@@ -33,7 +33,12 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   # pip's notices about local index folders are noise; real errors still fail the step.
+  if [ -f /etc/xdg/pip/constraints.txt ]; then
+    # This workplace keeps torch/torchvision on local disk: take exactly those (an unpinned
+    # torch would download a multi-GB build). Elsewhere pyproject's ranges decide.
+    "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
+  fi
   "$VENV/bin/python" -m pip install -q -e ".[testing]" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/python" -c "import napari_mitosis, napari, openslide" # fail loudly if the install did
+  "$VENV/bin/python" -c "import napari_mitosis, napari, openslide, torch, torchvision" # fail loudly if the install did
   touch "$stamp"
 fi
