@@ -58,10 +58,17 @@ def build_huge_sparse_slide(path: Path, side: int = 50_000, tile: int = 256) -> 
             n = (-(-size // tile)) ** 2
             res = 1e4 / (0.25 * side / size)
             tif.write(
-                iter([encoded] * n), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
-                compression="zlib", photometric="rgb", subfiletype=1 if index else 0,
-                resolution=(res, res), resolutionunit="CENTIMETER", metadata=None,
-            )  # fmt: skip
+                iter([encoded] * n),
+                shape=(size, size, 3),
+                dtype=np.uint8,
+                tile=(tile, tile),
+                compression="zlib",
+                photometric="rgb",
+                subfiletype=1 if index else 0,
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                metadata=None,
+            )
             if size <= tile:
                 break
             size, index = size // 2, index + 1

@@ -29,9 +29,14 @@ def pyramid_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
             data = image[:: 2**level, :: 2**level]
             res = 1e4 / (0.5 * 2**level)
             tif.write(
-                data, tile=(256, 256), photometric="rgb", compression="zlib",
-                resolution=(res, res), resolutionunit="CENTIMETER", subfiletype=1 if level else 0,
-            )  # fmt: skip
+                data,
+                tile=(256, 256),
+                photometric="rgb",
+                compression="zlib",
+                resolution=(res, res),
+                resolutionunit="CENTIMETER",
+                subfiletype=1 if level else 0,
+            )
     return path
 
 
@@ -64,3 +69,28 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, tuple[int, i
 
     monkeypatch.setattr(openslide.OpenSlide, "read_region", counting)
     return calls
+
+
+@pytest.fixture(scope="session")
+def field_pairs():
+    """Synthetic high-power fields (0.25 µm/px) with exact mitosis masks and look-alikes."""
+    from napari_mitosis.synthetic import synthetic_slide
+
+    pairs = []
+    for seed in range(7):
+        rgb, truth = synthetic_slide(384, 384, field=True, n_mitoses=3, n_distractors=3, seed=seed)
+        pairs.append((rgb, truth))
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def trained_unet(field_pairs, tmp_path_factory: pytest.TempPathFactory):
+    """A small U-Net trained for 150 steps on CPU (~25 s); returns (checkpoint, report)."""
+    from napari_mitosis.segmentation_training import UNetTraining, train_unet
+
+    train = [(rgb, t.mitosis_mask) for rgb, t in field_pairs[:4]]
+    val = [(rgb, t.mitosis_mask) for rgb, t in field_pairs[4:6]]
+    config = UNetTraining(crop=96, batch_size=8, max_steps=150, eval_every=50, base_width=8, depth=3,
+                          patience=3, seed=0, device="cpu", notes="test model, synthetic data")
+    path = tmp_path_factory.mktemp("unet") / "unet.safetensors"
+    return path, train_unet(train, val, path, config)

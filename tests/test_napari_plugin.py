@@ -41,8 +41,9 @@ def test_real_slide_opens_as_one_multiscale_rgb_layer_in_micrometres(
     assert extent[1][1] - extent[0][1] == pytest.approx(2220 * 0.499, rel=1e-3)
 
 
-def test_panning_and_zooming_reads_only_tiles_on_screen(make_napari_viewer, qtbot, pyramid_path,
-                                                        count_reads) -> None:  # fmt: skip
+def test_panning_and_zooming_reads_only_tiles_on_screen(
+    make_napari_viewer, qtbot, pyramid_path, count_reads
+) -> None:
     viewer = make_napari_viewer(show=True)  # a shown canvas is what drives tile loading
     viewer.window.resize(800, 600)
     viewer.open(pyramid_path, plugin=PLUGIN)
@@ -88,8 +89,10 @@ def test_shapes_drawn_over_a_slide_save_as_level0_geojson(
     # napari gives new layers: its data are then level-0 pixels.
     shapes = viewer.add_shapes(
         [np.array([[100, 200], [100, 400], [300, 400], [300, 200]], float)],
-        shape_type="rectangle", scale=(mpp, mpp), features={"classification": ["Tumour"]},
-    )  # fmt: skip
+        shape_type="rectangle",
+        scale=(mpp, mpp),
+        features={"classification": ["Tumour"]},
+    )
     out = tmp_path / "tumour.geojson"
     shapes.save(str(out), plugin=PLUGIN)
     feature = json.loads(out.read_text())["features"][0]

@@ -107,12 +107,17 @@ def test_srgb_mode_applies_the_embedded_icc_profile(tmp_path: Path, monkeypatch)
     path = tmp_path / "icc.tif"
     image = gradient_rgb(512, 512)
     with tifffile.TiffWriter(path) as tif:
-        tif.write(image, tile=(256, 256), photometric="rgb",
-                  extratags=[(34675, 7, len(profile), profile, True)])  # fmt: skip
+        tif.write(
+            image,
+            tile=(256, 256),
+            photometric="rgb",
+            extratags=[(34675, 7, len(profile), profile, True)],
+        )
     applied = []
     original = ImageCms.applyTransform
-    monkeypatch.setattr(ImageCms, "applyTransform",
-                        lambda *a, **k: applied.append(1) or original(*a, **k))  # fmt: skip
+    monkeypatch.setattr(
+        ImageCms, "applyTransform", lambda *a, **k: applied.append(1) or original(*a, **k)
+    )
     raw = open_slide(path)
     assert raw.metadata.color == "raw" and raw.metadata.color_profile
     np.testing.assert_array_equal(raw.read_region(0, 0, 0, 64, 64), image[:64, :64])
@@ -173,8 +178,13 @@ def test_truncated_real_slide_is_reported_as_damaged(cmu_small: Path, tmp_path: 
 def test_a_damaged_tile_raises_instead_of_reading_blank(tmp_path: Path) -> None:
     path = tmp_path / "damaged.tif"
     rng = np.random.default_rng(0)
-    tifffile.imwrite(path, rng.integers(0, 255, (512, 512, 3), np.uint8), tile=(256, 256),
-                     photometric="rgb", compression="jpeg")  # fmt: skip
+    tifffile.imwrite(
+        path,
+        rng.integers(0, 255, (512, 512, 3), np.uint8),
+        tile=(256, 256),
+        photometric="rgb",
+        compression="jpeg",
+    )
     with tifffile.TiffFile(path) as tif:
         offset = tif.pages.first.dataoffsets[3]
     data = bytearray(path.read_bytes())

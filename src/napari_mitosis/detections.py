@@ -107,8 +107,20 @@ def write_detections_csv(
             detections.boxes, detections.scores, detections.classes, strict=True
         ):
             w, h = x1 - x0, y1 - y0
-            writer.writerow([f"{x0:g}", f"{y0:g}", f"{w:g}", f"{h:g}", f"{score:.6g}", name,
-                             f"{x0 * mx:.6g}", f"{y0 * my:.6g}", f"{w * mx:.6g}", f"{h * my:.6g}"])  # fmt: skip
+            writer.writerow(
+                [
+                    f"{x0:g}",
+                    f"{y0:g}",
+                    f"{w:g}",
+                    f"{h:g}",
+                    f"{score:.6g}",
+                    name,
+                    f"{x0 * mx:.6g}",
+                    f"{y0 * my:.6g}",
+                    f"{w * mx:.6g}",
+                    f"{h * my:.6g}",
+                ]
+            )
     return Path(path)
 
 

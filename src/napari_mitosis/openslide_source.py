@@ -153,8 +153,15 @@ class OpenSlideLevel:
     dtype = np.dtype(np.uint8)
     ndim = 3
 
-    def __init__(self, handle: OpenSlideHandle, level: int, width: int, height: int,
-                 downsample: float, tile: tuple[int, int]) -> None:  # fmt: skip
+    def __init__(
+        self,
+        handle: OpenSlideHandle,
+        level: int,
+        width: int,
+        height: int,
+        downsample: float,
+        tile: tuple[int, int],
+    ) -> None:
         self.handle = handle
         self.level = level
         self.shape = (height, width, 3)

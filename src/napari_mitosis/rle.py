@@ -80,3 +80,23 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     values[1::2] = True
     flat = np.repeat(values, runs)
     return flat.reshape((height, width), order="F")
+
+
+def labels_to_coco(labels: np.ndarray, *, category_id: int = 1) -> list[dict[str, Any]]:
+    """COCO annotations (RLE segmentation, xywh bbox, area) for each label of an image."""
+    annotations = []
+    for value in np.unique(labels[labels > 0]):
+        mask = labels == value
+        rows, cols = np.nonzero(mask)
+        x, y = int(cols.min()), int(rows.min())
+        annotations.append(
+            {
+                "id": int(value),
+                "category_id": category_id,
+                "segmentation": encode_rle(mask),
+                "area": int(mask.sum()),
+                "bbox": [x, y, int(cols.max()) + 1 - x, int(rows.max()) + 1 - y],
+                "iscrowd": 0,
+            }
+        )
+    return annotations

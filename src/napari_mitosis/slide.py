@@ -22,8 +22,17 @@ LayerType = Literal["image", "labels"]
 
 #: Extensions OpenSlide reads (``.tif``/``.tiff`` may also be plain images).
 OPENSLIDE_SUFFIXES: tuple[str, ...] = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".svslide", ".bif",
-)  # fmt: skip
+    ".svs",
+    ".tif",
+    ".tiff",
+    ".ndpi",
+    ".mrxs",
+    ".scn",
+    ".vms",
+    ".vmu",
+    ".svslide",
+    ".bif",
+)
 #: Extensions read as plain (single-resolution) images.
 PLAIN_IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 #: Everything `open_slide` accepts.

@@ -23,6 +23,7 @@ TUMOUR_STROMA = np.array([205, 140, 200], np.float32)
 NUCLEUS = np.array([110, 70, 160], np.float32)
 TUMOUR_NUCLEUS = np.array([80, 45, 140], np.float32)
 MITOSIS = np.array([35, 15, 55], np.float32)
+DISTRACTOR = np.array([95, 60, 150], np.float32)
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class SyntheticTruth:
     mitosis_radius_px: float
     tissue_mask: np.ndarray  # bool, same (y, x) as the slide
     tumour_mask: np.ndarray  # bool, same (y, x) as the slide
+    mitosis_mask: np.ndarray | None = None  # bool: the painted chromatin of each figure
+    distractors: np.ndarray | None = None  # (m, 2) centres of dark look-alike nuclei
 
 
 def _ellipse(
@@ -55,9 +58,17 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell: int) -
     return top * (1 - fy) + bottom * fy
 
 
-def _paint_disc(image: np.ndarray, cy: float, cx: float, radius: float, colour: np.ndarray,
-                strength: float = 1.0) -> None:  # fmt: skip
-    """Blend a soft-edged disc of ``colour`` into ``image`` (float32, in place)."""
+def _paint_disc(
+    image: np.ndarray,
+    cy: float,
+    cx: float,
+    radius: float,
+    colour: np.ndarray,
+    strength: float = 1.0,
+    mask: np.ndarray | None = None,
+) -> None:
+    """Blend a soft-edged disc of ``colour`` into ``image`` (float32, in place); mark the
+    disc's core in ``mask`` when given."""
     h, w = image.shape[:2]
     y0, y1 = max(int(cy - radius - 2), 0), min(int(cy + radius + 3), h)
     x0, x1 = max(int(cx - radius - 2), 0), min(int(cx + radius + 3), w)
@@ -68,6 +79,8 @@ def _paint_disc(image: np.ndarray, cy: float, cx: float, radius: float, colour: 
     alpha = (np.clip(radius + 1.0 - dist, 0.0, 1.0) * strength)[..., None]
     window = image[y0:y1, x0:x1]
     window[...] = window * (1 - alpha) + colour * alpha
+    if mask is not None:
+        mask[y0:y1, x0:x1] |= dist <= radius
 
 
 def synthetic_slide(
@@ -77,11 +90,15 @@ def synthetic_slide(
     mpp: float = 0.25,
     n_mitoses: int = 12,
     seed: int = 0,
+    field: bool = False,
+    n_distractors: int = 0,
 ) -> tuple[np.ndarray, SyntheticTruth]:
     """An RGB uint8 H&E-like image and its ground truth.
 
     Sizes are in µm-aware pixels: nuclei are ~6–9 µm across, mitotic figures ~10 µm,
     whatever ``mpp`` is, so the same models see the same biology at the same µm/px.
+    ``field=True`` makes a high-power field: tumour from edge to edge, as in MITOS images.
+    ``n_distractors`` adds dark, smooth, round nuclei that are *not* mitoses.
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.ogrid[0:height, 0:width]
@@ -89,6 +106,9 @@ def synthetic_slide(
     for cy, cx, ry, rx in ((0.5, 0.35, 0.38, 0.28), (0.45, 0.68, 0.34, 0.24), (0.7, 0.5, 0.2, 0.3)):
         tissue |= _ellipse(yy, xx, cy * height, cx * width, ry * height, rx * width)
     tumour = _ellipse(yy, xx, 0.5 * height, 0.42 * width, 0.22 * height, 0.16 * width) & tissue
+    if field:
+        tissue = np.ones((height, width), bool)
+        tumour = tissue.copy()
 
     shade = _smooth_noise(rng, (height, width), cell=max(int(60 / mpp), 8))[..., None]
     image = np.empty((height, width, 3), np.float32)
@@ -99,8 +119,10 @@ def synthetic_slide(
 
     um = 1.0 / mpp  # pixels per µm
     # Nuclei: a jittered lattice, kept where there is tissue; tumour is denser and coarser.
-    for region, spacing, radius, colour in ((tissue & ~tumour, 16.0, 3.2, NUCLEUS),
-                                           (tumour, 11.0, 4.5, TUMOUR_NUCLEUS)):  # fmt: skip
+    for region, spacing, radius, colour in (
+        (tissue & ~tumour, 16.0, 3.2, NUCLEUS),
+        (tumour, 11.0, 4.5, TUMOUR_NUCLEUS),
+    ):
         step = spacing * um
         cys, cxs = np.meshgrid(np.arange(step / 2, height, step), np.arange(step / 2, width, step))
         cys = cys.ravel() + rng.uniform(-0.35, 0.35, cys.size) * step
@@ -114,7 +136,7 @@ def synthetic_slide(
     # Mitoses: dark clumped chromatin (a few overlapping blobs), mostly in the tumour.
     figure_radius = 5.0 * um
     candidates = np.argwhere(tumour[:: int(4 * um), :: int(4 * um)]) * int(4 * um)
-    margin = 3 * figure_radius
+    margin = (1.5 if field else 3) * figure_radius
     inside = (candidates[:, 0] > margin) & (candidates[:, 0] < height - margin)
     inside &= (candidates[:, 1] > margin) & (candidates[:, 1] < width - margin)
     candidates = candidates[inside]
@@ -125,11 +147,24 @@ def synthetic_slide(
             mitoses.append((cy, cx))
         if len(mitoses) == n_mitoses:
             break
+    mitosis_mask = np.zeros((height, width), bool)
     for cy, cx in mitoses:
         _paint_disc(image, cy, cx, figure_radius * 1.25, TUMOUR_STROMA, strength=1.0)
         for _ in range(5):
             oy, ox = rng.normal(0, figure_radius * 0.35, 2)
-            _paint_disc(image, cy + oy, cx + ox, figure_radius * rng.uniform(0.45, 0.7), MITOSIS)
+            radius = figure_radius * rng.uniform(0.45, 0.7)
+            _paint_disc(image, cy + oy, cx + ox, radius, MITOSIS, mask=mitosis_mask)
+
+    # Look-alikes: large, dark but smooth and paler nuclei, away from every mitosis.
+    distractors: list[tuple[float, float]] = []
+    for index in rng.permutation(len(candidates)) if n_distractors else []:
+        if len(distractors) == n_distractors:
+            break
+        cy, cx = candidates[index].astype(float)
+        taken = mitoses + distractors
+        if all(np.hypot(cy - my, cx - mx) > 5 * figure_radius for my, mx in taken):
+            distractors.append((cy, cx))
+            _paint_disc(image, cy, cx, figure_radius * 0.95, DISTRACTOR)
 
     image += rng.normal(0, 4.0, image.shape).astype(np.float32)
     rgb = np.clip(np.rint(image), 0, 255).astype(np.uint8)
@@ -139,6 +174,8 @@ def synthetic_slide(
         mitosis_radius_px=figure_radius,
         tissue_mask=tissue,
         tumour_mask=tumour,
+        mitosis_mask=mitosis_mask,
+        distractors=np.array(distractors, float).reshape(-1, 2),
     )
     return rgb, truth
 
@@ -156,9 +193,13 @@ def write_synthetic_slide(
     """Write a synthetic slide as a JPEG-tiled pyramid OpenSlide opens; return its truth."""
     rgb, truth = synthetic_slide(height, width, mpp=mpp, n_mitoses=n_mitoses, seed=seed)
     write_pyramid_tiff(
-        path, rgb, mpp=(mpp, mpp), compression="jpeg", overwrite=overwrite,
+        path,
+        rgb,
+        mpp=(mpp, mpp),
+        compression="jpeg",
+        overwrite=overwrite,
         extra={"synthetic": True, "seed": seed},
-    )  # fmt: skip
+    )
     return truth
 
 

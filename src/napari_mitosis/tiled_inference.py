@@ -1,0 +1,193 @@
+"""The one tiled-inference loop: read tiles in the background, batch them, run a model,
+hand each batch to a merger. Models differ only in their merger (blended probability map
+for the U-Net; boxes for detectors; one score per tile for classifiers).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_mitosis.checkpoint import ModelCard
+from napari_mitosis.tiling import TileGrid
+
+Progress = Callable[[int, int], None]
+
+
+class Cancelled(Exception):
+    """The caller asked the run to stop; nothing half-done was handed back."""
+
+
+class Merger(Protocol):
+    def add(self, origins: np.ndarray, outputs: np.ndarray) -> None: ...
+
+
+def pick_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for, but PyTorch sees no CUDA GPU here")
+    return device
+
+
+class TilePredictor:
+    """uint8 (N, H, W, C) tiles → model outputs as NumPy, with the card's normalisation.
+
+    On CUDA it runs under autocast (float16); on the CPU in float32, so results agree
+    within AMP tolerance.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        card: ModelCard,
+        device: str | torch.device = "auto",
+        activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
+    ) -> None:
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.card = card
+        self.activation = activation
+        self.mean = torch.tensor(card.mean, device=self.device).view(1, -1, 1, 1)
+        self.std = torch.tensor(card.std, device=self.device).view(1, -1, 1, 1)
+
+    @torch.inference_mode()
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
+        if batch.ndim == 3:  # greyscale tiles
+            batch = batch[..., None]
+        batch = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(self.mean).div_(self.std)
+        use_amp = self.device.type == "cuda"
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
+            out = self.activation(self.model(batch))
+        return out.float().cpu().numpy()
+
+
+def _batches(
+    grid: TileGrid, origins: np.ndarray, source: Any, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(origins), batch_size):
+        chunk = origins[start : start + batch_size]
+        yield chunk, np.stack([grid.read(source, int(y), int(x)) for y, x in chunk])
+
+
+def iter_tiled(
+    grid: TileGrid,
+    source: Any,
+    predict: Callable[[np.ndarray], np.ndarray],
+    merger: Merger,
+    *,
+    origins: np.ndarray | None = None,
+    batch_size: int = 8,
+) -> Iterator[tuple[int, int]]:
+    """Run ``predict`` over the grid (or the given ``origins``, e.g. tissue tiles only),
+    yielding ``(tiles done, total)`` after each batch.
+
+    The next batch is read on a background thread while the model works on this one.
+    A generator, so a napari ``thread_worker`` can report progress and stop between batches.
+    """
+    origins = grid.origins() if origins is None else origins
+    total = len(origins)
+    done = 0
+    batches = _batches(grid, origins, source, batch_size)
+    with ThreadPoolExecutor(1, thread_name_prefix="tile-reader") as reader:
+        pending = reader.submit(next, batches, None)
+        while (item := pending.result()) is not None:
+            pending = reader.submit(next, batches, None)
+            chunk, tiles = item
+            merger.add(chunk, predict(tiles))
+            done += len(chunk)
+            yield done, total
+
+
+def run_tiled(
+    grid: TileGrid,
+    source: Any,
+    predict: Callable[[np.ndarray], np.ndarray],
+    merger: Merger,
+    *,
+    origins: np.ndarray | None = None,
+    batch_size: int = 8,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """`iter_tiled` to the end; ``should_stop()`` between batches raises :class:`Cancelled`."""
+    for done, total in iter_tiled(
+        grid, source, predict, merger, origins=origins, batch_size=batch_size
+    ):
+        if progress is not None:
+            progress(done, total)
+        if should_stop is not None and should_stop() and done < total:
+            raise Cancelled
+
+
+def blend_window(tile: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
+    """Weights that ramp linearly over the overlap at every tile edge (no seams).
+
+    ``floor`` keeps single-coverage pixels at the image border well defined.
+    """
+    if overlap == 0:
+        return np.ones((tile, tile), np.float32)
+    i = np.arange(tile, dtype=np.float32)
+    ramp = np.clip(np.minimum(i + 0.5, tile - i - 0.5) / overlap, floor, 1.0)
+    return np.outer(ramp, ramp)
+
+
+class BlendedStitcher:
+    """Blends overlapping (N, C, t, t) or (N, t, t) predictions into ``out``.
+
+    Tiles arrive row-major, so only one band of ``tile`` rows is open at a time: memory is
+    O(tile × region width), whatever the image height. Rows above the current tile row can
+    receive nothing more; they are normalised and written to ``out`` (any array-like with
+    slice assignment: NumPy, zarr).
+    """
+
+    def __init__(self, grid: TileGrid, out: Any, *, overlap: int, channel: int = 0) -> None:
+        self.grid = grid
+        self.out = out
+        self.channel = channel
+        _, x0, _, x1 = grid.region
+        self.width = x1 - x0
+        self.weight = blend_window(grid.tile, overlap)
+        self.band_top = grid.region[0]
+        self.sum = np.zeros((grid.tile, self.width + grid.tile), np.float32)
+        self.norm = np.zeros_like(self.sum)
+
+    def _flush(self, until: int) -> None:
+        """Write finished rows [band_top, until) and slide the band down."""
+        until = min(until, self.grid.region[2])
+        y0 = self.grid.region[0]
+        while self.band_top < until:
+            rows = min(until - self.band_top, self.grid.tile)
+            norm = np.maximum(self.norm[:rows, : self.width], 1e-12)
+            self.out[self.band_top - y0 : self.band_top - y0 + rows, :] = (
+                self.sum[:rows, : self.width] / norm
+            )
+            self.sum = np.roll(self.sum, -rows, axis=0)
+            self.norm = np.roll(self.norm, -rows, axis=0)
+            self.sum[-rows:] = 0
+            self.norm[-rows:] = 0
+            self.band_top += rows
+
+    def add(self, origins: np.ndarray, outputs: np.ndarray) -> None:
+        if outputs.ndim == 4:
+            outputs = outputs[:, self.channel]
+        x_origin = self.grid.region[1]
+        tile = self.grid.tile
+        for (y, x), prediction in zip(origins, outputs, strict=True):
+            if y > self.band_top:
+                self._flush(int(y))
+            dy, dx = int(y) - self.band_top, int(x) - x_origin
+            self.sum[dy : dy + tile, dx : dx + tile] += prediction * self.weight
+            self.norm[dy : dy + tile, dx : dx + tile] += self.weight
+
+    def finish(self) -> Any:
+        self._flush(self.grid.region[2])
+        return self.out
