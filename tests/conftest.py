@@ -90,7 +90,17 @@ def trained_unet(field_pairs, tmp_path_factory: pytest.TempPathFactory):
 
     train = [(rgb, t.mitosis_mask) for rgb, t in field_pairs[:4]]
     val = [(rgb, t.mitosis_mask) for rgb, t in field_pairs[4:6]]
-    config = UNetTraining(crop=96, batch_size=8, max_steps=150, eval_every=50, base_width=8, depth=3,
-                          patience=3, seed=0, device="cpu", notes="test model, synthetic data")
+    config = UNetTraining(
+        crop=96,
+        batch_size=8,
+        max_steps=150,
+        eval_every=50,
+        base_width=8,
+        depth=3,
+        patience=3,
+        seed=0,
+        device="cpu",
+        notes="test model, synthetic data",
+    )
     path = tmp_path_factory.mktemp("unet") / "unet.safetensors"
     return path, train_unet(train, val, path, config)

@@ -78,9 +78,11 @@ def test_an_empty_icpr2012_csv_is_an_image_without_mitoses(tmp_path: Path) -> No
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("70,3,71,3\n", r"line 1 has pixel \(x=70, y=3\) outside the 60 × 50 image"),
-     ("1,2,3\n", "line 1 has an odd number of coordinates"),
-     ("1,2\nten,4\n", "line 2 is not a list of numbers")],
+    [
+        ("70,3,71,3\n", r"line 1 has pixel \(x=70, y=3\) outside the 60 × 50 image"),
+        ("1,2,3\n", "line 1 has an odd number of coordinates"),
+        ("1,2\nten,4\n", "line 2 is not a list of numbers"),
+    ],
 )
 def test_bad_icpr2012_csv_names_file_and_line(tmp_path: Path, content: str, message: str) -> None:
     csv = tmp_path / "bad.csv"
@@ -123,7 +125,9 @@ def test_coco_annotations_carry_rle_bbox_and_area() -> None:
 
 
 def test_boxes_csv_round_trip_keeps_every_box_in_pixels_and_um(tmp_path: Path) -> None:
-    detections = Detections([[10, 20, 30, 50], [0, 0, 5, 5]], [0.9, 0.4], ["Mitosis", "Mitosis"], mpp=(0.25, 0.25))
+    detections = Detections(
+        [[10, 20, 30, 50], [0, 0, 5, 5]], [0.9, 0.4], ["Mitosis", "Mitosis"], mpp=(0.25, 0.25)
+    )
     path = write_detections_csv(tmp_path / "boxes.csv", detections)
     header, first = path.read_text().splitlines()[:2]
     assert header == "x,y,width,height,score,class,x_um,y_um,width_um,height_um"
