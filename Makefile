@@ -34,8 +34,9 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(BENCH_VENV)/bin/python -c "import napari_mitosis, napari_wsi"
 	touch $@
 
-bench: $(BENCH_VENV)/.installed
+bench: $(BENCH_VENV)/.installed setup
 	$(BENCH_VENV)/bin/python benchmarks/bench_reader.py
+	$(PY) benchmarks/bench_segment.py
 
 clean:
 	rm -rf $(VENV) demo-output .bench .pytest_cache .ruff_cache
