@@ -25,7 +25,9 @@ from napari_mitosis.tiling import TileGrid
 from napari_mitosis.unet import unet
 
 
-def bench(device: str, size: int, tile: int, overlap: int, batch: int, repeats: int, workdir: Path) -> None:
+def bench(
+    device: str, size: int, tile: int, overlap: int, batch: int, repeats: int, workdir: Path
+) -> None:
     slide_path = workdir / f"bench-seg-{size}.tif"
     if not slide_path.exists():
         write_synthetic_slide(slide_path, size, size, seed=2)
@@ -54,10 +56,16 @@ def bench(device: str, size: int, tile: int, overlap: int, batch: int, repeats: 
             times[name].append(time.perf_counter() - started)
     best = {k: statistics.median(v) for k, v in times.items()}
     megapixels = size * size / 1e6
-    print(f"\n{device}: {size} × {size} px slide, {len(grid)} tiles of {tile} px (overlap {overlap}), batch {batch}")
+    print(
+        f"\n{device}: {size} × {size} px slide, {len(grid)} tiles of {tile} px (overlap {overlap}), batch {batch}"
+    )
     for name, seconds in best.items():
-        print(f"  {name:13s} {seconds:7.2f} s  {megapixels / seconds:6.2f} Mpx/s  {len(grid) / seconds:6.1f} tiles/s")
-    print(f"  ratio tiled / pure model: {best['tiled engine'] / best['pure model']:.3f}×  (goal ≤ 1.10×)")
+        print(
+            f"  {name:13s} {seconds:7.2f} s  {megapixels / seconds:6.2f} Mpx/s  {len(grid) / seconds:6.1f} tiles/s"
+        )
+    print(
+        f"  ratio tiled / pure model: {best['tiled engine'] / best['pure model']:.3f}×  (goal ≤ 1.10×)"
+    )
 
 
 def main() -> int:
@@ -68,7 +76,9 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {torch.cuda.is_available()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {torch.cuda.is_available()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for device in devices:

@@ -25,7 +25,7 @@ from magicgui.widgets import (
 if TYPE_CHECKING:
     import napari
 
-REGIONS = ("whole image", "current view", "shapes layer box")
+REGIONS = ("whole image", "whole tissue", "current view", "shapes layer box")
 
 
 class SegmentationWidget(Container):
@@ -161,6 +161,12 @@ class SegmentationWidget(Container):
             downsample=downsample,
             level_mpp=level_mpp,
         )
+        if self.region.value == "whole tissue":
+            from napari_mitosis.tissue import tissue_mask
+
+            levels = layer.data if layer.multiscale else [layer.data]
+            mpp = (layer.metadata or {}).get("mpp")
+            run.restrict_to_tissue(tissue_mask(levels, level0_mpp=mpp[1] if mpp else None))
         threshold = self.threshold.value or None
 
         @thread_worker(
@@ -172,11 +178,11 @@ class SegmentationWidget(Container):
 
         self._worker = work()
         self._worker.finished.connect(self._on_finished)
-        self.progress.max = len(run.grid)
+        self.progress.max = len(run.origins)
         self.progress.value = 0
         self.run_button.enabled = False
         self.cancel_button.enabled = True
-        self.status.value = f"segmenting level {level} in {len(run.grid)} tiles…"
+        self.status.value = f"segmenting level {level}: {len(run.origins)} of {len(run.grid)} tiles"
         return self._worker
 
     def cancel(self) -> None:

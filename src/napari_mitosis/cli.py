@@ -152,6 +152,8 @@ def _segment(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         min_area=args.min_area,
         batch_size=args.batch_size,
+        tissue_only=args.tissue_only,
+        min_tissue=args.min_tissue,
     )
     paths = write_segmentation(result, args.out, Path(args.image).stem, overwrite=args.overwrite)
     print(f"{args.image}: {len(result.detections)} mitotic figures at level {result.level}")
@@ -263,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--model", type=Path, required=True)
     sg.add_argument("--out", type=Path, required=True, help="output folder")
     sg.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels (default: whole image)")
+    sg.add_argument("--tissue-only", action="store_true", help="skip tiles without tissue")
+    sg.add_argument(
+        "--min-tissue", type=float, default=0.05, help="with --tissue-only: tissue fraction"
+    )
     sg.add_argument("--tile", type=int, default=None)
     sg.add_argument("--overlap", type=int, default=64)
     sg.add_argument("--threshold", type=float, default=None)

@@ -26,6 +26,7 @@ from napari_mitosis.tiled_inference import (
     iter_tiled,
 )
 from napari_mitosis.tiling import TileGrid
+from napari_mitosis.tissue import TissueMask, tissue_mask
 
 Region = tuple[int, int, int, int]  # (y0, x0, y1, x1)
 
@@ -104,10 +105,25 @@ class SegmentationRun:
         y0, x0, y1, x1 = self.grid.region
         out = out if out is not None else np.zeros((y1 - y0, x1 - x0), np.float32)
         self.stitcher = BlendedStitcher(self.grid, out, overlap=overlap)
+        self.origins = self.grid.origins()
+
+    def restrict_to_tissue(self, tissue: TissueMask, min_fraction: float = 0.05) -> int:
+        """Only tiles with at least ``min_fraction`` tissue go to the model; returns how many."""
+        self.origins = tissue.tissue_origins(self.grid, min_fraction)
+        if len(self.origins) == 0:
+            raise ValueError(
+                f"no tile in the region holds {min_fraction:.0%} tissue: nothing to segment"
+            )
+        return len(self.origins)
 
     def steps(self) -> Iterator[tuple[int, int]]:
         yield from iter_tiled(
-            self.grid, self.source, self.predictor, self.stitcher, batch_size=self.batch_size
+            self.grid,
+            self.source,
+            self.predictor,
+            self.stitcher,
+            origins=self.origins,
+            batch_size=self.batch_size,
         )
 
     def result(self, threshold: float | None = None, min_area: int = 0) -> SegmentationResult:
@@ -174,11 +190,14 @@ def segment_slide(
     level: int | None = None,
     region: Region | None = None,
     device: str = "auto",
+    tissue_only: bool = False,
+    min_tissue: float = 0.05,
     **options: Any,
 ) -> SegmentationResult:
     """Open a slide or image and segment it at the level matching the model's µm/pixel.
 
-    ``region`` is (y0, x0, y1, x1) in level-0 pixels (default: the whole image).
+    ``region`` is (y0, x0, y1, x1) in level-0 pixels (default: the whole image);
+    ``tissue_only`` skips tiles with less than ``min_tissue`` tissue (never sent to the model).
     """
     model, card = load_checkpoint(checkpoint, task="segmentation")
     predictor = TilePredictor(model, card, device)
@@ -193,7 +212,9 @@ def segment_slide(
             math.ceil(region[2] / down_y),
             math.ceil(region[3] / down_x),
         )
-    return segment_array(
+    threshold = options.pop("threshold", None)
+    min_area = options.pop("min_area", 0)
+    run = SegmentationRun(
         slide.viewer_levels[level],
         predictor,
         region=level_region,
@@ -202,6 +223,12 @@ def segment_slide(
         level_mpp=slide.level_mpp(level),
         **options,
     )
+    if tissue_only:
+        mpp = slide.mpp[1] if slide.mpp else None
+        run.restrict_to_tissue(tissue_mask(slide.viewer_levels, level0_mpp=mpp), min_tissue)
+    for _ in run.steps():
+        pass
+    return run.result(threshold, min_area)
 
 
 def pseudo_masks(
