@@ -142,3 +142,29 @@ def test_zero_area_boxes_in_a_csv_are_refused(tmp_path: Path) -> None:
     path.write_text("x,y,width,height,score\n1,2,0,4,0.5\n")
     with pytest.raises(ValueError, match=r"bad\.csv: line 2: zero or negative box size"):
         read_detections_csv(path)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(
+        np.float32,
+        st.tuples(st.integers(1, 60), st.integers(1, 60)),
+        elements=st.floats(0, 1, width=32),
+    ),
+    st.integers(1, 16),
+)
+def test_banded_labelling_equals_whole_image_labelling(values: np.ndarray, band: int) -> None:
+    from skimage.measure import label
+
+    from napari_mitosis.components import label_components
+
+    found = label_components(values, 0.6, band=band)
+    reference = label(values >= 0.6, connectivity=2)
+    assert found.labels.max() == reference.max() == len(found.boxes)
+    # Same partition of the pixels, whatever the numbering.
+    assert (
+        len(set(zip(found.labels.ravel(), reference.ravel(), strict=True))) == reference.max() + 1
+    )
+    np.testing.assert_array_equal(np.sort(found.areas), np.sort(np.bincount(reference.ravel())[1:]))
+    boxes = boxes_from_labels(reference).boxes
+    np.testing.assert_array_equal(np.unique(found.boxes, axis=0), np.unique(boxes, axis=0))

@@ -16,6 +16,7 @@ import zarr
 from skimage.measure import label
 
 from napari_mitosis.checkpoint import ModelCard, load_checkpoint
+from napari_mitosis.components import label_components
 from napari_mitosis.detections import Detections, boxes_from_labels
 from napari_mitosis.slide import Slide, open_slide
 from napari_mitosis.tiled_inference import (
@@ -29,6 +30,8 @@ from napari_mitosis.tiling import TileGrid
 from napari_mitosis.tissue import TissueMask, tissue_mask
 
 Region = tuple[int, int, int, int]  # (y0, x0, y1, x1)
+#: Regions larger than this (pixels) are segmented into lazily allocated zarr arrays.
+LAZY_ABOVE = 4096 * 4096
 
 
 @dataclass
@@ -36,7 +39,7 @@ class SegmentationResult:
     """Outputs over ``region`` of pyramid ``level``; boxes are in level-0 pixels."""
 
     probability: Any  # (h, w) float32: NumPy or a lazily allocated zarr array
-    labels: np.ndarray  # (h, w) uint32, one label per mitotic figure
+    labels: Any  # (h, w) uint32 NumPy or zarr, one label per mitotic figure
     detections: Detections
     region: Region
     level: int
@@ -126,15 +129,19 @@ class SegmentationRun:
             batch_size=self.batch_size,
         )
 
-    def result(self, threshold: float | None = None, min_area: int = 0) -> SegmentationResult:
+    def result(
+        self, threshold: float | None = None, min_area: int = 0, labels_out: Any = None
+    ) -> SegmentationResult:
         probability = self.stitcher.finish()
         threshold = self.predictor.card.threshold if threshold is None else threshold
-        labels = label(np.asarray(probability) >= threshold, connectivity=2).astype(np.uint32)
-        found = boxes_from_labels(labels, min_area=min_area)
+        # Labelled band by band: a zarr probability map is never loaded whole.
+        found = label_components(probability, threshold, out=labels_out)
+        keep = found.areas >= min_area
         # Boxes: region-relative level pixels → level-0 pixels of the whole image.
         y0, x0 = self.grid.region[:2]
-        boxes = (found.boxes + np.array([x0, y0, x0, y0], float)) * self.downsample
-        scores = _component_scores(np.asarray(probability), labels, min_area)
+        boxes = (found.boxes[keep] + np.array([x0, y0, x0, y0], float)) * self.downsample
+        scores = found.peaks[keep]
+        labels = found.labels
         mpp = self.level_mpp
         mpp0 = (mpp[0] / self.downsample, mpp[1] / self.downsample) if mpp else None
         return SegmentationResult(
@@ -171,18 +178,6 @@ def segment_array(
     return run.result(threshold, min_area)
 
 
-def _component_scores(probability: np.ndarray, labels: np.ndarray, min_area: int) -> np.ndarray:
-    """Each kept component's score: its peak probability."""
-    if not labels.any():
-        return np.zeros(0)
-    from scipy import ndimage
-
-    index = np.arange(1, labels.max() + 1)
-    peaks = ndimage.maximum(probability, labels, index)
-    areas = ndimage.sum(np.ones_like(labels), labels, index)
-    return np.asarray(peaks)[np.asarray(areas) >= min_area]
-
-
 def segment_slide(
     path: str | Path,
     checkpoint: str | Path,
@@ -214,6 +209,14 @@ def segment_slide(
         )
     threshold = options.pop("threshold", None)
     min_area = options.pop("min_area", 0)
+    y0, x0, y1, x1 = level_region or (0, 0, *slide.levels[level].shape[:2])
+    labels_out = None
+    if (y1 - y0) * (x1 - x0) > LAZY_ABOVE and "out" not in options:
+        # Large regions: outputs are zarr arrays whose chunks exist only once written.
+        options["out"] = lazy_probability((y1 - y0, x1 - x0))
+        labels_out = zarr.create_array(
+            store={}, shape=(y1 - y0, x1 - x0), chunks=(1024, 1024), dtype="uint32"
+        )
     run = SegmentationRun(
         slide.viewer_levels[level],
         predictor,
@@ -228,7 +231,7 @@ def segment_slide(
         run.restrict_to_tissue(tissue_mask(slide.viewer_levels, level0_mpp=mpp), min_tissue)
     for _ in run.steps():
         pass
-    return run.result(threshold, min_area)
+    return run.result(threshold, min_area, labels_out)
 
 
 def pseudo_masks(
