@@ -168,3 +168,17 @@ def test_banded_labelling_equals_whole_image_labelling(values: np.ndarray, band:
     np.testing.assert_array_equal(np.sort(found.areas), np.sort(np.bincount(reference.ravel())[1:]))
     boxes = boxes_from_labels(reference).boxes
     np.testing.assert_array_equal(np.unique(found.boxes, axis=0), np.unique(boxes, axis=0))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    arrays(np.uint8, st.tuples(st.integers(1, 30), st.integers(1, 30)), elements=st.integers(0, 3))
+)
+def test_coco_annotations_of_every_label_match_pycocotools(labels: np.ndarray) -> None:
+    annotations = labels_to_coco(labels)
+    assert [a["id"] for a in annotations] == sorted(set(np.unique(labels)) - {0})
+    for annotation in annotations:
+        mask = labels == annotation["id"]
+        theirs = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))
+        assert annotation["segmentation"]["counts"] == theirs["counts"].decode()
+        assert annotation["area"] == mask.sum()

@@ -205,3 +205,10 @@ def test_training_refuses_to_overwrite_and_checks_pairs(tmp_path: Path, field_pa
             [(rgb, truth.mitosis_mask)],
             tmp_path / "n.safetensors",
         )
+
+
+def test_rgba_input_to_an_rgb_model_is_refused() -> None:
+    card = ModelCard("unet", {"base_width": 4, "depth": 2}, input_size=64)
+    predictor = TilePredictor(unet(base_width=4, depth=2), card, "cpu")
+    with pytest.raises(ValueError, match="this is an RGBA image"):
+        segment_array(np.zeros((64, 64, 4), np.uint8), predictor)

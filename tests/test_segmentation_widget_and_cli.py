@@ -165,3 +165,32 @@ def test_cli_pseudo_masks_from_icpr2014_centroids(
     assert "3 centroids, 0 fell back to a disc" in capsys.readouterr().out
     boxes = (tmp_path / "pm" / "A03_00Aa.boxes.csv").read_text().splitlines()
     assert len(boxes) == 4  # header + one box per centroid
+
+
+def test_widget_segments_only_inside_a_drawn_rectangle(
+    make_napari_viewer, qtbot, trained_unet, field_pairs
+) -> None:
+    path, _ = trained_unet
+    rgb, _ = field_pairs[6]
+    viewer = make_napari_viewer()
+    image = viewer.add_image(
+        rgb, rgb=True, scale=(0.25, 0.25), name="hpf", metadata={"mpp": [0.25, 0.25]}
+    )
+    # A rectangle drawn in world µm: rows 64–320 px, columns 32–288 px of the field.
+    shapes = viewer.add_shapes(
+        [np.array([[16, 8], [16, 72], [80, 72], [80, 8]], float)], shape_type="rectangle"
+    )
+    widget = SegmentationWidget(viewer)
+    widget.model_path.value = path
+    widget.device.value = "cpu"
+    widget.tile.value = 128
+    widget.overlap.value = 32
+    widget.image.value = image
+    widget.region.value = "shapes layer box"
+    widget.shapes.value = shapes
+    widget.run()
+    qtbot.waitUntil(lambda: len(viewer.layers) == 4, timeout=60_000)
+    labels = viewer.layers["hpf mitoses"]
+    assert labels.data.shape == (256, 256)
+    np.testing.assert_allclose(labels.translate, (16, 8))
+    np.testing.assert_allclose(labels.scale, (0.25, 0.25))

@@ -82,19 +82,48 @@ def decode_rle(rle: dict[str, Any]) -> np.ndarray:
     return flat.reshape((height, width), order="F")
 
 
-def labels_to_coco(labels: np.ndarray, *, category_id: int = 1) -> list[dict[str, Any]]:
-    """COCO annotations (RLE segmentation, xywh bbox, area) for each label of an image."""
+def _counts_from_ones(flat_ones: np.ndarray, total: int) -> list[int]:
+    """COCO counts from the sorted column-major indices of the foreground pixels."""
+    if len(flat_ones) == 0:
+        return [total]
+    breaks = np.flatnonzero(np.diff(flat_ones) != 1) + 1
+    starts = flat_ones[np.r_[0, breaks]]
+    ends = flat_ones[np.r_[breaks - 1, len(flat_ones) - 1]] + 1
+    counts: list[int] = []
+    previous = 0
+    for start, end in zip(starts.tolist(), ends.tolist(), strict=True):
+        counts += [start - previous, end - start]
+        previous = end
+    if previous < total:
+        counts.append(total - previous)
+    return counts
+
+
+def labels_to_coco(labels: Any, *, category_id: int = 1) -> list[dict[str, Any]]:
+    """COCO annotations (RLE over the whole image, xywh bbox, area) for each label.
+
+    Each component is encoded from its bounding-box crop, so the cost follows the
+    components' size, not the image's (a NumPy or zarr label image).
+    """
+    from scipy import ndimage
+
+    labels = np.asarray(labels)
+    height, width = labels.shape
     annotations = []
-    for value in np.unique(labels[labels > 0]):
-        mask = labels == value
-        rows, cols = np.nonzero(mask)
+    for value, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        rows, cols = np.nonzero(labels[box] == value)
+        rows, cols = rows + box[0].start, cols + box[1].start
+        flat = np.sort(cols.astype(np.int64) * height + rows)
+        counts = _counts_from_ones(flat, height * width)
         x, y = int(cols.min()), int(rows.min())
         annotations.append(
             {
                 "id": int(value),
                 "category_id": category_id,
-                "segmentation": encode_rle(mask),
-                "area": int(mask.sum()),
+                "segmentation": {"size": [height, width], "counts": _counts_to_string(counts)},
+                "area": len(rows),
                 "bbox": [x, y, int(cols.max()) + 1 - x, int(rows.max()) + 1 - y],
                 "iscrowd": 0,
             }

@@ -98,8 +98,8 @@ class SegmentationRun:
         channels = source.shape[2] if len(source.shape) == 3 else 1
         expected = int(card.options.get("in_channels", 3))
         if channels != expected:
-            kind = {1: "greyscale", 4: "RGBA"}.get(channels, f"{channels}-channel")
-            raise ValueError(f"the model expects {expected}-channel images; this is a {kind} image")
+            kind = {1: "a greyscale", 4: "an RGBA"}.get(channels, f"a {channels}-channel")
+            raise ValueError(f"the model expects {expected}-channel images; this is {kind} image")
         self.source, self.predictor, self.batch_size = source, predictor, batch_size
         self.level, self.downsample, self.level_mpp = level, downsample, level_mpp
         self.grid = TileGrid.over(
