@@ -1,0 +1,122 @@
+"""Scoring detections the way the mitosis challenges do (MITOS 2012/2014, TUPAC, MIDOG).
+
+A detection is a hit when its centre lies within ``max_distance`` of a true mitosis that no
+earlier detection has claimed; each truth is claimed once. Detections are taken in order of
+decreasing score (ties: input order) and each claims its nearest unclaimed truth in range
+(ties: the lower truth index). The distance is fixed in µm (8 µm by default) and converted
+with the image's µm/pixel once, here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.spatial import cKDTree
+
+DEFAULT_DISTANCE_UM = 8.0
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """Counts and rates of one matching; ``hits[i]`` says whether detection i is a TP."""
+
+    tp: int
+    fp: int
+    fn: int
+    hits: np.ndarray  # bool per detection (input order)
+    pairs: np.ndarray  # (tp, 2) detection index, truth index
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def f1(self) -> float:
+        """2TP / (2TP + FP + FN); 1.0 when there is nothing to find and nothing found."""
+        denominator = 2 * self.tp + self.fp + self.fn
+        return 2 * self.tp / denominator if denominator else 1.0
+
+
+def max_distance_px(mpp: float | None, distance_um: float = DEFAULT_DISTANCE_UM) -> float:
+    """The hit radius in pixels; pixel-unit images take ``distance_um`` as pixels."""
+    return distance_um / mpp if mpp else distance_um
+
+
+def match_detections(
+    detections: np.ndarray,
+    truths: np.ndarray,
+    *,
+    max_distance: float,
+    scores: np.ndarray | None = None,
+) -> MatchResult:
+    """Match (n, 2) detection centres to (m, 2) true centres (same units and axis order)."""
+    detections = np.asarray(detections, float).reshape(-1, 2)
+    truths = np.asarray(truths, float).reshape(-1, 2)
+    scores = np.zeros(len(detections)) if scores is None else np.asarray(scores, float)
+    if len(scores) != len(detections):
+        raise ValueError(f"{len(detections)} detections but {len(scores)} scores")
+    hits = np.zeros(len(detections), bool)
+    pairs: list[tuple[int, int]] = []
+    if len(detections) and len(truths):
+        tree = cKDTree(truths)
+        claimed = np.zeros(len(truths), bool)
+        for d in np.argsort(-scores, kind="stable"):
+            candidates = tree.query_ball_point(detections[d], r=max_distance)
+            free = [t for t in candidates if not claimed[t]]
+            if not free:
+                continue
+            distances = np.hypot(*(truths[free] - detections[d]).T)
+            best = min(zip(distances, free, strict=True))[1]  # nearest; ties → lower index
+            claimed[best] = True
+            hits[d] = True
+            pairs.append((int(d), int(best)))
+    tp = int(hits.sum())
+    return MatchResult(
+        tp, len(detections) - tp, len(truths) - tp, hits, np.array(pairs, int).reshape(-1, 2)
+    )
+
+
+def f1_optimal_threshold(
+    detections: np.ndarray, scores: np.ndarray, truths: np.ndarray, *, max_distance: float
+) -> tuple[float, MatchResult]:
+    """The score threshold (keep scores ≥ it) with the best F1, and its matching.
+
+    Lowering the threshold only adds detections, so each candidate is one matching of the
+    detections above it; the highest threshold wins ties (fewer detections, same F1).
+    """
+    scores = np.asarray(scores, float)
+    candidates = np.unique(scores)[::-1]
+    best: tuple[float, MatchResult] = (
+        np.inf,
+        match_detections(detections[:0], truths, max_distance=max_distance),
+    )
+    for threshold in candidates:
+        keep = scores >= threshold
+        result = match_detections(
+            detections[keep], truths, max_distance=max_distance, scores=scores[keep]
+        )
+        if result.f1 > best[1].f1:
+            best = (float(threshold), result)
+    return best
+
+
+def precision_recall_curve(
+    detections: np.ndarray, scores: np.ndarray, truths: np.ndarray, *, max_distance: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(thresholds, precision, recall) at every distinct score, highest threshold first."""
+    scores = np.asarray(scores, float)
+    thresholds = np.unique(scores)[::-1]
+    precision, recall = [], []
+    for threshold in thresholds:
+        keep = scores >= threshold
+        result = match_detections(
+            detections[keep], truths, max_distance=max_distance, scores=scores[keep]
+        )
+        precision.append(result.precision)
+        recall.append(result.recall)
+    return thresholds, np.array(precision), np.array(recall)
