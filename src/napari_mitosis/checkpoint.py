@@ -40,9 +40,10 @@ class ModelCard:
 
 
 def _factories() -> dict[str, Any]:
+    from napari_mitosis.detector import faster_rcnn
     from napari_mitosis.unet import unet
 
-    return {"unet": unet}
+    return {"unet": unet, "faster_rcnn": faster_rcnn}
 
 
 def build_model(card: ModelCard) -> nn.Module:
