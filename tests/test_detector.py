@@ -94,3 +94,30 @@ def test_detector_checkpoint_round_trip_and_prediction_format(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="is a detection model, not a segmentation model"):
         load_checkpoint(path, task="segmentation")
+
+
+def test_crops_and_boxes_are_transformed_together() -> None:
+    from napari_mitosis.detection_training import BoxCropSampler, DetectorTraining
+    from napari_mitosis.detections import boxes_from_labels
+    from napari_mitosis.synthetic import synthetic_slide
+
+    rgb, truth = synthetic_slide(384, 384, field=True, n_mitoses=3, seed=2)
+    boxes = boxes_from_labels(label(truth.mitosis_mask)).boxes
+    config = DetectorTraining(
+        crop=128,
+        batch_size=16,
+        positive_fraction=1.0,
+        brightness=0,
+        contrast=0,
+        saturation=0,
+        hue=0,
+    )  # geometry only
+    images, targets = BoxCropSampler([(rgb, boxes)], config, np.random.default_rng(0)).batch()
+    assert sum(len(t["boxes"]) for t in targets) >= 16  # every crop was centred on a figure
+    for image, target in zip(images, targets, strict=True):
+        assert image.shape == (3, 128, 128) and image.min() >= 0 and image.max() <= 1
+        grey = image.mean(0).numpy() * 255
+        for x0, y0, x1, y1 in target["boxes"].numpy().round().astype(int):
+            # Rotated/flipped with the image, each box still frames dark chromatin.
+            assert grey[y0:y1, x0:x1].min() < 80
+        assert (target["labels"] == 1).all()

@@ -86,3 +86,23 @@ def test_f1_optimal_threshold_and_precision_recall_curve() -> None:
     assert thresholds.tolist() == [0.9, 0.7, 0.6, 0.2]
     np.testing.assert_allclose(precision, [1, 0.5, 2 / 3, 0.5])
     np.testing.assert_allclose(recall, [0.5, 0.5, 1, 1])
+
+
+def test_threshold_sweep_equals_matching_each_threshold_separately() -> None:
+    rng = np.random.default_rng(4)
+    truths = rng.uniform(0, 200, (15, 2))
+    detections = np.concatenate(
+        [truths[:10] + rng.normal(0, 4, (10, 2)), rng.uniform(0, 200, (20, 2))]
+    )
+    scores = np.round(rng.uniform(0, 1, len(detections)), 1)  # many ties
+    thresholds, precision, recall = precision_recall_curve(
+        detections, scores, truths, max_distance=8
+    )
+    for threshold, p, r in zip(thresholds, precision, recall, strict=True):
+        keep = scores >= threshold
+        direct = match_detections(detections[keep], truths, max_distance=8, scores=scores[keep])
+        assert (direct.precision, direct.recall) == pytest.approx((p, r))
+    _, result = f1_optimal_threshold(detections, scores, truths, max_distance=8)
+    assert result.f1 == pytest.approx(
+        max(2 * p * r / (p + r) if p + r else 0 for p, r in zip(precision, recall, strict=True))
+    )

@@ -81,42 +81,55 @@ def match_detections(
     )
 
 
+def _sweep(detections: np.ndarray, scores: np.ndarray, truths: np.ndarray, max_distance: float):
+    """TP/FP at every distinct score, from one greedy matching.
+
+    Greedy matching takes detections by decreasing score, so the matching of the detections
+    scoring ≥ t is the first steps of the full matching: one pass gives every threshold.
+    """
+    scores = np.asarray(scores, float)
+    full = match_detections(detections, truths, max_distance=max_distance, scores=scores)
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(full.hits[order])
+    fp = np.arange(1, len(order) + 1) - tp
+    ordered = scores[order]
+    last_of_each = np.flatnonzero(np.r_[ordered[1:] != ordered[:-1], True])  # ties go in together
+    return ordered[last_of_each], tp[last_of_each], fp[last_of_each], len(truths)
+
+
 def f1_optimal_threshold(
     detections: np.ndarray, scores: np.ndarray, truths: np.ndarray, *, max_distance: float
 ) -> tuple[float, MatchResult]:
     """The score threshold (keep scores ≥ it) with the best F1, and its matching.
 
-    Lowering the threshold only adds detections, so each candidate is one matching of the
-    detections above it; the highest threshold wins ties (fewer detections, same F1).
+    The highest threshold wins ties (fewer detections, same F1). With no detection at all,
+    the threshold is +inf.
     """
     scores = np.asarray(scores, float)
-    candidates = np.unique(scores)[::-1]
-    best: tuple[float, MatchResult] = (
-        np.inf,
-        match_detections(detections[:0], truths, max_distance=max_distance),
+    detections = np.asarray(detections, float).reshape(-1, 2)
+    if not len(scores):
+        return np.inf, match_detections(detections, truths, max_distance=max_distance)
+    thresholds, tp, fp, n_truths = _sweep(detections, scores, truths, max_distance)
+    f1 = 2 * tp / np.maximum(2 * tp + fp + (n_truths - tp), 1)
+    best = int(np.argmax(f1))  # first maximum = highest threshold
+    if n_truths == 0:  # nothing to find: the best is to keep nothing
+        return np.inf, match_detections(detections[:0], truths, max_distance=max_distance)
+    keep = scores >= thresholds[best]
+    return float(thresholds[best]), match_detections(
+        detections[keep], truths, max_distance=max_distance, scores=scores[keep]
     )
-    for threshold in candidates:
-        keep = scores >= threshold
-        result = match_detections(
-            detections[keep], truths, max_distance=max_distance, scores=scores[keep]
-        )
-        if result.f1 > best[1].f1:
-            best = (float(threshold), result)
-    return best
 
 
 def precision_recall_curve(
     detections: np.ndarray, scores: np.ndarray, truths: np.ndarray, *, max_distance: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(thresholds, precision, recall) at every distinct score, highest threshold first."""
-    scores = np.asarray(scores, float)
-    thresholds = np.unique(scores)[::-1]
-    precision, recall = [], []
-    for threshold in thresholds:
-        keep = scores >= threshold
-        result = match_detections(
-            detections[keep], truths, max_distance=max_distance, scores=scores[keep]
-        )
-        precision.append(result.precision)
-        recall.append(result.recall)
-    return thresholds, np.array(precision), np.array(recall)
+    detections = np.asarray(detections, float).reshape(-1, 2)
+    if not len(scores):
+        return np.zeros(0), np.zeros(0), np.zeros(0)
+    thresholds, tp, fp, n_truths = _sweep(
+        detections, np.asarray(scores, float), truths, max_distance
+    )
+    precision = tp / np.maximum(tp + fp, 1)
+    recall = tp / n_truths if n_truths else np.ones(len(tp))
+    return thresholds, precision, recall
