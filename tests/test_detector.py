@@ -121,3 +121,62 @@ def test_crops_and_boxes_are_transformed_together() -> None:
             # Rotated/flipped with the image, each box still frames dark chromatin.
             assert grey[y0:y1, x0:x1].min() < 80
         assert (target["labels"] == 1).all()
+
+
+class KnownAnswerPredictor:
+    """The dark-blob stand-in with a model card, as the detection run expects."""
+
+    def __init__(self, tile: int) -> None:
+        self.card = ModelCard("faster_rcnn", {}, task="detection", input_size=tile, threshold=0.5)
+
+    def __call__(self, tiles: np.ndarray) -> list[dict[str, np.ndarray]]:
+        outputs = []
+        for tile in tiles:
+            regions = [r for r in regionprops(label(tile.mean(axis=-1) < 70)) if r.area >= 20]
+            boxes = [(r.bbox[1], r.bbox[0], r.bbox[3], r.bbox[2]) for r in regions]
+            outputs.append(
+                {
+                    "boxes": np.array(boxes, float).reshape(-1, 4),
+                    "scores": np.full(len(boxes), 0.9),
+                    "labels": np.ones(len(boxes), int),
+                }
+            )
+        return outputs
+
+
+def test_detection_over_a_slide_level_reports_each_mitosis_once_in_level0_pixels(tmp_path) -> None:
+    from napari_mitosis.detection import DetectionRun, mitotic_density
+    from napari_mitosis.matching import match_detections, max_distance_px
+    from napari_mitosis.slide import open_slide
+    from napari_mitosis.synthetic import write_synthetic_slide
+    from napari_mitosis.tissue import tissue_mask
+
+    truth = write_synthetic_slide(tmp_path / "s.tif", 1024, 1536, n_mitoses=6, seed=4)
+    slide = open_slide(tmp_path / "s.tif")
+    run = DetectionRun(
+        slide.viewer_levels[1],
+        KnownAnswerPredictor(128),
+        overlap=32,
+        level=1,
+        downsample=2.0,
+        level_mpp=slide.level_mpp(1),
+    )
+    kept = run.restrict_to_tissue(tissue_mask(slide.viewer_levels, level0_mpp=0.25), 0.05)
+    assert kept < len(run.grid)
+    progress = list(run.steps())
+    assert progress[-1] == (kept, kept)
+    found = run.result()
+    assert found.mpp == (0.25, 0.25)
+    result = match_detections(
+        found.centres, truth.mitoses, max_distance=max_distance_px(0.25), scores=found.scores
+    )
+    assert (result.tp, result.fn) == (6, 0)
+    density = mitotic_density(result.tp, area_mm2=0.5)
+    assert density["per_mm2"] == 12 and density["per_10_hpf"] == pytest.approx(12 * 2.37)
+
+
+def test_detection_refuses_greyscale_images() -> None:
+    from napari_mitosis.detection import DetectionRun
+
+    with pytest.raises(ValueError, match="needs an RGB image"):
+        DetectionRun(np.zeros((64, 64), np.uint8), KnownAnswerPredictor(64))

@@ -1,0 +1,137 @@
+"""Mitosis detection on images and slides: tiles over the region (or tissue) → boxes in
+level-0 pixels, merged across tile borders. Scripts, the CLI and widgets call this."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from napari_mitosis.checkpoint import load_checkpoint
+from napari_mitosis.detections import Detections
+from napari_mitosis.detector import DetectionPredictor, TileBoxMerger
+from napari_mitosis.segmentation import Region, choose_level
+from napari_mitosis.slide import open_slide
+from napari_mitosis.tiled_inference import iter_tiled
+from napari_mitosis.tiling import TileGrid
+from napari_mitosis.tissue import TissueMask, tissue_mask
+
+
+class DetectionRun:
+    """One detection, step by step (``steps()`` yields progress, ``result()`` merges)."""
+
+    def __init__(
+        self,
+        source: Any,
+        predictor: DetectionPredictor,
+        *,
+        overlap: int = 64,
+        region: Region | None = None,
+        batch_size: int = 4,
+        level: int = 0,
+        downsample: float = 1.0,
+        level_mpp: tuple[float, float] | None = None,
+    ) -> None:
+        if len(source.shape) != 3 or source.shape[2] != 3:
+            raise ValueError(f"the detector needs an RGB image; got shape {tuple(source.shape)}")
+        tile = predictor.card.input_size
+        self.source, self.predictor, self.batch_size = source, predictor, batch_size
+        self.grid = TileGrid.over(
+            source.shape, tile, overlap, region=region, level=level, downsample=downsample
+        )
+        self.merger = TileBoxMerger(
+            self.grid, overlap=overlap, class_names=tuple(predictor.card.classes)
+        )
+        self.origins = self.grid.origins()
+        self.mpp0 = (level_mpp[0] / downsample, level_mpp[1] / downsample) if level_mpp else None
+
+    def restrict_to_tissue(self, tissue: TissueMask, min_fraction: float = 0.05) -> int:
+        self.origins = tissue.tissue_origins(self.grid, min_fraction)
+        if len(self.origins) == 0:
+            raise ValueError(
+                f"no tile in the region holds {min_fraction:.0%} tissue: nothing to detect"
+            )
+        return len(self.origins)
+
+    def steps(self) -> Iterator[tuple[int, int]]:
+        yield from iter_tiled(
+            self.grid,
+            self.source,
+            self.predictor,
+            self.merger,
+            origins=self.origins,
+            batch_size=self.batch_size,
+        )
+
+    def result(self, score_threshold: float | None = None) -> Detections:
+        found = self.merger.finish(self.mpp0)
+        threshold = self.predictor.card.threshold if score_threshold is None else score_threshold
+        keep = found.scores >= threshold
+        return Detections(
+            found.boxes[keep],
+            found.scores[keep],
+            [c for c, k in zip(found.classes, keep, strict=True) if k],
+            found.mpp,
+        )
+
+
+def detect_slide(
+    path: str | Path,
+    checkpoint: str | Path,
+    *,
+    level: int | None = None,
+    region: Region | None = None,
+    device: str = "auto",
+    tissue_only: bool = False,
+    min_tissue: float = 0.05,
+    score_threshold: float | None = None,
+    **options: Any,
+) -> Detections:
+    """Detect mitoses in a slide or image at the level matching the model's µm/pixel.
+
+    ``region`` is (y0, x0, y1, x1) in level-0 pixels; boxes come back in level-0 pixels.
+    """
+    model, card = load_checkpoint(checkpoint, task="detection")
+    predictor = DetectionPredictor(model, card, device)
+    slide = open_slide(path)
+    level = choose_level(slide, card.mpp) if level is None else level
+    down_y, down_x = slide.level_downsample(level)
+    level_region = None
+    if region is not None:
+        level_region = (
+            int(region[0] / down_y),
+            int(region[1] / down_x),
+            math.ceil(region[2] / down_y),
+            math.ceil(region[3] / down_x),
+        )
+    run = DetectionRun(
+        slide.viewer_levels[level],
+        predictor,
+        region=level_region,
+        level=level,
+        downsample=down_x,
+        level_mpp=slide.level_mpp(level),
+        **options,
+    )
+    if tissue_only:
+        run.restrict_to_tissue(
+            tissue_mask(slide.viewer_levels, level0_mpp=slide.mpp[1] if slide.mpp else None),
+            min_tissue,
+        )
+    for _ in run.steps():
+        pass
+    return run.result(score_threshold)
+
+
+def mitotic_density(count: int, area_mm2: float, *, hpf_mm2: float = 0.237) -> dict[str, float]:
+    """Mitoses per mm² and per 10 high-power fields (default HPF 0.237 mm², as in MIDOG/TUPAC)."""
+    if area_mm2 <= 0:
+        raise ValueError(f"area must be positive, got {area_mm2} mm²")
+    per_mm2 = count / area_mm2
+    return {
+        "count": float(count),
+        "area_mm2": area_mm2,
+        "per_mm2": per_mm2,
+        "per_10_hpf": per_mm2 * 10 * hpf_mm2,
+    }
