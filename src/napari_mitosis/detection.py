@@ -3,22 +3,20 @@ level-0 pixels, merged across tile borders. Scripts, the CLI and widgets call th
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from napari_mitosis.checkpoint import load_checkpoint
 from napari_mitosis.detections import Detections
 from napari_mitosis.detector import DetectionPredictor, TileBoxMerger
-from napari_mitosis.segmentation import Region, choose_level
+from napari_mitosis.segmentation import Region
 from napari_mitosis.slide import open_slide
-from napari_mitosis.tiled_inference import iter_tiled
+from napari_mitosis.tiled_inference import TiledRun
 from napari_mitosis.tiling import TileGrid
-from napari_mitosis.tissue import TissueMask, tissue_mask
+from napari_mitosis.tissue import tissue_mask
 
 
-class DetectionRun:
+class DetectionRun(TiledRun):
     """One detection, step by step (``steps()`` yields progress, ``result()`` merges)."""
 
     def __init__(
@@ -45,24 +43,6 @@ class DetectionRun:
         )
         self.origins = self.grid.origins()
         self.mpp0 = (level_mpp[0] / downsample, level_mpp[1] / downsample) if level_mpp else None
-
-    def restrict_to_tissue(self, tissue: TissueMask, min_fraction: float = 0.05) -> int:
-        self.origins = tissue.tissue_origins(self.grid, min_fraction)
-        if len(self.origins) == 0:
-            raise ValueError(
-                f"no tile in the region holds {min_fraction:.0%} tissue: nothing to detect"
-            )
-        return len(self.origins)
-
-    def steps(self) -> Iterator[tuple[int, int]]:
-        yield from iter_tiled(
-            self.grid,
-            self.source,
-            self.predictor,
-            self.merger,
-            origins=self.origins,
-            batch_size=self.batch_size,
-        )
 
     def result(self, score_threshold: float | None = None) -> Detections:
         found = self.merger.finish(self.mpp0)
@@ -95,16 +75,9 @@ def detect_slide(
     model, card = load_checkpoint(checkpoint, task="detection")
     predictor = DetectionPredictor(model, card, device)
     slide = open_slide(path)
-    level = choose_level(slide, card.mpp) if level is None else level
-    down_y, down_x = slide.level_downsample(level)
-    level_region = None
-    if region is not None:
-        level_region = (
-            int(region[0] / down_y),
-            int(region[1] / down_x),
-            math.ceil(region[2] / down_y),
-            math.ceil(region[3] / down_x),
-        )
+    level = slide.level_for_mpp(card.mpp) if level is None else level
+    down_x = slide.level_downsample(level)[1]
+    level_region = slide.region_at_level(region, level)
     run = DetectionRun(
         slide.viewer_levels[level],
         predictor,
@@ -119,8 +92,7 @@ def detect_slide(
             tissue_mask(slide.viewer_levels, level0_mpp=slide.mpp[1] if slide.mpp else None),
             min_tissue,
         )
-    for _ in run.steps():
-        pass
+    run.run()
     return run.result(score_threshold)
 
 

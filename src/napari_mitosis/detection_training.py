@@ -8,7 +8,6 @@ the challenges' centroid rule, so the kept F1 is the F1 users will see.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,11 +20,10 @@ from torchvision.transforms import v2
 
 from napari_mitosis.checkpoint import ModelCard, save_checkpoint
 from napari_mitosis.detector import DetectionPredictor, TileBoxMerger, faster_rcnn
-from napari_mitosis.errors import OutputExistsError
 from napari_mitosis.matching import f1_optimal_threshold, max_distance_px
-from napari_mitosis.output_file import atomic_output
 from napari_mitosis.tiled_inference import pick_device, run_tiled
 from napari_mitosis.tiling import TileGrid
+from napari_mitosis.training_log import EarlyStopping, refuse_existing, write_history
 
 BoxedField = tuple[np.ndarray, np.ndarray]  # (image (h, w, 3) uint8, boxes (n, 4) xyxy px)
 
@@ -38,7 +36,9 @@ class DetectorTraining:
     max_steps: int = 2000
     eval_every: int = 100
     patience: int = 5
-    learning_rate: float = 1e-3
+    # From scratch (no pretrained backbone), 1e-3 diverged on synthetic fields; 2e-4 reached
+    # validation F1 0.83 by step 150 (see the closing note of the session that added this).
+    learning_rate: float = 2e-4
     positive_fraction: float = 0.5
     distance_um: float = 8.0
     mpp: float = 0.25
@@ -141,9 +141,7 @@ def train_detector(
     config = config or DetectorTraining()
     out = Path(out)
     log_path = out.with_suffix(".csv")
-    for path in (out, log_path):
-        if path.exists() and not overwrite:
-            raise OutputExistsError(path)
+    refuse_existing((out, log_path), overwrite=overwrite)
     if not train or not validation:
         raise ValueError("need training and validation fields")
     for i, (image, _) in enumerate(train):
@@ -170,7 +168,7 @@ def train_detector(
     sampler = BoxCropSampler(train, config, rng)
     radius = max_distance_px(config.mpp, config.distance_um)
     history: list[dict[str, float]] = []
-    best_f1, best_step, stale, losses = -1.0, 0, 0, []
+    stopping, losses = EarlyStopping(config.patience), []
     started = time.perf_counter()
     for step in range(1, config.max_steps + 1):
         model.train()
@@ -215,17 +213,11 @@ def train_detector(
         history.append(record)
         if progress is not None:
             progress(step, config.max_steps, record)
-        if record["val_f1"] > best_f1:
-            best_f1, best_step, stale = record["val_f1"], step, 0
+        if stopping.improved(record["val_f1"], step):
             card.threshold = record["threshold"]
-            card.metrics = {"val_f1": best_f1, "step": float(step)}
+            card.metrics = {"val_f1": stopping.best, "step": float(step)}
             save_checkpoint(out, model, card, overwrite=True)
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    with atomic_output(log_path, overwrite=True) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    return DetectorReport(card, best_step, best_f1, history)
+        elif stopping.should_stop:
+            break
+    write_history(log_path, history)
+    return DetectorReport(card, stopping.best_step, stopping.best, history)

@@ -5,8 +5,7 @@ Scripts, the CLI and the napari widget all call `segment_array` / `segment_slide
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,16 +17,15 @@ from skimage.measure import label
 from napari_mitosis.checkpoint import ModelCard, load_checkpoint
 from napari_mitosis.components import label_components
 from napari_mitosis.detections import Detections, boxes_from_labels
-from napari_mitosis.slide import Slide, open_slide
+from napari_mitosis.slide import open_slide
 from napari_mitosis.tiled_inference import (
     BlendedStitcher,
-    Cancelled,
     Progress,
+    TiledRun,
     TilePredictor,
-    iter_tiled,
 )
 from napari_mitosis.tiling import TileGrid
-from napari_mitosis.tissue import TissueMask, tissue_mask
+from napari_mitosis.tissue import tissue_mask
 
 Region = tuple[int, int, int, int]  # (y0, x0, y1, x1)
 #: Regions larger than this (pixels) are segmented into lazily allocated zarr arrays.
@@ -61,15 +59,7 @@ def lazy_probability(
     )
 
 
-def choose_level(slide: Slide, target_mpp: float | None) -> int:
-    """The pyramid level whose µm/pixel is closest (in ratio) to what the model was trained at."""
-    if target_mpp is None or slide.mpp is None:
-        return 0
-    errors = [abs(math.log(slide.level_mpp(i)[1] / target_mpp)) for i in range(len(slide.levels))]
-    return int(np.argmin(errors))
-
-
-class SegmentationRun:
+class SegmentationRun(TiledRun):
     """One segmentation, step by step: ``steps()`` yields progress, ``result()`` finishes.
 
     `segment_array` runs it to the end; the napari widget drives ``steps()`` from a
@@ -107,27 +97,8 @@ class SegmentationRun:
         )
         y0, x0, y1, x1 = self.grid.region
         out = out if out is not None else np.zeros((y1 - y0, x1 - x0), np.float32)
-        self.stitcher = BlendedStitcher(self.grid, out, overlap=overlap)
+        self.stitcher = self.merger = BlendedStitcher(self.grid, out, overlap=overlap)
         self.origins = self.grid.origins()
-
-    def restrict_to_tissue(self, tissue: TissueMask, min_fraction: float = 0.05) -> int:
-        """Only tiles with at least ``min_fraction`` tissue go to the model; returns how many."""
-        self.origins = tissue.tissue_origins(self.grid, min_fraction)
-        if len(self.origins) == 0:
-            raise ValueError(
-                f"no tile in the region holds {min_fraction:.0%} tissue: nothing to segment"
-            )
-        return len(self.origins)
-
-    def steps(self) -> Iterator[tuple[int, int]]:
-        yield from iter_tiled(
-            self.grid,
-            self.source,
-            self.predictor,
-            self.stitcher,
-            origins=self.origins,
-            batch_size=self.batch_size,
-        )
 
     def result(
         self, threshold: float | None = None, min_area: int = 0, labels_out: Any = None
@@ -170,11 +141,7 @@ def segment_array(
     ``options`` are `SegmentationRun`'s (tile, overlap, region, batch_size, level, …).
     """
     run = SegmentationRun(source, predictor, **options)
-    for done, total in run.steps():
-        if progress is not None:
-            progress(done, total)
-        if should_stop is not None and should_stop() and done < total:
-            raise Cancelled
+    run.run(progress, should_stop)
     return run.result(threshold, min_area)
 
 
@@ -197,16 +164,9 @@ def segment_slide(
     model, card = load_checkpoint(checkpoint, task="segmentation")
     predictor = TilePredictor(model, card, device)
     slide = open_slide(path)
-    level = choose_level(slide, card.mpp) if level is None else level
-    down_y, down_x = slide.level_downsample(level)
-    level_region = None
-    if region is not None:
-        level_region = (
-            int(region[0] / down_y),
-            int(region[1] / down_x),
-            math.ceil(region[2] / down_y),
-            math.ceil(region[3] / down_x),
-        )
+    level = slide.level_for_mpp(card.mpp) if level is None else level
+    down_x = slide.level_downsample(level)[1]
+    level_region = slide.region_at_level(region, level)
     threshold = options.pop("threshold", None)
     min_area = options.pop("min_area", 0)
     y0, x0, y1, x1 = level_region or (0, 0, *slide.levels[level].shape[:2])
@@ -229,8 +189,7 @@ def segment_slide(
     if tissue_only:
         mpp = slide.mpp[1] if slide.mpp else None
         run.restrict_to_tissue(tissue_mask(slide.viewer_levels, level0_mpp=mpp), min_tissue)
-    for _ in run.steps():
-        pass
+    run.run()
     return run.result(threshold, min_area, labels_out)
 
 

@@ -7,7 +7,6 @@ F1 over pixels (the same number), never hand-written.
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -22,9 +21,8 @@ from torchvision.ops import sigmoid_focal_loss
 from torchvision.transforms import v2
 
 from napari_mitosis.checkpoint import ModelCard, save_checkpoint
-from napari_mitosis.errors import OutputExistsError
-from napari_mitosis.output_file import atomic_output
 from napari_mitosis.tiled_inference import pick_device
+from napari_mitosis.training_log import EarlyStopping, refuse_existing, write_history
 from napari_mitosis.unet import unet
 
 Pair = tuple[np.ndarray, np.ndarray]  # (image (h, w, c) uint8, mask (h, w) bool)
@@ -167,9 +165,7 @@ def train_unet(
     config = config or UNetTraining()
     out = Path(out)
     log_path = out.with_suffix(".csv")
-    for path in (out, log_path):
-        if path.exists() and not overwrite:
-            raise OutputExistsError(path)
+    refuse_existing((out, log_path), overwrite=overwrite)
     _check_pairs(train, "training", config.crop)
     _check_pairs(validation, "validation", 0)
     torch.manual_seed(config.seed)
@@ -194,7 +190,7 @@ def train_unet(
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     sampler = CropSampler(train, config, rng)
     history: list[dict[str, float]] = []
-    best_dice, best_step, stale = -1.0, 0, 0
+    stopping = EarlyStopping(config.patience)
     losses: list[float] = []
     started = time.perf_counter()
     for step in range(1, config.max_steps + 1):
@@ -223,16 +219,10 @@ def train_unet(
         history.append(record)
         if progress is not None:
             progress(step, config.max_steps, record)
-        if record["val_dice"] > best_dice:
-            best_dice, best_step, stale = record["val_dice"], step, 0
-            card.metrics = {"val_dice": best_dice, "step": float(step)}
+        if stopping.improved(record["val_dice"], step):
+            card.metrics = {"val_dice": stopping.best, "step": float(step)}
             save_checkpoint(out, model, card, overwrite=True)
-        else:
-            stale += 1
-            if stale >= config.patience:
-                break
-    with atomic_output(log_path, overwrite=True) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    return TrainingReport(card, best_step, best_dice, history)
+        elif stopping.should_stop:
+            break
+    write_history(log_path, history)
+    return TrainingReport(card, stopping.best_step, stopping.best, history)

@@ -7,6 +7,7 @@ NumPy array) whose chunks are the slide's own tiles.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -121,6 +122,23 @@ class Slide:
             return None
         dy, dx = self.level_downsample(level)
         return self.mpp[0] * dy, self.mpp[1] * dx
+
+    def level_for_mpp(self, target_mpp: float | None) -> int:
+        """The level whose µm/pixel is closest (in ratio) to ``target_mpp`` (0 if unknown)."""
+        if target_mpp is None or self.mpp is None:
+            return 0
+        errors = [abs(math.log(self.level_mpp(i)[1] / target_mpp)) for i in range(len(self.levels))]
+        return int(np.argmin(errors))
+
+    def region_at_level(
+        self, region: tuple[int, int, int, int] | None, level: int
+    ) -> tuple[int, int, int, int] | None:
+        """A level-0 (y0, x0, y1, x1) region in ``levels[level]`` pixels (outward rounding)."""
+        if region is None:
+            return None
+        dy, dx = self.level_downsample(level)
+        y0, x0, y1, x1 = region
+        return int(y0 / dy), int(x0 / dx), math.ceil(y1 / dy), math.ceil(x1 / dx)
 
     def scale(self) -> tuple[float, float]:
         """Level-0 layer scale: µm per pixel when known, else 1 (pixel units)."""

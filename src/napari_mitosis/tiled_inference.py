@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -15,6 +15,9 @@ from torch import nn
 
 from napari_mitosis.checkpoint import ModelCard
 from napari_mitosis.tiling import TileGrid
+
+if TYPE_CHECKING:
+    from napari_mitosis.tissue import TissueMask
 
 Progress = Callable[[int, int], None]
 
@@ -126,6 +129,50 @@ def run_tiled(
             progress(done, total)
         if should_stop is not None and should_stop() and done < total:
             raise Cancelled
+
+
+class TiledRun:
+    """What every model's run shares: a grid, the tiles to visit, progress by batch.
+
+    Subclasses set ``merger`` and turn it into their result; `steps()` is a generator so a
+    napari ``thread_worker`` can report progress and stop between batches.
+    """
+
+    grid: TileGrid
+    source: Any
+    predictor: Callable[[np.ndarray], Any]
+    merger: Merger
+    batch_size: int
+    origins: np.ndarray
+
+    def restrict_to_tissue(self, tissue: TissueMask, min_fraction: float = 0.05) -> int:
+        """Only tiles with at least ``min_fraction`` tissue go to the model; returns how many."""
+        self.origins = tissue.tissue_origins(self.grid, min_fraction)
+        if len(self.origins) == 0:
+            raise ValueError(
+                f"no tile in the region holds {min_fraction:.0%} tissue: nothing to run on"
+            )
+        return len(self.origins)
+
+    def steps(self) -> Iterator[tuple[int, int]]:
+        yield from iter_tiled(
+            self.grid,
+            self.source,
+            self.predictor,
+            self.merger,
+            origins=self.origins,
+            batch_size=self.batch_size,
+        )
+
+    def run(
+        self, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None
+    ) -> None:
+        """All steps; ``should_stop()`` between batches raises :class:`Cancelled`."""
+        for done, total in self.steps():
+            if progress is not None:
+                progress(done, total)
+            if should_stop is not None and should_stop() and done < total:
+                raise Cancelled
 
 
 def blend_window(tile: int, overlap: int, floor: float = 1e-3) -> np.ndarray:
