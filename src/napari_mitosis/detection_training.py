@@ -22,7 +22,7 @@ from napari_mitosis.checkpoint import ModelCard, save_checkpoint
 from napari_mitosis.detector import DetectionPredictor, TileBoxMerger, faster_rcnn
 from napari_mitosis.matching import f1_optimal_threshold, max_distance_px
 from napari_mitosis.tiled_inference import pick_device, run_tiled
-from napari_mitosis.tiling import TileGrid
+from napari_mitosis.tiling import TileGrid, crop_origin
 from napari_mitosis.training_log import EarlyStopping, refuse_existing, write_history
 
 BoxedField = tuple[np.ndarray, np.ndarray]  # (image (h, w, 3) uint8, boxes (n, 4) xyxy px)
@@ -81,14 +81,11 @@ class BoxCropSampler:
     def _crop(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config.crop
         image, boxes = self.fields[int(self.rng.integers(len(self.fields)))]
-        h, w = image.shape[:2]
+        centre = None
         if len(boxes) and self.rng.random() < self.config.positive_fraction:
             x0, y0, x1, y1 = boxes[self.rng.integers(len(boxes))]
-            cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
-            y = int(np.clip(cy - self.rng.integers(c // 4, 3 * c // 4), 0, h - c))
-            x = int(np.clip(cx - self.rng.integers(c // 4, 3 * c // 4), 0, w - c))
-        else:
-            y, x = int(self.rng.integers(h - c + 1)), int(self.rng.integers(w - c + 1))
+            centre = ((y0 + y1) / 2, (x0 + x1) / 2)
+        y, x = crop_origin(self.rng, image.shape, c, centre)
         crop = torch.from_numpy(np.ascontiguousarray(image[y : y + c, x : x + c])).permute(2, 0, 1)
         shifted = np.asarray(boxes, float).reshape(-1, 4) - [x, y, x, y]
         clipped = np.clip(shifted, 0, c)

@@ -22,6 +22,7 @@ from torchvision.transforms import v2
 
 from napari_mitosis.checkpoint import ModelCard, save_checkpoint
 from napari_mitosis.tiled_inference import pick_device
+from napari_mitosis.tiling import crop_origin
 from napari_mitosis.training_log import EarlyStopping, refuse_existing, write_history
 from napari_mitosis.unet import unet
 
@@ -95,14 +96,11 @@ class CropSampler:
         c = self.config.crop
         index = int(self.rng.integers(len(self.pairs)))
         image, mask = self.pairs[index]
-        h, w = mask.shape
         pos = self.positives[index]
+        centre = None
         if len(pos) and self.rng.random() < self.config.positive_fraction:
-            cy, cx = pos[self.rng.integers(len(pos))]
-            y = int(np.clip(cy - self.rng.integers(c // 4, 3 * c // 4), 0, h - c))
-            x = int(np.clip(cx - self.rng.integers(c // 4, 3 * c // 4), 0, w - c))
-        else:
-            y, x = int(self.rng.integers(h - c + 1)), int(self.rng.integers(w - c + 1))
+            centre = tuple(pos[self.rng.integers(len(pos))])
+        y, x = crop_origin(self.rng, mask.shape, c, centre)
         image, mask = image[y : y + c, x : x + c], mask[y : y + c, x : x + c]
         k = int(self.rng.integers(4))  # orthogonal rotations and flips: the dihedral group
         image, mask = np.rot90(image, k), np.rot90(mask, k)

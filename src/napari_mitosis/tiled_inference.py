@@ -122,9 +122,17 @@ def run_tiled(
     should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """`iter_tiled` to the end; ``should_stop()`` between batches raises :class:`Cancelled`."""
-    for done, total in iter_tiled(
-        grid, source, predict, merger, origins=origins, batch_size=batch_size
-    ):
+    steps = iter_tiled(grid, source, predict, merger, origins=origins, batch_size=batch_size)
+    drive(steps, progress, should_stop)
+
+
+def drive(
+    steps: Iterator[tuple[int, int]],
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Consume progress steps, reporting each; stop (raise :class:`Cancelled`) when asked."""
+    for done, total in steps:
         if progress is not None:
             progress(done, total)
         if should_stop is not None and should_stop() and done < total:
@@ -168,11 +176,7 @@ class TiledRun:
         self, progress: Progress | None = None, should_stop: Callable[[], bool] | None = None
     ) -> None:
         """All steps; ``should_stop()`` between batches raises :class:`Cancelled`."""
-        for done, total in self.steps():
-            if progress is not None:
-                progress(done, total)
-            if should_stop is not None and should_stop() and done < total:
-                raise Cancelled
+        drive(self.steps(), progress, should_stop)
 
 
 def blend_window(tile: int, overlap: int, floor: float = 1e-3) -> np.ndarray:

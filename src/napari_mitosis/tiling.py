@@ -83,3 +83,19 @@ class TileGrid:
             pad = [(0, self.tile - block.shape[0]), (0, self.tile - block.shape[1])]
             block = np.pad(block, pad + [(0, 0)] * (block.ndim - 2))
         return block
+
+
+def crop_origin(
+    rng: np.random.Generator,
+    shape: tuple[int, ...],
+    crop: int,
+    centre: tuple[float, float] | None = None,
+) -> tuple[int, int]:
+    """Top-left (y, x) of a training crop: uniform, or with ``centre`` in its middle half."""
+    h, w = int(shape[0]), int(shape[1])
+    if centre is None:
+        return int(rng.integers(h - crop + 1)), int(rng.integers(w - crop + 1))
+    cy, cx = centre
+    y = int(np.clip(cy - rng.integers(crop // 4, 3 * crop // 4), 0, h - crop))
+    x = int(np.clip(cx - rng.integers(crop // 4, 3 * crop // 4), 0, w - crop))
+    return y, x
