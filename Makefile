@@ -37,6 +37,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 bench: $(BENCH_VENV)/.installed setup
 	$(BENCH_VENV)/bin/python benchmarks/bench_reader.py
 	$(PY) benchmarks/bench_segment.py
+	$(PY) benchmarks/bench_detect.py
 
 clean:
 	rm -rf $(VENV) demo-output .bench .pytest_cache .ruff_cache
