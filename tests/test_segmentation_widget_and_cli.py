@@ -83,6 +83,14 @@ def test_cli_converts_icpr2012_trains_and_segments(
     assert (tmp_path / "conv" / "A00_00.mask.tif").exists() and (
         tmp_path / "conv" / "A00_00.rle.json"
     ).exists()
+    # A second run after the first image's outputs were removed: the other images' outputs
+    # exist, so it is refused up front and writes nothing (no partial set for A00_00).
+    for suffix in (".mask.tif", ".boxes.csv", ".rle.json"):
+        (tmp_path / "conv" / f"A00_00{suffix}").unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "conv").iterdir()}
+    assert main(["convert-icpr2012", str(data), "--out", str(tmp_path / "conv")]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "conv").iterdir()} == before
 
     out = tmp_path / "cli-unet.safetensors"
     assert (

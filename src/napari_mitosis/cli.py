@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_mitosis.errors import OutputExistsError, SlideError
+from napari_mitosis.output_file import atomic_output, refuse_existing
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -51,8 +52,14 @@ def _convert_icpr2012(args: argparse.Namespace) -> int:
     from napari_mitosis.pyramid_tiff import write_pyramid_tiff
     from napari_mitosis.rle import labels_to_coco
 
+    pairs = icpr2012_pairs(args.folder)
+    suffixes = (".mask.tif", ".boxes.csv", ".rle.json")
+    refuse_existing(
+        (args.out / f"{f.image_path.stem}{x}" for f, _ in pairs for x in suffixes),
+        overwrite=args.overwrite,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    for field, labels in icpr2012_pairs(args.folder):
+    for field, labels in pairs:
         stem = field.image_path.stem
         write_pyramid_tiff(
             args.out / f"{stem}.mask.tif",
@@ -64,10 +71,8 @@ def _convert_icpr2012(args: argparse.Namespace) -> int:
         boxes = boxes_from_labels(labels, min_area=args.min_area)
         boxes.mpp = field.mpp
         write_detections_csv(args.out / f"{stem}.boxes.csv", boxes, overwrite=args.overwrite)
-        coco = args.out / f"{stem}.rle.json"
-        if coco.exists() and not args.overwrite:
-            raise OutputExistsError(coco)
-        coco.write_text(json.dumps(labels_to_coco(labels)))
+        with atomic_output(args.out / f"{stem}.rle.json", overwrite=args.overwrite) as tmp:
+            tmp.write_text(json.dumps(labels_to_coco(labels)))
         print(f"{field.image_path.name}: {int(labels.max())} mitoses, {len(boxes)} boxes")
     return 0
 
@@ -76,8 +81,12 @@ def _convert_icpr2014(args: argparse.Namespace) -> int:
     from napari_mitosis.geojson import Annotation, write_geojson
     from napari_mitosis.mitosis_datasets import icpr2014_fields
 
+    fields = icpr2014_fields(args.folder)
+    refuse_existing(
+        (args.out / f"{f.image_path.stem}.geojson" for f, _, _ in fields), overwrite=args.overwrite
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    for field, centroids, confidence in icpr2014_fields(args.folder):
+    for field, centroids, confidence in fields:
         points = [
             Annotation(c[None], "point", "Mitosis", {"confidence": float(p)})
             for c, p in zip(centroids, confidence, strict=True)
@@ -172,8 +181,15 @@ def _pseudo_masks(args: argparse.Namespace) -> int:
 
     model, card = load_checkpoint(args.model, task="segmentation")
     predictor = TilePredictor(model, card, args.device)
+    fields = icpr2014_fields(args.folder)
+    outputs = (
+        args.out / f"{f.image_path.stem}{x}"
+        for f, _, _ in fields
+        for x in (".mask.tif", ".boxes.csv")
+    )
+    refuse_existing(outputs, overwrite=args.overwrite)
     args.out.mkdir(parents=True, exist_ok=True)
-    for field, centroids, _ in icpr2014_fields(args.folder):
+    for field, centroids, _ in fields:
         mpp = field.mpp[1] if field.mpp else args.mpp
         labels, boxes, fell_back = pseudo_masks(
             field.image, centroids, predictor, mpp=mpp, fallback_radius_um=args.radius_um

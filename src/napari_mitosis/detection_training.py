@@ -21,9 +21,10 @@ from torchvision.transforms import v2
 from napari_mitosis.checkpoint import ModelCard, save_checkpoint
 from napari_mitosis.detector import DetectionPredictor, TileBoxMerger, faster_rcnn
 from napari_mitosis.matching import f1_optimal_threshold, max_distance_px
+from napari_mitosis.output_file import refuse_existing
 from napari_mitosis.tiled_inference import pick_device, run_tiled
 from napari_mitosis.tiling import TileGrid, crop_origin
-from napari_mitosis.training_log import EarlyStopping, refuse_existing, write_history
+from napari_mitosis.training_log import EarlyStopping, write_history
 
 BoxedField = tuple[np.ndarray, np.ndarray]  # (image (h, w, 3) uint8, boxes (n, 4) xyxy px)
 

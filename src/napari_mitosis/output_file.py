@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,3 +41,11 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
             tmp.unlink()
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def refuse_existing(paths: Iterable[Path], *, overwrite: bool) -> None:
+    """Raise before any work starts if an output exists and may not be replaced, so a
+    refusal never leaves a partial set of outputs behind."""
+    for path in paths:
+        if Path(path).exists() and not overwrite:
+            raise OutputExistsError(path)

@@ -21,9 +21,10 @@ from torchvision.ops import sigmoid_focal_loss
 from torchvision.transforms import v2
 
 from napari_mitosis.checkpoint import ModelCard, save_checkpoint
+from napari_mitosis.output_file import refuse_existing
 from napari_mitosis.tiled_inference import pick_device
 from napari_mitosis.tiling import crop_origin
-from napari_mitosis.training_log import EarlyStopping, refuse_existing, write_history
+from napari_mitosis.training_log import EarlyStopping, write_history
 from napari_mitosis.unet import unet
 
 Pair = tuple[np.ndarray, np.ndarray]  # (image (h, w, c) uint8, mask (h, w) bool)

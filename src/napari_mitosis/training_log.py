@@ -7,7 +7,6 @@ import csv
 from collections.abc import Sequence
 from pathlib import Path
 
-from napari_mitosis.errors import OutputExistsError
 from napari_mitosis.output_file import atomic_output
 
 
@@ -33,13 +32,6 @@ class EarlyStopping:
     @property
     def should_stop(self) -> bool:
         return self.stale >= self.patience
-
-
-def refuse_existing(paths: Sequence[Path], *, overwrite: bool) -> None:
-    """Raise before any work starts if an output exists and may not be replaced."""
-    for path in paths:
-        if path.exists() and not overwrite:
-            raise OutputExistsError(path)
 
 
 def write_history(path: Path, history: Sequence[dict[str, float]]) -> Path:
