@@ -74,13 +74,9 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, tuple[int, i
 @pytest.fixture(scope="session")
 def field_pairs():
     """Synthetic high-power fields (0.25 µm/px) with exact mitosis masks and look-alikes."""
-    from napari_mitosis.synthetic import synthetic_slide
+    from napari_mitosis.synthetic import synthetic_fields
 
-    pairs = []
-    for seed in range(7):
-        rgb, truth = synthetic_slide(384, 384, field=True, n_mitoses=3, n_distractors=3, seed=seed)
-        pairs.append((rgb, truth))
-    return pairs
+    return synthetic_fields(7)
 
 
 @pytest.fixture(scope="session")
@@ -90,17 +86,8 @@ def trained_unet(field_pairs, tmp_path_factory: pytest.TempPathFactory):
 
     train = [(rgb, t.mitosis_mask) for rgb, t in field_pairs[:4]]
     val = [(rgb, t.mitosis_mask) for rgb, t in field_pairs[4:6]]
-    config = UNetTraining(
-        crop=96,
-        batch_size=8,
-        max_steps=150,
-        eval_every=50,
-        base_width=8,
-        depth=3,
-        patience=3,
-        seed=0,
-        device="cpu",
-        notes="test model, synthetic data",
+    config = UNetTraining.small(
+        batch_size=8, patience=3, seed=0, device="cpu", notes="test model, synthetic data"
     )
     path = tmp_path_factory.mktemp("unet") / "unet.safetensors"
     return path, train_unet(train, val, path, config)

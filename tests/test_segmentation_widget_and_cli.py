@@ -13,6 +13,18 @@ from napari_mitosis.cli import main
 from napari_mitosis.mitos_annotations import write_icpr2012_csv
 
 
+def configured_widget(viewer, model, image, *, tile: int, overlap: int) -> SegmentationWidget:
+    """The widget as a user leaves it before pressing Run (CPU, given tile and overlap)."""
+    widget = SegmentationWidget(viewer)
+    widget.model_path.value = model
+    widget.device.value = "cpu"
+    widget.tile.value = tile
+    widget.overlap.value = overlap
+    if image is not None:
+        widget.image.value = image
+    return widget
+
+
 def test_widget_adds_probability_and_labels_at_the_image_scale(
     make_napari_viewer, qtbot, trained_unet, field_pairs
 ) -> None:
@@ -22,12 +34,7 @@ def test_widget_adds_probability_and_labels_at_the_image_scale(
     image = viewer.add_image(
         rgb, rgb=True, scale=(0.25, 0.25), name="hpf", metadata={"mpp": [0.25, 0.25]}
     )
-    widget = SegmentationWidget(viewer)
-    widget.model_path.value = path
-    widget.device.value = "cpu"
-    widget.tile.value = 128
-    widget.overlap.value = 32
-    widget.image.value = image
+    widget = configured_widget(viewer, path, image, tile=128, overlap=32)
     worker = widget.run()
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
@@ -45,11 +52,7 @@ def test_widget_cancel_adds_nothing(make_napari_viewer, qtbot, trained_unet) -> 
     path, _ = trained_unet
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((2048, 2048, 3), np.uint8), rgb=True, name="big")
-    widget = SegmentationWidget(viewer)
-    widget.model_path.value = path
-    widget.device.value = "cpu"
-    widget.tile.value = 64
-    widget.overlap.value = 0
+    widget = configured_widget(viewer, path, None, tile=64, overlap=0)
     widget.run()
     widget.cancel()
     # The worker may stop before a signal wait could start: wait on the widget's state.
@@ -188,12 +191,7 @@ def test_widget_segments_only_inside_a_drawn_rectangle(
     shapes = viewer.add_shapes(
         [np.array([[16, 8], [16, 72], [80, 72], [80, 8]], float)], shape_type="rectangle"
     )
-    widget = SegmentationWidget(viewer)
-    widget.model_path.value = path
-    widget.device.value = "cpu"
-    widget.tile.value = 128
-    widget.overlap.value = 32
-    widget.image.value = image
+    widget = configured_widget(viewer, path, image, tile=128, overlap=32)
     widget.region.value = "shapes layer box"
     widget.shapes.value = shapes
     widget.run()

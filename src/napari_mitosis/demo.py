@@ -89,25 +89,14 @@ def _segment_with_demo_unet(sample: SampleSlide, out: Path) -> SegmentationResul
     """Train (once) a small U-Net on synthetic fields, segment the sample's tissue, score it."""
     from napari_mitosis.segmentation import segment_slide, write_segmentation
     from napari_mitosis.segmentation_training import UNetTraining, train_unet
-    from napari_mitosis.synthetic import synthetic_slide
+    from napari_mitosis.synthetic import synthetic_fields
 
     model = out / "demo-unet.safetensors"
     if not model.exists():
         started = time.perf_counter()
-        fields = [
-            synthetic_slide(384, 384, field=True, n_mitoses=3, n_distractors=3, seed=100 + i)
-            for i in range(6)
-        ]
+        fields = synthetic_fields(6, first_seed=100)
         pairs = [(rgb, truth.mitosis_mask) for rgb, truth in fields]
-        config = UNetTraining(
-            crop=96,
-            max_steps=150,
-            eval_every=50,
-            base_width=8,
-            depth=3,
-            device="auto",
-            notes="demo model, trained on synthetic data",
-        )
+        config = UNetTraining.small(device="auto", notes="demo model, trained on synthetic data")
         report = train_unet(pairs[:4], pairs[4:], model, config, overwrite=True)
         print(
             f"demo U-Net: validation Dice {report.best_dice:.3f} ({time.perf_counter() - started:.0f} s) → {model}"

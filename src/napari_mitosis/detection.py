@@ -13,7 +13,7 @@ from napari_mitosis.segmentation import Region
 from napari_mitosis.slide import open_slide
 from napari_mitosis.tiled_inference import TiledRun
 from napari_mitosis.tiling import TileGrid
-from napari_mitosis.tissue import tissue_mask
+from napari_mitosis.tissue import slide_tissue_mask
 
 
 class DetectionRun(TiledRun):
@@ -75,23 +75,10 @@ def detect_slide(
     model, card = load_checkpoint(checkpoint, task="detection")
     predictor = DetectionPredictor(model, card, device)
     slide = open_slide(path)
-    level = slide.level_for_mpp(card.mpp) if level is None else level
-    down_x = slide.level_downsample(level)[1]
-    level_region = slide.region_at_level(region, level)
-    run = DetectionRun(
-        slide.viewer_levels[level],
-        predictor,
-        region=level_region,
-        level=level,
-        downsample=down_x,
-        level_mpp=slide.level_mpp(level),
-        **options,
-    )
+    where = slide.model_level(card.mpp, level=level, region=region)
+    run = DetectionRun(where.pop("source"), predictor, **where, **options)
     if tissue_only:
-        run.restrict_to_tissue(
-            tissue_mask(slide.viewer_levels, level0_mpp=slide.mpp[1] if slide.mpp else None),
-            min_tissue,
-        )
+        run.restrict_to_tissue(slide_tissue_mask(slide), min_tissue)
     run.run()
     return run.result(score_threshold)
 

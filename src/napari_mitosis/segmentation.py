@@ -25,7 +25,7 @@ from napari_mitosis.tiled_inference import (
     TilePredictor,
 )
 from napari_mitosis.tiling import TileGrid
-from napari_mitosis.tissue import tissue_mask
+from napari_mitosis.tissue import slide_tissue_mask
 
 Region = tuple[int, int, int, int]  # (y0, x0, y1, x1)
 #: Regions larger than this (pixels) are segmented into lazily allocated zarr arrays.
@@ -164,12 +164,10 @@ def segment_slide(
     model, card = load_checkpoint(checkpoint, task="segmentation")
     predictor = TilePredictor(model, card, device)
     slide = open_slide(path)
-    level = slide.level_for_mpp(card.mpp) if level is None else level
-    down_x = slide.level_downsample(level)[1]
-    level_region = slide.region_at_level(region, level)
+    where = slide.model_level(card.mpp, level=level, region=region)
     threshold = options.pop("threshold", None)
     min_area = options.pop("min_area", 0)
-    y0, x0, y1, x1 = level_region or (0, 0, *slide.levels[level].shape[:2])
+    y0, x0, y1, x1 = where["region"] or (0, 0, *where["source"].shape[:2])
     labels_out = None
     if (y1 - y0) * (x1 - x0) > LAZY_ABOVE and "out" not in options:
         # Large regions: outputs are zarr arrays whose chunks exist only once written.
@@ -177,18 +175,9 @@ def segment_slide(
         labels_out = zarr.create_array(
             store={}, shape=(y1 - y0, x1 - x0), chunks=(1024, 1024), dtype="uint32"
         )
-    run = SegmentationRun(
-        slide.viewer_levels[level],
-        predictor,
-        region=level_region,
-        level=level,
-        downsample=down_x,
-        level_mpp=slide.level_mpp(level),
-        **options,
-    )
+    run = SegmentationRun(where.pop("source"), predictor, **where, **options)
     if tissue_only:
-        mpp = slide.mpp[1] if slide.mpp else None
-        run.restrict_to_tissue(tissue_mask(slide.viewer_levels, level0_mpp=mpp), min_tissue)
+        run.restrict_to_tissue(slide_tissue_mask(slide), min_tissue)
     run.run()
     return run.result(threshold, min_area, labels_out)
 

@@ -140,6 +140,25 @@ class Slide:
         y0, x0, y1, x1 = region
         return int(y0 / dy), int(x0 / dx), math.ceil(y1 / dy), math.ceil(x1 / dx)
 
+    def model_level(
+        self,
+        target_mpp: float | None,
+        *,
+        level: int | None = None,
+        region: tuple[int, int, int, int] | None = None,
+    ) -> dict[str, Any]:
+        """Where a model runs: the level closest to its µm/pixel (or ``level``), the level-0
+        ``region`` in that level's pixels, and the level's downsample and µm/pixel — the
+        keyword arguments every tiled run takes, plus ``source`` (the level's array)."""
+        level = self.level_for_mpp(target_mpp) if level is None else level
+        return {
+            "source": self.viewer_levels[level],
+            "region": self.region_at_level(region, level),
+            "level": level,
+            "downsample": self.level_downsample(level)[1],
+            "level_mpp": self.level_mpp(level),
+        }
+
     def scale(self) -> tuple[float, float]:
         """Level-0 layer scale: µm per pixel when known, else 1 (pixel units)."""
         return self.mpp if self.mpp is not None else (1.0, 1.0)

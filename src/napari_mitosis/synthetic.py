@@ -180,6 +180,23 @@ def synthetic_slide(
     return rgb, truth
 
 
+def synthetic_fields(
+    count: int, *, size: int = 384, n_mitoses: int = 3, n_distractors: int = 3, first_seed: int = 0
+) -> list[tuple[np.ndarray, SyntheticTruth]]:
+    """``count`` high-power fields (mitoses plus look-alikes), seeds ``first_seed`` upward."""
+    return [
+        synthetic_slide(
+            size,
+            size,
+            field=True,
+            n_mitoses=n_mitoses,
+            n_distractors=n_distractors,
+            seed=first_seed + i,
+        )
+        for i in range(count)
+    ]
+
+
 def write_synthetic_slide(
     path: str | Path,
     height: int = 4096,

@@ -85,3 +85,10 @@ def tissue_mask(
     mask = remove_small_objects(mask, max_size=max(int(min_object_um2 / pixel_area), 1))
     mask = remove_small_holes(mask, max_size=max(int(min_hole_um2 / pixel_area), 1))
     return TissueMask(mask, downsample)
+
+
+def slide_tissue_mask(slide: Any, **options: Any) -> TissueMask:
+    """`tissue_mask` of a `Slide`, with its µm/pixel for the size rules."""
+    return tissue_mask(
+        slide.viewer_levels, level0_mpp=slide.mpp[1] if slide.mpp else None, **options
+    )
