@@ -38,6 +38,7 @@ bench: $(BENCH_VENV)/.installed setup
 	$(BENCH_VENV)/bin/python benchmarks/bench_reader.py
 	$(PY) benchmarks/bench_segment.py
 	$(PY) benchmarks/bench_detect.py
+	$(PY) benchmarks/bench_classify.py
 
 clean:
 	rm -rf $(VENV) demo-output .bench .pytest_cache .ruff_cache

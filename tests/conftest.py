@@ -91,3 +91,26 @@ def trained_unet(field_pairs, tmp_path_factory: pytest.TempPathFactory):
     )
     path = tmp_path_factory.mktemp("unet") / "unet.safetensors"
     return path, train_unet(train, val, path, config)
+
+
+@pytest.fixture(scope="session")
+def trained_detector(field_pairs, tmp_path_factory: pytest.TempPathFactory):
+    """A MobileNet Faster R-CNN trained from scratch for ≤300 steps on CPU (~4–5 min);
+    returns (checkpoint, report). Shared by the accuracy, CLI and widget tests."""
+    from napari_mitosis.detection_training import DetectorTraining, train_detector
+    from napari_mitosis.detections import mask_to_boxes
+
+    train = [(rgb, mask_to_boxes(t.mitosis_mask).boxes) for rgb, t in field_pairs[:4]]
+    validation = [(rgb, t.mitoses) for rgb, t in field_pairs[4:6]]
+    config = DetectorTraining(
+        crop=128,
+        batch_size=4,
+        max_steps=300,
+        eval_every=50,
+        patience=3,
+        seed=0,
+        device="cpu",
+        notes="test model, synthetic data",
+    )
+    path = tmp_path_factory.mktemp("detector") / "detector.safetensors"
+    return path, train_detector(train, validation, path, config)

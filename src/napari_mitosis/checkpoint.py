@@ -37,13 +37,15 @@ class ModelCard:
     threshold: float = 0.5
     notes: str = ""  # provenance, e.g. "demo model, trained on synthetic data"
     metrics: dict[str, float] = field(default_factory=dict)
+    context: float | None = None  # two-tower classifiers: context patch = patch × this, in µm
 
 
 def _factories() -> dict[str, Any]:
+    from napari_mitosis.classifiers import CLASSIFIERS
     from napari_mitosis.detector import faster_rcnn
     from napari_mitosis.unet import unet
 
-    return {"unet": unet, "faster_rcnn": faster_rcnn}
+    return {"unet": unet, "faster_rcnn": faster_rcnn, **CLASSIFIERS}
 
 
 def build_model(card: ModelCard) -> nn.Module:
@@ -93,6 +95,12 @@ def load_checkpoint(
     card = read_card(path)
     if task is not None and card.task != task:
         raise ValueError(f"{path}: is a {card.task} model, not a {task} model")
+    outputs = card.options.get("num_classes")
+    if outputs is not None and outputs != len(card.classes):
+        raise ValueError(
+            f"{path}: its card names {len(card.classes)} classes {list(card.classes)} but the "
+            f"model has {outputs} outputs"
+        )
     model = build_model(card)
     state = load_file(str(path))
     try:

@@ -7,6 +7,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from napari_mitosis.errors import OutputExistsError, SlideError
 from napari_mitosis.output_file import atomic_output, refuse_existing
@@ -210,6 +211,388 @@ def _pseudo_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _detection_fields(args: argparse.Namespace) -> list[Any]:
+    from napari_mitosis.mitosis_datasets import boxed_fields, coco_fields
+
+    if args.coco is not None:
+        return coco_fields(args.coco, args.images)
+    return boxed_fields(args.images, args.annotations)
+
+
+def _train_detector(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_mitosis.detection_training import DetectorTraining, train_detector
+    from napari_mitosis.detections import Detections
+    from napari_mitosis.tiled_inference import pick_device
+
+    fields = _detection_fields(args)
+    if len(fields) < 2:
+        raise ValueError(f"{args.images}: need at least 2 annotated images (train + validation)")
+    order = np.random.default_rng(args.seed).permutation(len(fields))
+    n_val = max(1, round(len(fields) * args.val_fraction))
+    known = [f.mpp[1] for f, _ in fields if f.mpp]
+    mpp = float(np.median(known)) if known else args.mpp
+    backbone = args.backbone
+    if backbone == "auto":  # ResNet-50 where a GPU makes it affordable
+        backbone = "resnet50_v2" if pick_device(args.device).type == "cuda" else "mobilenet_v3"
+    config = DetectorTraining(
+        backbone=backbone,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        learning_rate=args.lr,
+        distance_um=args.distance_um,
+        mpp=mpp,
+        seed=args.seed,
+        device=args.device,
+        init=args.init,
+        backbone_weights=args.backbone_weights,
+        notes=args.notes,
+    )
+    train = [(fields[i][0].image, fields[i][1]) for i in order[n_val:]]
+    validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in order[:n_val]]
+    print(
+        f"{len(train)} training and {len(validation)} validation images at {mpp:g} µm/px; "
+        f"{backbone} backbone"
+    )
+    report = train_detector(
+        train,
+        validation,
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        progress=lambda s, n, r: print(
+            f"step {s}/{n}: loss {r['train_loss']:.3f}  validation F1 {r['val_f1']:.3f} "
+            f"(P {r['val_precision']:.3f}, R {r['val_recall']:.3f})",
+            flush=True,
+        ),
+    )
+    print(f"best validation F1 {report.best_f1:.3f} at step {report.best_step} → {args.out}")
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from napari_mitosis.detection import detect_slide
+
+    outputs = [args.out / f"{args.image.stem}.mitoses{x}" for x in (".geojson", ".csv")]
+    refuse_existing(outputs, overwrite=args.overwrite)
+    result = detect_slide(
+        args.image,
+        args.model,
+        region=_region(args.region),
+        device=args.device,
+        tissue_only=args.tissue_only,
+        min_tissue=args.min_tissue,
+        score_threshold=args.threshold,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+    )
+    _write_boxes(result.detections, outputs, args.overwrite)
+    print(f"{args.image}: {result.summary()}")
+    for path in outputs:
+        print(f"  {path}")
+    return 0
+
+
+def _write_boxes(detections: Any, outputs: list[Path], overwrite: bool) -> None:
+    from napari_mitosis.detections import write_detections_csv
+    from napari_mitosis.geojson import write_geojson
+
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    write_geojson(outputs[0], detections.to_annotations(), overwrite=overwrite)
+    write_detections_csv(outputs[1], detections, overwrite=overwrite)
+
+
+def _evaluate_detector(args: argparse.Namespace) -> int:
+    from napari_mitosis.checkpoint import load_checkpoint
+    from napari_mitosis.detection import detect_array
+    from napari_mitosis.detection_evaluation import (
+        evaluate_detections,
+        write_evaluation_csv,
+        write_pr_plot,
+    )
+    from napari_mitosis.detector import DetectionPredictor
+    from napari_mitosis.mitosis_datasets import centroid_fields
+
+    table, plot = args.out / "evaluation.csv", args.out / "precision_recall.png"
+    refuse_existing((table, plot), overwrite=args.overwrite)
+    model, card = load_checkpoint(args.model, task="detection")
+    predictor = DetectionPredictor(model, card, args.device)
+    fields = centroid_fields(args.images, args.annotations)
+    scored = []
+    for field, truth in fields:
+        mpp = field.mpp or ((card.mpp, card.mpp) if card.mpp else None)
+        found = detect_array(
+            field.image,
+            predictor,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            mpp=mpp,
+            score_threshold=0.0,
+        )
+        scored.append((field.image_path.name, found, truth, mpp[1] if mpp else None))
+    threshold = card.threshold if args.threshold is None else args.threshold
+    evaluation = evaluate_detections(scored, threshold=threshold, distance_um=args.distance_um)
+    for f in evaluation.fields:
+        print(f"{f.name}: TP {f.tp}  FP {f.fp}  FN {f.fn}")
+    print(evaluation.summary())
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_evaluation_csv(table, evaluation, overwrite=args.overwrite)
+    write_pr_plot(plot, evaluation, overwrite=args.overwrite)
+    print(f"  {table}\n  {plot}")
+    return 0
+
+
+def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
+    from napari_mitosis.classification_training import ClassifierTraining
+
+    return ClassifierTraining(
+        architecture=args.architecture,
+        tower=args.tower,
+        width=args.width,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimiser=args.optimiser,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        class_weights=not args.no_class_weights,
+        monitor=args.monitor,
+        patience=args.patience,
+        seed=args.seed,
+        device=args.device,
+        notes=args.notes,
+        **fixed,
+    )
+
+
+def _print_epoch(epoch: int, total: int, r: dict[str, float]) -> None:
+    print(
+        f"epoch {epoch}/{total}: loss {r['train_loss']:.3f}  validation AUC {r['val_auc']:.3f}  "
+        f"F1 {r['val_f1']:.3f}  F_med {r['val_f_med']:.3f}  ({r['seconds']:.0f} s)",
+        flush=True,
+    )
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    if args.annotations is not None:
+        return _train_classifier_on_slides(args)
+    if len(args.data) != 1 or not args.data[0].is_dir():
+        raise ValueError(
+            "give one folder with a sub-folder per class, or slides with --annotations"
+        )
+    import numpy as np
+
+    from napari_mitosis.classification_data import class_folders, describe, split_by_group
+    from napari_mitosis.classification_training import train_classifier
+
+    folder = class_folders(args.data[0], tuple(args.classes) if args.classes else None)
+    if len(folder.classes) != 2:
+        raise ValueError(
+            f"{args.data[0]}: training needs exactly two classes, found {folder.classes}"
+        )
+    test_path, roc_path = args.out.with_suffix(".test.csv"), args.out.with_suffix(".roc.png")
+    refuse_existing(
+        (args.out, args.out.with_suffix(".csv"), test_path, roc_path), overwrite=args.overwrite
+    )
+    print(f"{args.data[0]}: {describe(folder)}")
+    everything = np.arange(len(folder.paths))
+    rest, test = (everything, everything[:0])
+    if args.test_fraction > 0:
+        rest, test = split_by_group(
+            folder.labels, folder.groups, fraction=args.test_fraction, seed=args.seed
+        )
+        rest, test = everything[rest], everything[test]
+    fit, val = split_by_group(
+        folder.labels[rest], folder.groups[rest], fraction=args.val_fraction, seed=args.seed + 1
+    )
+    fit, val = rest[fit], rest[val]
+    images = folder.load(args.input_size)
+    size = images.shape[1]
+    print(
+        f"{len(fit)} training, {len(val)} validation, {len(test)} test images ({size} px), "
+        f"split by {'slide' if len(np.unique(folder.groups)) < len(folder.paths) else 'image'}"
+    )
+    config = _classifier_config(args, input_size=size, classes=folder.classes, mpp=args.mpp)
+    report = train_classifier(
+        (images[fit], folder.labels[fit]),
+        (images[val], folder.labels[val]),
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        progress=_print_epoch,
+    )
+    print(f"best validation {args.monitor} {report.best_value:.3f} at epoch {report.best_epoch}")
+    if len(test):
+        _evaluate_folder_subset(args, args.out, folder, images, test, test_path, roc_path)
+    return 0
+
+
+def _evaluate_folder_subset(
+    args: argparse.Namespace,
+    model_path: Path,
+    folder: Any,
+    images: Any,
+    subset: Any,
+    table: Path,
+    plot: Path,
+) -> None:
+    """Score ``subset`` of a class-folder data set; print metrics, write scores + ROC."""
+    import numpy as np
+
+    from napari_mitosis.checkpoint import load_checkpoint
+    from napari_mitosis.classification import ClassifierPredictor, classify_images
+    from napari_mitosis.classification_metrics import binary_metrics, write_roc_plot
+
+    model, card = load_checkpoint(model_path, task="classification")
+    predictor = ClassifierPredictor(model, card, args.device, tta=getattr(args, "tta", False))
+    scores = classify_images(images[subset], predictor)
+    threshold = getattr(args, "threshold", None)
+    threshold = card.threshold if threshold is None else threshold
+    labels = folder.labels[subset]
+    metrics = binary_metrics(labels, scores, threshold)
+    groups = len(np.unique(folder.groups[subset]))
+    print(f"held-out: {len(subset)} images from {groups} groups\n{metrics.summary()}")
+    with atomic_output(table, overwrite=args.overwrite) as tmp, tmp.open("w", newline="") as f:
+        f.write("file,group,label,score\n")
+        for i, score in zip(subset, scores, strict=True):
+            label = folder.classes[folder.labels[i]]
+            f.write(f"{folder.paths[i]},{folder.groups[i]},{label},{score:.6f}\n")
+    title = f"{card.architecture}: {' vs '.join(card.classes)}"
+    write_roc_plot(plot, labels, scores, metrics, title=title, overwrite=args.overwrite)
+    print(f"  {table}\n  {plot}")
+
+
+def _train_classifier_on_slides(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_mitosis.classification_data import slide_patches, tumour_mask
+    from napari_mitosis.classification_training import train_classifier
+    from napari_mitosis.slide import open_slide
+
+    pairs = []
+    for path in args.data:
+        stem = path.stem
+        candidates = [
+            args.annotations / f"{stem}{suffix}"
+            for suffix in (".xml", ".geojson", "_mask.png", ".mask.png", "_mask.tif", ".mask.tif")
+        ]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise FileNotFoundError(
+                f"{path}: no tumour annotation {stem}.xml/.geojson/_mask.png in {args.annotations}"
+            )
+        pairs.append((path, found))
+    if len(pairs) < 2:
+        raise ValueError("slide training needs at least two annotated slides (split by slide)")
+    refuse_existing((args.out, args.out.with_suffix(".csv")), overwrite=args.overwrite)
+    rng = np.random.default_rng(args.seed)
+    size = args.input_size or 96
+    order = rng.permutation(len(pairs))
+    n_val = max(1, round(len(pairs) * args.val_fraction))
+    sets: dict[str, list] = {"train": [], "val": []}
+    mpp = None
+    for rank, index in enumerate(order):
+        slide_path, annotation = pairs[index]
+        slide = open_slide(slide_path)
+        level = slide.level_for_mpp(args.mpp) if args.level is None else args.level
+        mpp = slide.level_mpp(level)[1] if slide.mpp else None
+        patches = slide_patches(
+            slide,
+            tumour_mask(slide, annotation),
+            level=level,
+            patch=size,
+            window=args.window or size // 2,
+            per_class=args.per_class,
+            min_tissue=args.min_tissue,
+            context=args.context,
+            rng=rng,
+        )
+        sets["val" if rank < n_val else "train"].append(patches)
+        print(f"{slide_path.name}: {len(patches[1])} patches at level {level}")
+    joined = {
+        k: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v]))
+        for k, v in sets.items()
+    }
+    config = _classifier_config(
+        args,
+        input_size=args.input_size,
+        classes=("normal", "tumour"),
+        mpp=mpp,
+        context=args.context,
+    )
+    report = train_classifier(
+        joined["train"],
+        joined["val"],
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        progress=_print_epoch,
+    )
+    print(
+        f"best validation {args.monitor} {report.best_value:.3f} at epoch {report.best_epoch} → {args.out}"
+    )
+    return 0
+
+
+def _evaluate_classifier(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_mitosis.checkpoint import read_card
+    from napari_mitosis.classification_data import class_folders
+
+    card = read_card(args.model)
+    folder = class_folders(args.data, tuple(card.classes))
+    subset = np.arange(len(folder.paths))
+    if args.split_file is not None:
+        with args.split_file.open() as handle:
+            listed = {line.split(",")[0] for line in handle.read().splitlines()[1:]}
+        subset = np.asarray([i for i, p in enumerate(folder.paths) if str(p) in listed])
+        if not len(subset):
+            raise ValueError(f"{args.split_file}: lists none of the images in {args.data}")
+    table, plot = args.out / "evaluation.csv", args.out / "roc.png"
+    refuse_existing((table, plot), overwrite=args.overwrite)
+    args.out.mkdir(parents=True, exist_ok=True)
+    images = folder.load(card.input_size)
+    _evaluate_folder_subset(args, args.model, folder, images, subset, table, plot)
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from napari_mitosis.classification import classify_slide, write_heatmap
+
+    stem = args.image.stem
+    outputs = [
+        args.out / f"{stem}.{n}"
+        for n in ("tumour_probability.tif", "tumour_mask.tif", "tumour.geojson")
+    ]
+    refuse_existing(outputs, overwrite=args.overwrite)
+    result = classify_slide(
+        args.image,
+        args.model,
+        region=_region(args.region),
+        stride=args.stride,
+        device=args.device,
+        tissue_only=not args.all_tiles,
+        min_tissue=args.min_tissue,
+        threshold=args.threshold,
+        tta=args.tta,
+        batch_size=args.batch_size,
+    )
+    paths = write_heatmap(result, args.out, stem, overwrite=args.overwrite)
+    area = result.tumour_area_mm2()
+    print(
+        f"{args.image}: {int(result.visited.sum())} of {result.visited.size} cells classified at "
+        f"level {result.level}; tumour {int(result.mask.sum())} cells"
+        + (f" = {area:.3f} mm²" if area is not None else "")
+    )
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-mitosis",
@@ -303,6 +686,163 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--device", default="auto")
     pm.add_argument("--overwrite", action="store_true")
     pm.set_defaults(run=_pseudo_masks)
+
+    from napari_mitosis.detector import BACKBONES
+
+    td = commands.add_parser(
+        "train-detector", help="train the Faster R-CNN mitosis detector on images + boxes"
+    )
+    td.add_argument("images", type=Path, help="folder of high-power fields")
+    where = td.add_mutually_exclusive_group()
+    where.add_argument(
+        "--annotations",
+        type=Path,
+        help="folder of <image stem>.boxes.csv or .geojson (default: beside the images)",
+    )
+    where.add_argument("--coco", type=Path, help="one COCO detection JSON for the folder")
+    td.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
+    td.add_argument(
+        "--backbone",
+        choices=("auto", *BACKBONES),
+        default="auto",
+        help="auto: resnet50_v2 on a GPU, mobilenet_v3 on CPU",
+    )
+    td.add_argument("--steps", type=int, default=2000)
+    td.add_argument("--eval-every", type=int, default=100)
+    td.add_argument("--patience", type=int, default=5)
+    td.add_argument("--crop", type=int, default=256)
+    td.add_argument("--batch-size", type=int, default=4)
+    td.add_argument("--lr", type=float, default=2e-4)
+    td.add_argument("--val-fraction", type=float, default=0.2)
+    td.add_argument("--distance-um", type=float, default=8.0, help="hit radius for validation")
+    td.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
+    td.add_argument("--init", type=Path, help="a detector checkpoint to fine-tune")
+    td.add_argument("--backbone-weights", type=Path, help="classification weights (local file)")
+    td.add_argument("--notes", default="", help="provenance written into the model card")
+    td.add_argument("--seed", type=int, default=0)
+    td.add_argument("--device", default="auto")
+    td.add_argument("--overwrite", action="store_true")
+    td.set_defaults(run=_train_detector)
+
+    dt = commands.add_parser("detect", help="detect mitoses in an image or slide (boxes + scores)")
+    dt.add_argument("image", type=Path)
+    dt.add_argument("--model", type=Path, required=True)
+    dt.add_argument("--out", type=Path, required=True, help="output folder")
+    dt.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels (default: whole image)")
+    dt.add_argument("--tissue-only", action="store_true", help="skip tiles without tissue")
+    dt.add_argument("--min-tissue", type=float, default=0.05)
+    dt.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
+    dt.add_argument("--overlap", type=int, default=64)
+    dt.add_argument("--batch-size", type=int, default=4)
+    dt.add_argument("--device", default="auto")
+    dt.add_argument("--overwrite", action="store_true")
+    dt.set_defaults(run=_detect)
+
+    ed = commands.add_parser(
+        "evaluate-detector", help="score a detector against true centroids (MITOS/MIDOG rule)"
+    )
+    ed.add_argument("images", type=Path, help="folder of test images")
+    ed.add_argument(
+        "--annotations",
+        type=Path,
+        help="folder of <stem>.boxes.csv / .geojson / ICPR 2014 .csv (default: beside)",
+    )
+    ed.add_argument("--model", type=Path, required=True)
+    ed.add_argument("--out", type=Path, required=True, help="folder for the table and PR plot")
+    ed.add_argument("--distance-um", type=float, default=8.0)
+    ed.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
+    ed.add_argument("--overlap", type=int, default=64)
+    ed.add_argument("--batch-size", type=int, default=4)
+    ed.add_argument("--device", default="auto")
+    ed.add_argument("--overwrite", action="store_true")
+    ed.set_defaults(run=_evaluate_detector)
+
+    from napari_mitosis.classification_metrics import MONITORED
+    from napari_mitosis.classification_training import ARCHITECTURES
+
+    tc = commands.add_parser(
+        "train-classifier",
+        help="train a tumour/patch classifier on class folders or annotated slides",
+    )
+    tc.add_argument(
+        "data", type=Path, nargs="+", help="a folder with one sub-folder per class, or slides"
+    )
+    tc.add_argument(
+        "--annotations",
+        type=Path,
+        help="with slides: folder of <slide stem>.xml (ASAP) / .geojson / _mask.png tumour annotations",
+    )
+    tc.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
+    tc.add_argument("--architecture", choices=ARCHITECTURES, default="small_cnn")
+    tc.add_argument(
+        "--tower", choices=("small_cnn", "wide_resnet", "inception_v3"), default="small_cnn"
+    )
+    tc.add_argument("--width", type=int, default=32, help="small_cnn channel width")
+    tc.add_argument(
+        "--input-size", type=int, default=None, help="px (folders: the images' own; slides: 96)"
+    )
+    tc.add_argument("--classes", nargs=2, help="class folder names, negative first")
+    tc.add_argument("--level", type=int, default=None, help="slides: pyramid level of the patches")
+    tc.add_argument(
+        "--mpp", type=float, default=None, help="slides: µm/px of the patches (picks the level)"
+    )
+    tc.add_argument(
+        "--window", type=int, default=None, help="slides: centre window px (default: input/2)"
+    )
+    tc.add_argument(
+        "--per-class", type=int, default=500, help="slides: patches per class per slide"
+    )
+    tc.add_argument("--min-tissue", type=float, default=0.3)
+    tc.add_argument(
+        "--context", type=float, default=None, help="two_tower: context magnification factor"
+    )
+    tc.add_argument("--epochs", type=int, default=30)
+    tc.add_argument("--batch-size", type=int, default=32)
+    tc.add_argument("--optimiser", choices=("adam", "sgd"), default="adam")
+    tc.add_argument("--lr", type=float, default=1e-3)
+    tc.add_argument("--weight-decay", type=float, default=1e-4)
+    tc.add_argument("--no-class-weights", action="store_true")
+    tc.add_argument("--monitor", choices=MONITORED, default="auc", help="early-stopping metric")
+    tc.add_argument("--patience", type=int, default=5)
+    tc.add_argument("--val-fraction", type=float, default=0.2)
+    tc.add_argument("--test-fraction", type=float, default=0.2, help="folders: held-out test share")
+    tc.add_argument("--notes", default="")
+    tc.add_argument("--seed", type=int, default=0)
+    tc.add_argument("--device", default="auto")
+    tc.add_argument("--overwrite", action="store_true")
+    tc.set_defaults(run=_train_classifier)
+
+    ec = commands.add_parser(
+        "evaluate-classifier", help="AUC, sensitivity, specificity, F_med, ROC plot"
+    )
+    ec.add_argument("data", type=Path, help="folder with one sub-folder per class")
+    ec.add_argument("--model", type=Path, required=True)
+    ec.add_argument("--out", type=Path, required=True)
+    ec.add_argument(
+        "--split-file", type=Path, help="only the images listed (e.g. <model>.test.csv)"
+    )
+    ec.add_argument("--threshold", type=float, default=None, help="default: the card's")
+    ec.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
+    ec.add_argument("--device", default="auto")
+    ec.add_argument("--overwrite", action="store_true")
+    ec.set_defaults(run=_evaluate_classifier)
+
+    cl = commands.add_parser("classify", help="tumour heatmap, mask and regions of a slide")
+    cl.add_argument("image", type=Path)
+    cl.add_argument("--model", type=Path, required=True)
+    cl.add_argument("--out", type=Path, required=True)
+    cl.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels")
+    cl.add_argument(
+        "--stride", type=int, default=None, help="cell size in level px (default: patch/2)"
+    )
+    cl.add_argument("--min-tissue", type=float, default=0.3, help="skip cells with less tissue")
+    cl.add_argument("--all-tiles", action="store_true", help="classify cells without tissue too")
+    cl.add_argument("--threshold", type=float, default=None)
+    cl.add_argument("--tta", action="store_true")
+    cl.add_argument("--batch-size", type=int, default=16)
+    cl.add_argument("--device", default="auto")
+    cl.add_argument("--overwrite", action="store_true")
+    cl.set_defaults(run=_classify)
     return parser
 
 

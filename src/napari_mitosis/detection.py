@@ -3,8 +3,11 @@ level-0 pixels, merged across tile borders. Scripts, the CLI and widgets call th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from napari_mitosis.checkpoint import load_checkpoint
 from napari_mitosis.detections import Detections
@@ -44,6 +47,12 @@ class DetectionRun(TiledRun):
         self.origins = self.grid.origins()
         self.mpp0 = (level_mpp[0] / downsample, level_mpp[1] / downsample) if level_mpp else None
 
+    def area_mm2(self) -> float | None:
+        """The analysed area (region or tissue in it) in mm², when µm/pixel is known."""
+        if self.mpp0 is None:
+            return None
+        return self.area_level0_px() * self.mpp0[0] * self.mpp0[1] / 1e6
+
     def result(self, score_threshold: float | None = None) -> Detections:
         found = self.merger.finish(self.mpp0)
         threshold = self.predictor.card.threshold if score_threshold is None else score_threshold
@@ -54,6 +63,47 @@ class DetectionRun(TiledRun):
             [c for c, k in zip(found.classes, keep, strict=True) if k],
             found.mpp,
         )
+
+
+@dataclass
+class DetectionResult:
+    """Boxes in level-0 pixels and what they were found in (for densities and reports)."""
+
+    detections: Detections
+    level: int
+    area_mm2: float | None  # analysed region (or its tissue); None without µm/pixel
+    tiles: int  # tiles sent to the model
+
+    def density(self) -> dict[str, float] | None:
+        """Count, mitoses per mm² and per 10 HPF (None when the area is unknown or empty)."""
+        if not self.area_mm2:
+            return None
+        return mitotic_density(len(self.detections), self.area_mm2)
+
+    def summary(self) -> str:
+        density = self.density()
+        text = f"{len(self.detections)} mitoses at level {self.level} ({self.tiles} tiles)"
+        if density is not None:
+            text += (
+                f" in {density['area_mm2']:.3f} mm²: {density['per_mm2']:.1f} per mm², "
+                f"{density['per_10_hpf']:.1f} per 10 HPF"
+            )
+        return text
+
+
+def detect_array(
+    image: np.ndarray,
+    predictor: DetectionPredictor,
+    *,
+    overlap: int = 64,
+    batch_size: int = 4,
+    mpp: tuple[float, float] | None = None,
+    score_threshold: float | None = None,
+) -> Detections:
+    """Tiled detection over an in-memory image (validation, evaluation and scripts)."""
+    run = DetectionRun(image, predictor, overlap=overlap, batch_size=batch_size, level_mpp=mpp)
+    run.run()
+    return run.result(score_threshold)
 
 
 def detect_slide(
@@ -67,10 +117,11 @@ def detect_slide(
     min_tissue: float = 0.05,
     score_threshold: float | None = None,
     **options: Any,
-) -> Detections:
+) -> DetectionResult:
     """Detect mitoses in a slide or image at the level matching the model's µm/pixel.
 
     ``region`` is (y0, x0, y1, x1) in level-0 pixels; boxes come back in level-0 pixels.
+    ``score_threshold`` defaults to the model card's (F1-optimal on its validation set).
     """
     model, card = load_checkpoint(checkpoint, task="detection")
     predictor = DetectionPredictor(model, card, device)
@@ -80,7 +131,9 @@ def detect_slide(
     if tissue_only:
         run.restrict_to_tissue(slide_tissue_mask(slide), min_tissue)
     run.run()
-    return run.result(score_threshold)
+    return DetectionResult(
+        run.result(score_threshold), where["level"], run.area_mm2(), len(run.origins)
+    )
 
 
 def mitotic_density(count: int, area_mm2: float, *, hpf_mm2: float = 0.237) -> dict[str, float]:

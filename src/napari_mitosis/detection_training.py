@@ -8,22 +8,29 @@ the challenges' centroid rule, so the kept F1 is the F1 users will see.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from napari_mitosis.checkpoint import ModelCard, save_checkpoint
-from napari_mitosis.detector import DetectionPredictor, TileBoxMerger, faster_rcnn
-from napari_mitosis.matching import f1_optimal_threshold, max_distance_px
+from napari_mitosis.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from napari_mitosis.detection import detect_array
+from napari_mitosis.detector import (
+    DetectionPredictor,
+    faster_rcnn,
+    load_backbone_weights,
+)
+from napari_mitosis.matching import f1_optimal_threshold, pool_fields
 from napari_mitosis.output_file import refuse_existing
-from napari_mitosis.tiled_inference import pick_device, run_tiled
-from napari_mitosis.tiling import TileGrid, crop_origin
+from napari_mitosis.tiled_inference import pick_device
+from napari_mitosis.tiling import crop_origin
 from napari_mitosis.training_log import EarlyStopping, write_history
 
 BoxedField = tuple[np.ndarray, np.ndarray]  # (image (h, w, 3) uint8, boxes (n, 4) xyxy px)
@@ -50,6 +57,8 @@ class DetectorTraining:
     seed: int = 0
     device: str = "auto"
     notes: str = ""
+    init: str | Path | None = None  # a detector checkpoint to fine-tune (same classes)
+    backbone_weights: str | Path | None = None  # classification weights for the backbone
 
 
 @dataclass
@@ -110,20 +119,23 @@ class BoxCropSampler:
         return [c[0] for c in crops], [c[1] for c in crops]
 
 
-def detect_array(
-    image: np.ndarray,
-    predictor: DetectionPredictor,
-    *,
-    tile: int,
-    overlap: int = 64,
-    batch_size: int = 4,
-    mpp: tuple[float, float] | None = None,
-):
-    """Tiled detection over an in-memory image (the path validation and scripts share)."""
-    grid = TileGrid.over(image.shape, tile, overlap)
-    merger = TileBoxMerger(grid, overlap=overlap)
-    run_tiled(grid, image, predictor, merger, batch_size=batch_size)
-    return merger.finish(mpp)
+def _initial_model(config: DetectorTraining) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """A new detector, or the ``init`` checkpoint when it detects the same single class."""
+    if config.init is None:
+        options: dict[str, Any] = {"backbone": config.backbone, "tile": config.crop}
+        model = faster_rcnn(**options)
+        if config.backbone_weights is not None:
+            load_backbone_weights(model, config.backbone_weights)
+        return model, options
+    model, card = load_checkpoint(config.init, task="detection")
+    if len(card.classes) != 2:
+        raise ValueError(
+            f"{config.init}: detects {len(card.classes) - 1} classes {list(card.classes[1:])}; "
+            "this training has one (mitosis)"
+        )
+    options = {**card.options, "tile": config.crop}
+    model.transform.min_size, model.transform.max_size = (config.crop,), config.crop
+    return model, options
 
 
 def train_detector(
@@ -150,8 +162,8 @@ def train_detector(
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device(config.device)
-    options = {"backbone": config.backbone, "tile": config.crop}
-    model = faster_rcnn(**options).to(device)
+    model, options = _initial_model(config)
+    model = model.to(device)
     card = ModelCard(
         "faster_rcnn",
         options,
@@ -163,8 +175,18 @@ def train_detector(
         notes=config.notes,
     )
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    # Linear warm-up then cosine decay (as torchvision's detection references warm up):
+    # from scratch, a constant rate let the loss climb again after ~150 steps.
+    warmup = max(1, min(100, config.max_steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser,
+        lambda i: (
+            min(1.0, (i + 1) / warmup)
+            * 0.5
+            * (1 + math.cos(math.pi * min(i, config.max_steps) / config.max_steps))
+        ),
+    )
     sampler = BoxCropSampler(train, config, rng)
-    radius = max_distance_px(config.mpp, config.distance_um)
     history: list[dict[str, float]] = []
     stopping, losses = EarlyStopping(config.patience), []
     started = time.perf_counter()
@@ -178,26 +200,25 @@ def train_detector(
         loss = sum(loss_dict.values())
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         optimiser.step()
+        schedule.step()
         losses.append(float(loss.detach()))
         if step % config.eval_every and step != config.max_steps:
             continue
         predictor = DetectionPredictor(model, card, device)
-        centres, scores, truths = [], [], []
-        offset = 0.0
-        for image, truth in validation:  # fields side by side: one matching over all of them
-            found = detect_array(image, predictor, tile=config.crop, overlap=config.crop // 4)
-            shift = np.array([0.0, offset])
-            centres.append(found.centres + shift)
-            scores.append(found.scores)
-            truths.append(np.asarray(truth, float).reshape(-1, 2) + shift)
-            offset += image.shape[1] + 10 * radius
-        threshold, result = f1_optimal_threshold(
-            np.concatenate(centres),
-            np.concatenate(scores),
-            np.concatenate(truths),
-            max_distance=radius,
+        found = [
+            detect_array(image, predictor, overlap=config.crop // 4, score_threshold=0.0)
+            for image, _ in validation
+        ]
+        centres, scores, truths, radius = pool_fields(
+            [
+                (f.centres, f.scores, truth, config.mpp)
+                for f, (_, truth) in zip(found, validation, strict=True)
+            ],
+            config.distance_um,
         )
+        threshold, result = f1_optimal_threshold(centres, scores, truths, max_distance=radius)
         record = {
             "step": step,
             "train_loss": float(np.mean(losses)),

@@ -9,6 +9,7 @@ with the image's µm/pixel once, here.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -133,3 +134,35 @@ def precision_recall_curve(
     precision = tp / np.maximum(tp + fp, 1)
     recall = tp / n_truths if n_truths else np.ones(len(tp))
     return thresholds, precision, recall
+
+
+def pool_fields(
+    fields: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, float | None]],
+    distance_um: float = DEFAULT_DISTANCE_UM,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """Many images as one matching problem: ``(centres, scores, truths, mpp)`` per image →
+    pooled ``(centres, scores, truths, max_distance)``.
+
+    Coordinates go to µm (pixel units when an image has no µm/pixel) and each image is
+    placed to the right of the previous one with a gap wider than the hit radius, so no
+    detection can claim a truth of another image; the challenges score a test set this way
+    (one F1 over all fields, not a mean of per-field F1s).
+    """
+    centres, scores, truths = [], [], []
+    offset = 0.0
+    for found, score, truth, mpp in fields:
+        scale = mpp or 1.0
+        found = np.asarray(found, float).reshape(-1, 2) * scale
+        truth = np.asarray(truth, float).reshape(-1, 2) * scale
+        shift = np.array([0.0, offset])
+        centres.append(found + shift)
+        truths.append(truth + shift)
+        scores.append(np.asarray(score, float).reshape(-1))
+        extent = max([0.0, *found[:, 1], *truth[:, 1]])
+        offset += extent + 10 * distance_um + 1.0
+    return (
+        np.concatenate(centres) if centres else np.zeros((0, 2)),
+        np.concatenate(scores) if scores else np.zeros(0),
+        np.concatenate(truths) if truths else np.zeros((0, 2)),
+        distance_um,  # the radius in the pooled units (µm, or pixels for pixel-unit images)
+    )

@@ -5,6 +5,7 @@ for the U-Net; boxes for detectors; one score per tile for classifiers).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
@@ -73,12 +74,15 @@ class TilePredictor:
         return out.float().cpu().numpy()
 
 
+TileReader = Callable[[int, int], np.ndarray]
+
+
 def _batches(
-    grid: TileGrid, origins: np.ndarray, source: Any, batch_size: int
+    origins: np.ndarray, read: TileReader, batch_size: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     for start in range(0, len(origins), batch_size):
         chunk = origins[start : start + batch_size]
-        yield chunk, np.stack([grid.read(source, int(y), int(x)) for y, x in chunk])
+        yield chunk, np.stack([read(int(y), int(x)) for y, x in chunk])
 
 
 def iter_tiled(
@@ -89,9 +93,13 @@ def iter_tiled(
     *,
     origins: np.ndarray | None = None,
     batch_size: int = 8,
+    read: TileReader | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Run ``predict`` over the grid (or the given ``origins``, e.g. tissue tiles only),
     yielding ``(tiles done, total)`` after each batch.
+
+    ``read(y, x)`` gives the model input for the tile at that origin (default: the tile
+    itself; classifiers read a larger patch, or a patch and its context, around it).
 
     The next batch is read on a background thread while the model works on this one.
     A generator, so a napari ``thread_worker`` can report progress and stop between batches.
@@ -99,7 +107,9 @@ def iter_tiled(
     origins = grid.origins() if origins is None else origins
     total = len(origins)
     done = 0
-    batches = _batches(grid, origins, source, batch_size)
+    if read is None:
+        read = lambda y, x: grid.read(source, y, x)  # noqa: E731 - the default reader
+    batches = _batches(origins, read, batch_size)
     with ThreadPoolExecutor(1, thread_name_prefix="tile-reader") as reader:
         pending = reader.submit(next, batches, None)
         while (item := pending.result()) is not None:
@@ -153,14 +163,30 @@ class TiledRun:
     batch_size: int
     origins: np.ndarray
 
+    tissue: TissueMask | None = None
+    read: TileReader | None = None  # model input at a tile origin (default: the tile)
+
     def restrict_to_tissue(self, tissue: TissueMask, min_fraction: float = 0.05) -> int:
         """Only tiles with at least ``min_fraction`` tissue go to the model; returns how many."""
+        self.tissue = tissue
         self.origins = tissue.tissue_origins(self.grid, min_fraction)
         if len(self.origins) == 0:
             raise ValueError(
                 f"no tile in the region holds {min_fraction:.0%} tissue: nothing to run on"
             )
         return len(self.origins)
+
+    def area_level0_px(self) -> float:
+        """The analysed area in level-0 pixels: the region, or the tissue inside it."""
+        y0, x0, y1, x1 = self.grid.region
+        d = self.grid.downsample
+        if self.tissue is None:
+            return float((y1 - y0) * (x1 - x0)) * d * d
+        ty, tx = self.tissue.downsample
+        window = self.tissue.mask[
+            int(y0 * d / ty) : math.ceil(y1 * d / ty), int(x0 * d / tx) : math.ceil(x1 * d / tx)
+        ]
+        return float(window.sum()) * ty * tx
 
     def steps(self) -> Iterator[tuple[int, int]]:
         yield from iter_tiled(
@@ -170,6 +196,7 @@ class TiledRun:
             self.merger,
             origins=self.origins,
             batch_size=self.batch_size,
+            read=self.read,
         )
 
     def run(

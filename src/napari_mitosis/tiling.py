@@ -1,7 +1,8 @@
 """The tile grid every tiled engine shares: where tiles are, at which level, in level-0 pixels.
 
 Tiles are full-sized and row-major; the last row/column is pulled back to end at the region
-edge (so no tile is padded unless the region itself is smaller than a tile).
+edge (so no tile is padded unless the region itself is smaller than a tile), except on a
+``uniform`` grid (classifier heatmaps), where tile i starts at exactly i × stride.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ from typing import Any
 import numpy as np
 
 
-def _starts(start: int, stop: int, tile: int, stride: int) -> list[int]:
+def _starts(start: int, stop: int, tile: int, stride: int, uniform: bool = False) -> list[int]:
+    if uniform:  # every stride, the last tile may overhang the region (classifier cells)
+        return list(range(start, stop, stride))
     length = stop - start
     if length <= tile:
         return [start]
@@ -35,6 +38,7 @@ class TileGrid:
     region: tuple[int, int, int, int]
     level: int = 0
     downsample: float = 1.0
+    uniform: bool = False  # tiles exactly every stride (no pull-back at the far edge)
 
     @classmethod
     def over(
@@ -46,6 +50,7 @@ class TileGrid:
         region: tuple[int, int, int, int] | None = None,
         level: int = 0,
         downsample: float = 1.0,
+        uniform: bool = False,
     ) -> TileGrid:
         """A grid with ``overlap`` px shared between neighbouring tiles."""
         if not 0 <= overlap < tile:
@@ -55,15 +60,17 @@ class TileGrid:
         y0, x0, y1, x1 = max(0, int(y0)), max(0, int(x0)), min(height, int(y1)), min(width, int(x1))
         if y1 <= y0 or x1 <= x0:
             raise ValueError(f"region {region} is empty or outside the {width} × {height} image")
-        return cls((height, width), tile, tile - overlap, (y0, x0, y1, x1), level, downsample)
+        return cls(
+            (height, width), tile, tile - overlap, (y0, x0, y1, x1), level, downsample, uniform
+        )
 
     @property
     def rows(self) -> list[int]:
-        return _starts(self.region[0], self.region[2], self.tile, self.stride)
+        return _starts(self.region[0], self.region[2], self.tile, self.stride, self.uniform)
 
     @property
     def cols(self) -> list[int]:
-        return _starts(self.region[1], self.region[3], self.tile, self.stride)
+        return _starts(self.region[1], self.region[3], self.tile, self.stride, self.uniform)
 
     def origins(self) -> np.ndarray:
         """(n, 2) tile origins ``(y, x)`` in level pixels, row-major."""

@@ -1,0 +1,415 @@
+"""Tumour patch classification over slides (Camelyon16-style heatmaps) and whole images.
+
+The slide is cut into *cells* of ``stride`` level pixels on a uniform grid; the model sees
+a ``patch`` (its card's input size) centred on each cell — plus, for two-tower models, a
+same-size patch covering ``context`` × the area at a lower magnification — and its
+tumour probability becomes that cell's heatmap value. Cells with too little tissue are
+never sent to the model. The heatmap goes to a lazily allocated zarr array for large
+regions, so memory does not grow with the slide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from skimage.measure import find_contours
+
+from napari_mitosis.checkpoint import ModelCard, load_checkpoint
+from napari_mitosis.geojson import Annotation
+from napari_mitosis.segmentation import Region, lazy_probability
+from napari_mitosis.slide import open_slide
+from napari_mitosis.tiled_inference import TiledRun, pick_device
+from napari_mitosis.tiling import TileGrid
+from napari_mitosis.tissue import slide_tissue_mask
+
+#: Heatmaps with more cells than this go to a lazily allocated zarr array.
+LAZY_CELLS = 4096 * 4096
+#: ITU-R BT.601 luma, for greyscale models fed RGB.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def read_window(source: Any, y0: int, x0: int, size: int, fill: int = 255) -> np.ndarray:
+    """``size``² pixels from ``(y0, x0)``; outside the image is ``fill`` (glass white)."""
+    height, width = source.shape[:2]
+    channels = source.shape[2:]
+    out = np.full((size, size, *channels), fill, np.uint8)
+    ya, xa, yb, xb = max(y0, 0), max(x0, 0), min(y0 + size, height), min(x0 + size, width)
+    if ya < yb and xa < xb:
+        out[ya - y0 : yb - y0, xa - x0 : xb - x0] = np.asarray(source[ya:yb, xa:xb])
+    return out
+
+
+def resize_rgb(block: np.ndarray, size: int) -> np.ndarray:
+    """Area-averaged resize with Pillow (uint8 (h, w[, c]) → (size, size[, c]))."""
+    if block.shape[0] == size and block.shape[1] == size:
+        return block
+    return np.asarray(Image.fromarray(block).resize((size, size), Image.Resampling.BOX))
+
+
+class PatchReader:
+    """Model input for the cell at (y, x): the patch centred on it, and, for two-tower
+    models, the context patch read from a coarser level (``context_scale`` = its pixels
+    per model-level pixel) and resized to the patch size. Channels: patch, then context."""
+
+    def __init__(
+        self,
+        source: Any,
+        *,
+        patch: int,
+        cell: int,
+        context: float | None = None,
+        context_source: Any = None,
+        context_scale: float = 1.0,
+    ) -> None:
+        self.source, self.patch, self.cell = source, patch, cell
+        self.context = context
+        self.context_source = source if context_source is None else context_source
+        self.context_scale = context_scale if context_source is not None else 1.0
+
+    def __call__(self, y: int, x: int) -> np.ndarray:
+        cy, cx = y + self.cell / 2, x + self.cell / 2
+        half = self.patch / 2
+        patch = read_window(self.source, round(cy - half), round(cx - half), self.patch)
+        if not self.context:
+            return patch
+        size = max(1, round(self.patch * self.context * self.context_scale))
+        y0 = round(cy * self.context_scale - size / 2)
+        x0 = round(cx * self.context_scale - size / 2)
+        context = resize_rgb(read_window(self.context_source, y0, x0, size), self.patch)
+        return np.concatenate([patch, context], axis=2)
+
+
+def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 rotations/flips of a (N, C, H, W) batch (test-time augmentation)."""
+    views = [torch.rot90(x, k, dims=(2, 3)) for k in range(4)]
+    return views + [torch.flip(v, dims=(3,)) for v in views]
+
+
+class ClassifierPredictor:
+    """uint8 (N, H, W, C) patches → (N,) probability of the positive class (``classes[1]``),
+    or (N, K) class probabilities for K > 2 classes.
+
+    Greyscale models get BT.601 luma of RGB input; input of another size is resized to
+    the card's; ``tta`` averages the 8 dihedral views. AMP (float16) on CUDA only.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        card: ModelCard,
+        device: str | torch.device = "auto",
+        *,
+        tta: bool = False,
+    ) -> None:
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.card = card
+        self.tta = tta
+        self.in_channels = int(card.options.get("in_channels", 3))
+        towers = 2 if card.architecture == "two_tower" else 1
+        mean = torch.tensor(card.mean * towers, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(card.std * towers, device=self.device).view(1, -1, 1, 1)
+        self.mean, self.std = mean, std
+        self.luma = torch.tensor(LUMA, device=self.device).view(1, 3, 1, 1)
+
+    def prepare(self, tiles: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        if x.ndim == 3:
+            x = x[..., None]
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if self.in_channels == 1 and x.shape[1] % 3 == 0:
+            x = torch.cat([(g * self.luma).sum(1, keepdim=True) for g in x.split(3, dim=1)], 1)
+        elif self.in_channels == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        size = self.card.input_size
+        if x.shape[-2:] != (size, size):
+            x = torch.nn.functional.interpolate(
+                x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )
+        return (x - self.mean) / self.std
+
+    @torch.inference_mode()
+    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        x = self.prepare(tiles)
+        views = dihedral_views(x) if self.tta else [x]
+        total = None
+        for view in views:
+            with torch.autocast(
+                self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"
+            ):
+                logits = self.model(view).float()
+            probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(1)
+            total = probs if total is None else total + probs
+        return (total / len(views)).cpu().numpy()
+
+
+class ScoreGridMerger:
+    """Writes each cell's probability at its grid position (cells skipped stay 0)."""
+
+    def __init__(self, grid: TileGrid, out: Any) -> None:
+        self.grid, self.out = grid, out
+        self.visited = np.zeros(out.shape, bool)
+
+    def add(self, origins: np.ndarray, scores: np.ndarray) -> None:
+        if np.ndim(scores) != 1:
+            raise ValueError("slide heatmaps need a two-class model (one score per patch)")
+        y0, x0 = self.grid.region[:2]
+        rows = (origins[:, 0] - y0) // self.grid.stride
+        cols = (origins[:, 1] - x0) // self.grid.stride
+        for r, c, s in zip(rows, cols, scores, strict=True):
+            self.out[int(r), int(c)] = s
+        self.visited[rows, cols] = True
+
+
+@dataclass
+class HeatmapResult:
+    """Per-cell tumour probability over ``region`` of pyramid ``level``.
+
+    Cell (i, j) covers level-0 pixels ``origin + (i, j) × cell_level0`` onward, one cell each
+    way; ``mpp`` is the heatmap's µm per cell.
+    """
+
+    heatmap: Any  # (rows, cols) float32, NumPy or lazily allocated zarr
+    mask: np.ndarray  # (rows, cols) uint8: 1 tumour, 0 not (or not analysed)
+    visited: np.ndarray  # (rows, cols) bool: cells sent to the model
+    region: Region  # in level pixels
+    level: int
+    downsample: float
+    level_mpp: tuple[float, float] | None
+    cell: int  # level pixels per cell
+    patch: int
+    threshold: float
+
+    @property
+    def cell_level0(self) -> float:
+        return self.cell * self.downsample
+
+    @property
+    def origin_level0(self) -> tuple[float, float]:
+        return self.region[0] * self.downsample, self.region[1] * self.downsample
+
+    @property
+    def mpp(self) -> tuple[float, float] | None:
+        if self.level_mpp is None:
+            return None
+        return self.level_mpp[0] * self.cell, self.level_mpp[1] * self.cell
+
+    def tumour_area_mm2(self) -> float | None:
+        if self.mpp is None:
+            return None
+        return float(self.mask.sum()) * self.mpp[0] * self.mpp[1] / 1e6
+
+    def to_annotations(self, name: str = "Tumor") -> list[Annotation]:
+        """Tumour regions as polygons in level-0 pixels (contours between cell centres)."""
+        padded = np.pad(self.mask > 0, 1)
+        oy, ox = self.origin_level0
+        out = []
+        for contour in find_contours(padded.astype(float), 0.5):
+            if len(contour) < 4:
+                continue
+            cells = contour - 1  # undo the padding
+            yx = np.stack(
+                [
+                    oy + (cells[:, 0] + 0.5) * self.cell_level0,
+                    ox + (cells[:, 1] + 0.5) * self.cell_level0,
+                ],
+                axis=1,
+            )
+            out.append(Annotation(yx[:-1], "polygon", name))
+        return out
+
+
+class ClassificationRun(TiledRun):
+    """One heatmap, step by step (``steps()`` yields progress, ``result()`` thresholds)."""
+
+    def __init__(
+        self,
+        source: Any,
+        predictor: ClassifierPredictor,
+        *,
+        stride: int | None = None,
+        overlap: int | None = None,
+        region: Region | None = None,
+        batch_size: int = 16,
+        level: int = 0,
+        downsample: float = 1.0,
+        level_mpp: tuple[float, float] | None = None,
+        context_source: Any = None,
+        context_scale: float = 1.0,
+        out: Any = None,
+    ) -> None:
+        card = predictor.card
+        if len(card.classes) != 2:
+            raise ValueError(
+                f"a tumour heatmap needs a two-class model; this one has {len(card.classes)} "
+                f"classes {list(card.classes)}"
+            )
+        patch = card.input_size
+        if stride is None:  # the widgets' "overlap" is patch − stride
+            stride = patch - overlap if overlap is not None else max(patch // 2, 1)
+        if not 0 < stride <= patch:
+            raise ValueError(f"stride must be in (0, {patch}] px, got {stride}")
+        height, width = int(source.shape[0]), int(source.shape[1])
+        if min(height, width) < patch:
+            raise ValueError(
+                f"the image at level {level} ({width} × {height} px) is smaller than one "
+                f"{patch} px patch; choose a finer level or a smaller model"
+            )
+        self.source, self.predictor, self.batch_size = source, predictor, batch_size
+        self.grid = TileGrid.over(
+            source.shape,
+            stride,
+            0,
+            region=region,
+            level=level,
+            downsample=downsample,
+            uniform=True,
+        )
+        shape = (len(self.grid.rows), len(self.grid.cols))
+        if out is None:
+            out = (
+                lazy_probability(shape)
+                if shape[0] * shape[1] > LAZY_CELLS
+                else np.zeros(shape, np.float32)
+            )
+        self.heatmap = out
+        self.merger = ScoreGridMerger(self.grid, out)
+        self.origins = self.grid.origins()
+        self.level_mpp = level_mpp
+        self.read = PatchReader(
+            source,
+            patch=patch,
+            cell=stride,
+            context=card.context,
+            context_source=context_source,
+            context_scale=context_scale,
+        )
+
+    def result(self, threshold: float | None = None) -> HeatmapResult:
+        threshold = self.predictor.card.threshold if threshold is None else threshold
+        heatmap = np.asarray(self.heatmap)
+        mask = ((heatmap >= threshold) & self.merger.visited).astype(np.uint8)
+        grid = self.grid
+        return HeatmapResult(
+            self.heatmap,
+            mask,
+            self.merger.visited,
+            grid.region,
+            grid.level,
+            grid.downsample,
+            self.level_mpp,
+            grid.stride,
+            self.predictor.card.input_size,
+            threshold,
+        )
+
+
+def context_level(slide: Any, level: int, factor: float | None) -> tuple[Any, float]:
+    """The coarsest pyramid level at most ``factor`` × coarser than ``level``, and its
+    pixels per ``level`` pixel (the context patch is read there, then resized)."""
+    if not factor:
+        return None, 1.0
+    base = slide.level_downsample(level)[1]
+    best = level
+    for index in range(level, len(slide.viewer_levels)):
+        if slide.level_downsample(index)[1] / base <= factor * 1.01:
+            best = index
+    return slide.viewer_levels[best], base / slide.level_downsample(best)[1]
+
+
+def classify_slide(
+    path: str | Path,
+    checkpoint: str | Path,
+    *,
+    level: int | None = None,
+    region: Region | None = None,
+    stride: int | None = None,
+    device: str = "auto",
+    tissue_only: bool = True,
+    min_tissue: float = 0.3,
+    threshold: float | None = None,
+    tta: bool = False,
+    batch_size: int = 16,
+    out: Any = None,
+) -> HeatmapResult:
+    """Tumour heatmap and mask of a slide at the level matching the model's µm/pixel.
+
+    ``region`` is (y0, x0, y1, x1) in level-0 pixels. Only cells holding ``min_tissue``
+    tissue reach the model when ``tissue_only``.
+    """
+    model, card = load_checkpoint(checkpoint, task="classification")
+    predictor = ClassifierPredictor(model, card, device, tta=tta)
+    slide = open_slide(path)
+    where = slide.model_level(card.mpp, level=level, region=region)
+    context_source, context_scale = context_level(slide, where["level"], card.context)
+    run = ClassificationRun(
+        where.pop("source"),
+        predictor,
+        stride=stride,
+        batch_size=batch_size,
+        context_source=context_source,
+        context_scale=context_scale,
+        out=out,
+        **where,
+    )
+    if tissue_only:
+        run.restrict_to_tissue(slide_tissue_mask(slide), min_tissue)
+    run.run()
+    return run.result(threshold)
+
+
+def classify_images(
+    images: Sequence[np.ndarray], predictor: ClassifierPredictor, *, batch_size: int = 32
+) -> np.ndarray:
+    """Whole small images (ultrasound frames, IDC patches) → scores, each resized to the
+    model's input size."""
+    scores = []
+    size = predictor.card.input_size
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        batch = np.stack([resize_rgb(np.asarray(i, np.uint8), size) for i in chunk])
+        scores.append(predictor(batch))
+    return np.concatenate(scores) if scores else np.zeros(0)
+
+
+def write_heatmap(
+    result: HeatmapResult, out_dir: str | Path, stem: str, *, overwrite: bool = False
+) -> list[Path]:
+    """Probability (float32) and mask (labels) as pyramidal TIFFs in µm, tumour polygons
+    as QuPath GeoJSON. The TIFFs' descriptions record the cell grid's level-0 origin."""
+    from napari_mitosis.geojson import write_geojson
+    from napari_mitosis.output_file import refuse_existing
+    from napari_mitosis.pyramid_tiff import write_pyramid_tiff
+
+    out_dir = Path(out_dir)
+    paths = [
+        out_dir / f"{stem}.{name}"
+        for name in ("tumour_probability.tif", "tumour_mask.tif", "tumour.geojson")
+    ]
+    refuse_existing(paths, overwrite=overwrite)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    extra = {
+        "origin_level0_yx": list(result.origin_level0),
+        "cell_level0_px": result.cell_level0,
+        "patch_px": result.patch,
+        "level": result.level,
+        "threshold": result.threshold,
+    }
+    probability = np.asarray(result.heatmap, np.float32)
+    write_pyramid_tiff(paths[0], probability, mpp=result.mpp, extra=extra, overwrite=overwrite)
+    write_pyramid_tiff(
+        paths[1],
+        result.mask,
+        mpp=result.mpp,
+        layer_type="labels",
+        extra=extra,
+        overwrite=overwrite,
+    )
+    write_geojson(paths[2], result.to_annotations(), overwrite=overwrite)
+    return paths

@@ -1,0 +1,421 @@
+"""Given slides with a known tumour region, a user trains a patch classifier and gets a
+heatmap and mask that cover that region; small images classify too, scored like the
+literature (AUC, sensitivity, specificity, F_med)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import recall_score, roc_auc_score
+
+from napari_mitosis.checkpoint import load_checkpoint
+from napari_mitosis.classification import ClassifierPredictor, classify_slide, write_heatmap
+from napari_mitosis.classification_data import (
+    class_folders,
+    read_asap_xml,
+    slide_patches,
+    split_by_group,
+    tumour_mask,
+)
+from napari_mitosis.classification_metrics import best_threshold, binary_metrics
+from napari_mitosis.classification_training import ClassifierTraining, train_classifier
+from napari_mitosis.cli import main
+from napari_mitosis.slide import open_slide
+from napari_mitosis.synthetic import write_synthetic_slide
+
+MITOTIC_FIGURES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mitotic-figures"
+
+
+@pytest.fixture(scope="session")
+def tumour_slides(tmp_path_factory: pytest.TempPathFactory):
+    """Three synthetic slides at 1 µm/px (train, validation, test) with tumour mask PNGs."""
+    folder = tmp_path_factory.mktemp("tumour")
+    slides = []
+    for seed in range(3):
+        path = folder / f"slide{seed}.tif"
+        truth = write_synthetic_slide(path, 1024, 1536, mpp=1.0, seed=seed)
+        Image.fromarray(truth.tumour_mask.astype(np.uint8) * 255).save(
+            folder / f"slide{seed}_mask.png"
+        )
+        slides.append((path, truth))
+    return slides
+
+
+def patches_of(path: Path, per_class: int, seed: int, **options):
+    slide = open_slide(path)
+    mask = tumour_mask(slide, path.with_name(f"{path.stem}_mask.png"))
+    return slide_patches(
+        slide,
+        mask,
+        level=0,
+        patch=64,
+        window=32,
+        per_class=per_class,
+        rng=np.random.default_rng(seed),
+        **options,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tumour_slides, tmp_path_factory: pytest.TempPathFactory):
+    """A small CNN trained for ≤4 epochs on one slide, early-stopped on another (~20 s)."""
+    train = patches_of(tumour_slides[0][0], 120, 0)
+    validation = patches_of(tumour_slides[1][0], 50, 1)
+    config = ClassifierTraining(
+        input_size=64,
+        width=16,
+        epochs=4,
+        mpp=1.0,
+        patience=2,
+        device="cpu",
+        notes="test model, synthetic data",
+    )
+    path = tmp_path_factory.mktemp("classifier") / "tumour.safetensors"
+    return path, train_classifier(train, validation, path, config)
+
+
+def test_small_cnn_reaches_auc_above_0_9_on_held_out_tiles(
+    trained_classifier, tumour_slides
+) -> None:
+    path, report = trained_classifier
+    model, card = load_checkpoint(path, task="classification")
+    assert card.classes == ("normal", "tumour") and card.mpp == 1.0 and card.input_size == 64
+    log = path.with_suffix(".csv").read_text().splitlines()
+    assert (
+        log[0].startswith("epoch,train_loss,val_loss,val_auc")
+        and len(log) == len(report.history) + 1
+    )
+    images, labels = patches_of(tumour_slides[2][0], 60, 2)  # a slide it never saw
+    scores = ClassifierPredictor(model, card, "cpu")(images)
+    assert roc_auc_score(labels, scores) > 0.9
+    # Test-time augmentation averages 8 views and keeps the ranking good.
+    tta = ClassifierPredictor(model, card, "cpu", tta=True)(images)
+    assert roc_auc_score(labels, tta) > 0.9 and not np.allclose(tta, scores)
+
+
+def test_stitched_mask_overlaps_the_true_tumour(trained_classifier, tumour_slides) -> None:
+    path, _ = trained_classifier
+    slide_path, truth = tumour_slides[2]
+    result = classify_slide(slide_path, path, device="cpu", stride=32, min_tissue=0.3)
+    assert result.heatmap.shape == (32, 48) and result.mpp == (32.0, 32.0)
+    cells = truth.tumour_mask[16::32, 16::32]  # each cell's centre pixel
+    mask = result.mask.astype(bool)
+    dice = 2 * (mask & cells).sum() / (mask.sum() + cells.sum())
+    assert dice > 0.7
+    # Cells with less than 30 % tissue never reached the model.
+    tissue = truth.tissue_mask.reshape(32, 32, 48, 32).mean(axis=(1, 3))
+    assert not result.visited[tissue < 0.2].any() and result.visited[tissue > 0.5].all()
+    assert result.tumour_area_mm2() == pytest.approx(mask.sum() * 32 * 32 / 1e6)
+
+
+def test_heatmap_writers_keep_scale_and_refuse_to_overwrite(
+    trained_classifier, tumour_slides, tmp_path: Path
+) -> None:
+    path, _ = trained_classifier
+    result = classify_slide(tumour_slides[2][0], path, device="cpu", stride=32)
+    paths = write_heatmap(result, tmp_path, "s2")
+    with open_slide(paths[0]) as heatmap:
+        assert heatmap.mpp == pytest.approx((32.0, 32.0))
+        np.testing.assert_allclose(np.asarray(heatmap.levels[0]), result.heatmap, atol=1e-6)
+    with open_slide(paths[1]) as mask:
+        np.testing.assert_array_equal(np.asarray(mask.levels[0]), result.mask)
+    from napari_mitosis.geojson import read_geojson
+
+    regions = read_geojson(paths[2])
+    assert regions and all(r.classification == "Tumor" for r in regions)
+    largest = max(regions, key=lambda r: len(r.coords))
+    ys, xs = largest.coords[:, 0], largest.coords[:, 1]
+    area = 0.5 * abs(np.dot(xs, np.roll(ys, 1)) - np.dot(ys, np.roll(xs, 1)))  # level-0 px²
+    assert area == pytest.approx(result.mask.sum() * 32 * 32, rel=0.25)
+    with pytest.raises(FileExistsError):
+        write_heatmap(result, tmp_path, "s2")
+
+
+def test_metrics_agree_with_scikit_learn() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    scores = np.clip(labels * 0.3 + rng.normal(0.35, 0.2, 200), 0, 1)
+    m = binary_metrics(labels, scores, 0.5)
+    predicted = scores >= 0.5
+    assert m.auc == pytest.approx(roc_auc_score(labels, scores))
+    assert m.sensitivity == pytest.approx(recall_score(labels, predicted))
+    assert m.specificity == pytest.approx(recall_score(1 - labels, ~predicted))
+    assert m.f_med == pytest.approx(
+        2 * m.sensitivity * m.specificity / (m.sensitivity + m.specificity)
+    )
+    # The chosen threshold is the F_med maximum over every candidate threshold.
+    chosen = binary_metrics(labels, scores, best_threshold(labels, scores)).f_med
+    assert chosen == pytest.approx(
+        max(binary_metrics(labels, scores, t).f_med for t in np.unique(scores))
+    )
+
+
+def test_asap_xml_and_geojson_polygons_become_the_tumour_mask(
+    tumour_slides, tmp_path: Path
+) -> None:
+    from skimage.measure import find_contours
+
+    slide_path, truth = tumour_slides[0]
+    (contour,) = [c for c in find_contours(truth.tumour_mask.astype(float), 0.5) if len(c) > 100]
+    coords = "".join(
+        f'<Coordinate Order="{i}" X="{x}" Y="{y}"/>' for i, (y, x) in enumerate(contour)
+    )
+    hole = (
+        '<Coordinate Order="0" X="600" Y="500"/><Coordinate Order="1" X="640" Y="500"/>'
+        '<Coordinate Order="2" X="640" Y="540"/><Coordinate Order="3" X="600" Y="540"/>'
+    )
+    (tmp_path / "s.xml").write_text(
+        "<ASAP_Annotations><Annotations>"
+        f'<Annotation Name="A1" Type="Polygon" PartOfGroup="Tumor"><Coordinates>{coords}</Coordinates></Annotation>'
+        f'<Annotation Name="A2" Type="Polygon" PartOfGroup="_2"><Coordinates>{hole}</Coordinates></Annotation>'
+        "</Annotations></ASAP_Annotations>"
+    )
+    assert [a.classification for a in read_asap_xml(tmp_path / "s.xml")] == ["Tumor", "_2"]
+    mask = tumour_mask(open_slide(slide_path), tmp_path / "s.xml").mask
+    expected = truth.tumour_mask.copy()
+    expected[500:540, 600:640] = False  # the exclusion polygon
+    iou = (mask & expected).sum() / (mask | expected).sum()
+    assert iou > 0.97 and not mask[510:530, 610:630].any()
+    (tmp_path / "bad.xml").write_text("<ASAP_Annotations><Annotations>")
+    with pytest.raises(ValueError, match=r"bad\.xml: not valid ASAP XML"):
+        read_asap_xml(tmp_path / "bad.xml")
+
+
+def test_bad_inputs_get_clear_messages(trained_classifier, tmp_path: Path) -> None:
+    from napari_mitosis.classification import ClassificationRun
+    from napari_mitosis.tissue import tissue_mask
+
+    path, _ = trained_classifier
+    model, card = load_checkpoint(path)
+    predictor = ClassifierPredictor(model, card, "cpu")
+    with pytest.raises(ValueError, match=r"\(40 × 30 px\) is smaller than one 64 px patch"):
+        ClassificationRun(np.zeros((30, 40, 3), np.uint8), predictor)
+    with pytest.raises(ValueError, match="uniform: no tissue"):
+        tissue_mask([np.full((256, 256, 3), 240, np.uint8)])
+    card3 = type(card)(**{**card.__dict__, "classes": ("a", "b", "c")})
+    with pytest.raises(ValueError, match="needs a two-class model; this one has 3"):
+        ClassificationRun(
+            np.zeros((128, 128, 3), np.uint8), ClassifierPredictor(model, card3, "cpu")
+        )
+    with pytest.raises(ValueError, match="is a classification model, not a detection model"):
+        load_checkpoint(path, task="detection")
+
+
+def test_two_tower_model_sees_the_patch_and_its_context(tumour_slides, tmp_path: Path) -> None:
+    images, labels = patches_of(tumour_slides[0][0], 24, 0, context=4.0)
+    assert images.shape == (48, 64, 64, 6)
+    # The context half is the same place at 4× less magnification: its centre quarter is the
+    # patch, shrunk.
+    centre = images[0, 24:40, 24:40, 3:].astype(float)
+    shrunk = np.asarray(
+        Image.fromarray(images[0, :, :, :3]).resize((16, 16), Image.Resampling.BOX), float
+    )
+    assert np.abs(centre - shrunk).mean() < 12
+    config = ClassifierTraining(
+        architecture="two_tower",
+        input_size=64,
+        width=8,
+        epochs=1,
+        mpp=1.0,
+        context=4.0,
+        device="cpu",
+    )
+    out = tmp_path / "two.safetensors"
+    train_classifier((images, labels), (images, labels), out, config)
+    result = classify_slide(tumour_slides[2][0], out, device="cpu", region=(256, 256, 512, 512))
+    assert result.heatmap.shape == (8, 8) and result.visited.any()
+
+
+@pytest.mark.parametrize(
+    ("architecture", "size"), [("inception_v3", 299), ("wide_resnet", 64), ("small_cnn", 50)]
+)
+def test_architectures_are_built_without_weights(architecture: str, size: int) -> None:
+    import torch
+
+    from napari_mitosis.classifiers import CLASSIFIERS
+
+    model = CLASSIFIERS[architecture](outputs=1).eval()
+    if architecture == "inception_v3":
+        assert isinstance(model.avgpool, torch.nn.AdaptiveMaxPool2d)  # global max pooling
+    with torch.inference_mode():
+        assert model(torch.rand(2, 3, size, size)).shape == (2, 1)
+    grey = CLASSIFIERS["small_cnn"](outputs=1, in_channels=1).eval()
+    with torch.inference_mode():
+        assert grey(torch.rand(2, 1, 50, 50)).shape == (2, 1)
+
+
+def write_class_folders(root: Path, tumour_slides) -> None:
+    """Patch folders with a labels.csv naming each patch's source slide."""
+    rows = ["file,slide"]
+    for index, (path, _) in enumerate(tumour_slides):
+        images, labels = patches_of(path, 20, index)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            name = f"{'tumour' if label else 'normal'}/s{index}_{i}.png"
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(root / name)
+            rows.append(f"{name},slide{index}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_cli_trains_on_class_folders_split_by_slide_and_evaluates(
+    tumour_slides, tmp_path: Path, capsys
+) -> None:
+    data = tmp_path / "patches"
+    write_class_folders(data, tumour_slides)
+    out = tmp_path / "folder.safetensors"
+    args = [
+        "train-classifier",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        "2",
+        "--width",
+        "8",
+        "--test-fraction",
+        "0.34",
+        "--val-fraction",
+        "0.5",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "40 training, 40 validation, 40 test images (64 px), split by slide" in printed
+    assert "AUC" in printed and "F_med" in printed
+    test_rows = out.with_suffix(".test.csv").read_text().splitlines()[1:]
+    assert len({row.split(",")[1] for row in test_rows}) == 1  # one whole slide held out
+    with Image.open(out.with_suffix(".roc.png")) as plot:
+        assert plot.format == "PNG"
+    assert (
+        main(
+            [
+                "evaluate-classifier",
+                str(data),
+                "--model",
+                str(out),
+                "--out",
+                str(tmp_path / "ev"),
+                "--split-file",
+                str(out.with_suffix(".test.csv")),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "held-out: 40 images from 1 groups" in capsys.readouterr().out
+    assert main(args) == 2  # the checkpoint exists: refused
+
+
+def test_cli_trains_on_annotated_slides_and_classifies_a_slide(
+    tumour_slides, trained_classifier, tmp_path: Path, capsys
+) -> None:
+    slides = [str(p) for p, _ in tumour_slides[:2]]
+    annotations = str(tumour_slides[0][0].parent)
+    out = tmp_path / "slides.safetensors"
+    assert (
+        main(
+            [
+                "train-classifier",
+                *slides,
+                "--annotations",
+                annotations,
+                "--out",
+                str(out),
+                "--input-size",
+                "64",
+                "--per-class",
+                "20",
+                "--epochs",
+                "1",
+                "--width",
+                "8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "slide0.tif: 40 patches at level 0" in capsys.readouterr().out
+    path, _ = trained_classifier
+    result_dir = tmp_path / "heat"
+    assert (
+        main(
+            [
+                "classify",
+                str(tumour_slides[2][0]),
+                "--model",
+                str(path),
+                "--out",
+                str(result_dir),
+                "--stride",
+                "32",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "cells classified at level 0; tumour" in printed and "mm²" in printed
+    assert sorted(p.name for p in result_dir.iterdir()) == [
+        "slide2.tumour.geojson",
+        "slide2.tumour_mask.tif",
+        "slide2.tumour_probability.tif",
+    ]
+
+
+def test_widget_adds_an_aligned_heatmap_and_mask(
+    make_napari_viewer, qtbot, trained_classifier, tumour_slides
+) -> None:
+    from napari_mitosis._classification_widget import ClassificationWidget
+
+    path, _ = trained_classifier
+    viewer = make_napari_viewer()
+    viewer.open(str(tumour_slides[2][0]), plugin="napari-mitosis")
+    widget = ClassificationWidget(viewer)
+    widget.model_path.value = path
+    widget.device.value = "cpu"
+    widget.stride.value = 32
+    widget.show_tissue.value = True
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: len(viewer.layers) == 4, timeout=5000)
+    heatmap = viewer.layers["slide2 tumour probability"]
+    mask = viewer.layers["slide2 tumour mask"]
+    assert tuple(heatmap.scale) == (32.0, 32.0) and tuple(mask.scale) == (32.0, 32.0)
+    # Cell (0, 0) covers level-0 pixels 0–31: its centre is at world (15.5, 15.5) µm.
+    assert tuple(heatmap.translate) == (15.5, 15.5)
+    assert mask.data.shape == (32, 48) and widget.status.value.startswith("tumour: ")
+    assert "slide2 tissue" in viewer.layers
+
+
+@pytest.mark.skipif(not MITOTIC_FIGURES.exists(), reason="../shared/data is not beside the repo")
+def test_real_mitotic_figures_classify_through_the_folder_path(tmp_path: Path) -> None:
+    """A small subset of the real AMi-Br crops proves the path on real H&E (the full run
+    is benchmarks/train_atypical_mitosis.py)."""
+    folder = class_folders(MITOTIC_FIGURES, ("normal", "atypical"))
+    assert len(folder.paths) == 1999 and len(np.unique(folder.groups)) == 67
+    rest, test = split_by_group(folder.labels, folder.groups, fraction=0.2, seed=0)
+    assert not set(folder.groups[rest]) & set(folder.groups[test])  # split by slide
+    rng = np.random.default_rng(0)
+    pick = lambda idx, n: np.concatenate(  # noqa: E731 - both classes, n each
+        [rng.choice(idx[folder.labels[idx] == c], n, replace=False) for c in (0, 1)]
+    )
+    train, held = pick(rest, 60), pick(test, 20)
+    images = folder.load(64, np.concatenate([train, held]))
+    config = ClassifierTraining(
+        input_size=64, width=8, epochs=2, device="cpu", classes=("normal", "atypical")
+    )
+    out = tmp_path / "amibr.safetensors"
+    report = train_classifier(
+        (images[:120], folder.labels[train]), (images[120:], folder.labels[held]), out, config
+    )
+    assert np.isfinite(report.history[-1]["val_auc"]) and out.exists()
+    assert json.loads(json.dumps(report.card.metrics))["epoch"] >= 1
