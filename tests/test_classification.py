@@ -419,3 +419,61 @@ def test_real_mitotic_figures_classify_through_the_folder_path(tmp_path: Path) -
     )
     assert np.isfinite(report.history[-1]["val_auc"]) and out.exists()
     assert json.loads(json.dumps(report.card.metrics))["epoch"] >= 1
+
+
+def test_froc_counts_each_lesion_once_and_ignores_isolated_tumour_cells() -> None:
+    from napari_mitosis.froc import froc, lesions_from_mask
+    from napari_mitosis.tissue import TissueMask
+
+    mask = np.zeros((1000, 1000), bool)
+    mask[100:500, 100:500] = True  # a 400 µm lesion (1 µm/px)
+    mask[800:850, 800:850] = True  # 50 µm: isolated tumour cells, ignored
+    lesions = lesions_from_mask(TissueMask(mask, (1.0, 1.0)), 1.0, dilate_um=0)
+    assert lesions.counted == 1 and len(lesions.ignored) == 1
+    empty = lesions_from_mask(TissueMask(np.zeros((100, 100), bool), (1.0, 1.0)), 1.0)
+    slide_a = (
+        np.array([[200, 200], [300, 300], [820, 820], [900, 100]]),
+        np.array([0.9, 0.8, 0.7, 0.6]),
+        lesions,
+    )
+    slide_b = (np.array([[50, 50]]), np.array([0.95]), empty)
+    result = froc([slide_a, slide_b])
+    # 0.95: FP (0.5 per slide); 0.9: the lesion (sensitivity 1); 0.8: same lesion, not
+    # counted again; 0.7: ignored; 0.6: FP (1 per slide).
+    np.testing.assert_allclose(result.fps_per_slide, [0, 0.5, 0.5, 0.5, 1.0])
+    np.testing.assert_allclose(result.sensitivity, [0, 0, 1, 1, 1])
+    assert result.at_rates == (0.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    assert result.score == pytest.approx(5 / 6)
+
+
+def test_cli_evaluates_slides_against_tumour_annotations(
+    trained_classifier, tumour_slides, tmp_path: Path, capsys
+) -> None:
+    path, _ = trained_classifier
+    slide = tumour_slides[2][0]
+    assert (
+        main(
+            [
+                "evaluate-classifier",
+                str(slide),
+                "--annotations",
+                str(slide.parent),
+                "--model",
+                str(path),
+                "--out",
+                str(tmp_path / "ev"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    auc = float(printed.split("AUC ")[1].split()[0])
+    froc_score = float(printed.split("FROC ")[1].split()[0])
+    assert auc > 0.9 and froc_score == 1.0  # the one lesion is the most probable candidate
+    name, cells, tumour_cells, lesions, candidates = (
+        (tmp_path / "ev" / "evaluation.csv").read_text().splitlines()[1].split(",")
+    )
+    assert name == "slide2.tif" and 0 < int(tumour_cells) < int(cells) and lesions == "1"
+    assert int(candidates) >= 1

@@ -150,6 +150,20 @@ def rasterize(
     return mask & ~holes
 
 
+ANNOTATION_SUFFIXES = (".xml", ".geojson", "_mask.png", ".mask.png", "_mask.tif", ".mask.tif")
+
+
+def annotation_for(slide_path: Path, folder: Path) -> Path:
+    """The tumour annotation of a slide: ``<stem>.xml`` (ASAP), ``.geojson`` or a mask image."""
+    for suffix in ANNOTATION_SUFFIXES:
+        candidate = Path(folder) / f"{Path(slide_path).stem}{suffix}"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{slide_path}: no tumour annotation ({', '.join(ANNOTATION_SUFFIXES)}) in {folder}"
+    )
+
+
 def tumour_mask(slide: Slide, annotation: str | Path, *, max_size: int = 4096) -> TissueMask:
     """The tumour region of ``slide`` from a mask image, GeoJSON or ASAP XML, as a mask
     on a grid of at most ``max_size`` px (with its downsample, like a tissue mask)."""

@@ -468,23 +468,11 @@ def _evaluate_folder_subset(
 def _train_classifier_on_slides(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_mitosis.classification_data import slide_patches, tumour_mask
+    from napari_mitosis.classification_data import annotation_for, slide_patches, tumour_mask
     from napari_mitosis.classification_training import train_classifier
     from napari_mitosis.slide import open_slide
 
-    pairs = []
-    for path in args.data:
-        stem = path.stem
-        candidates = [
-            args.annotations / f"{stem}{suffix}"
-            for suffix in (".xml", ".geojson", "_mask.png", ".mask.png", "_mask.tif", ".mask.tif")
-        ]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise FileNotFoundError(
-                f"{path}: no tumour annotation {stem}.xml/.geojson/_mask.png in {args.annotations}"
-            )
-        pairs.append((path, found))
+    pairs = [(path, annotation_for(path, args.annotations)) for path in args.data]
     if len(pairs) < 2:
         raise ValueError("slide training needs at least two annotated slides (split by slide)")
     refuse_existing((args.out, args.out.with_suffix(".csv")), overwrite=args.overwrite)
@@ -537,12 +525,67 @@ def _train_classifier_on_slides(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate_on_slides(args: argparse.Namespace) -> int:
+    """Cell-level metrics against the tumour annotations, and the Camelyon16 FROC."""
+    import numpy as np
+
+    from napari_mitosis.classification import classify_slide
+    from napari_mitosis.classification_data import annotation_for, tumour_mask
+    from napari_mitosis.classification_metrics import binary_metrics, write_roc_plot
+    from napari_mitosis.froc import froc, heatmap_candidates, lesions_from_mask
+    from napari_mitosis.slide import open_slide
+
+    table, plot = args.out / "evaluation.csv", args.out / "roc.png"
+    refuse_existing((table, plot), overwrite=args.overwrite)
+    labels, scores, per_slide, rows = [], [], [], ["slide,cells,tumour_cells,lesions,candidates"]
+    for path in args.data:
+        slide = open_slide(path)
+        tumour = tumour_mask(slide, annotation_for(path, args.annotations))
+        result = classify_slide(path, args.model, device=args.device, tta=args.tta)
+        cells = np.argwhere(result.visited)
+        centres = (cells + 0.5) * result.cell_level0 + np.asarray(result.origin_level0)
+        truth = tumour.mask[
+            np.clip(
+                (centres[:, 0] / tumour.downsample[0]).astype(int), 0, tumour.mask.shape[0] - 1
+            ),
+            np.clip(
+                (centres[:, 1] / tumour.downsample[1]).astype(int), 0, tumour.mask.shape[1] - 1
+            ),
+        ]
+        labels.append(truth)
+        scores.append(np.asarray(result.heatmap)[result.visited])
+        lesions = lesions_from_mask(tumour, slide.mpp[1] if slide.mpp else None)
+        points, probs = heatmap_candidates(result)
+        per_slide.append((points, probs, lesions))
+        rows.append(f"{path.name},{len(cells)},{int(truth.sum())},{lesions.counted},{len(probs)}")
+    threshold = args.threshold if args.threshold is not None else result.threshold
+    y, p = np.concatenate(labels).astype(int), np.concatenate(scores)
+    metrics = binary_metrics(y, p, threshold)
+    curve = froc(per_slide)
+    print(f"cells of {len(args.data)} slides: {metrics.summary()}")
+    rates = "  ".join(
+        f"{r:g}: {s:.3f}" for r, s in zip((0.25, 0.5, 1, 2, 4, 8), curve.at_rates, strict=True)
+    )
+    print(f"FROC {curve.score:.3f} (sensitivity at FPs per slide {rates})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(table, overwrite=args.overwrite) as tmp:
+        tmp.write_text("\n".join(rows) + "\n")
+    write_roc_plot(plot, y, p, metrics, title="tumour cells", overwrite=args.overwrite)
+    print(f"  {table}\n  {plot}")
+    return 0
+
+
 def _evaluate_classifier(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_mitosis.checkpoint import read_card
     from napari_mitosis.classification_data import class_folders
 
+    if args.annotations is not None:
+        return _evaluate_on_slides(args)
+    if len(args.data) != 1:
+        raise ValueError("give one class folder, or slides with --annotations")
+    args.data = args.data[0]
     card = read_card(args.model)
     folder = class_folders(args.data, tuple(card.classes))
     subset = np.arange(len(folder.paths))
@@ -815,7 +858,12 @@ def build_parser() -> argparse.ArgumentParser:
     ec = commands.add_parser(
         "evaluate-classifier", help="AUC, sensitivity, specificity, F_med, ROC plot"
     )
-    ec.add_argument("data", type=Path, help="folder with one sub-folder per class")
+    ec.add_argument(
+        "data", type=Path, nargs="+", help="a folder with one sub-folder per class, or slides"
+    )
+    ec.add_argument(
+        "--annotations", type=Path, help="with slides: tumour annotations (as train-classifier)"
+    )
     ec.add_argument("--model", type=Path, required=True)
     ec.add_argument("--out", type=Path, required=True)
     ec.add_argument(
