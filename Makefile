@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup lint bench clean
+.PHONY: demo test setup lint bench bench-peers clean
 
 # With a display, the demo opens a napari window; without one it runs under Xvfb and
 # saves a screenshot instead.
@@ -39,6 +39,17 @@ bench: $(BENCH_VENV)/.installed setup
 	$(PY) benchmarks/bench_segment.py
 	$(PY) benchmarks/bench_detect.py
 	$(PY) benchmarks/bench_classify.py
+
+# WSInfer for benchmarks/bench_vs_peers.py, in its own environment (never a package dependency).
+PEERS_VENV := .bench/peers
+$(PEERS_VENV)/.installed: pyproject.toml
+	mkdir -p .bench
+	[ -x $(PEERS_VENV)/bin/python ] || python3 -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 wsinfer==0.6.1 "zarr<3" openslide-python openslide-bin 2>&1 | grep -v "^WARNING: Location" || true
+	touch $@
+
+bench-peers: $(PEERS_VENV)/.installed setup
+	$(PY) benchmarks/bench_vs_peers.py
 
 clean:
 	rm -rf $(VENV) demo-output .bench .pytest_cache .ruff_cache

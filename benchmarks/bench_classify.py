@@ -92,9 +92,17 @@ def speed(
     )
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS (VmHWM; ru_maxrss would carry the parent's over exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def memory_child(slide: str, model: str) -> None:
     """Runs in a fresh process: classify a whole slide, print peak RSS (MiB) as JSON."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    before = peak_rss_mib()
     started = time.perf_counter()
     result = classify_slide(slide, model, device="cpu", tissue_only=False, batch_size=32)
     print(
@@ -104,7 +112,7 @@ def memory_child(slide: str, model: str) -> None:
                 "level": result.level,
                 "seconds": time.perf_counter() - started,
                 "rss_before": before,
-                "rss_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_peak": peak_rss_mib(),
             }
         )
     )
@@ -146,6 +154,7 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-only", action="store_true")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -156,7 +165,9 @@ def main() -> int:
         f"CUDA: {torch.cuda.is_available()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        for device in (
+            [] if args.memory_only else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        ):
             speed(
                 device,
                 args.architecture,

@@ -409,9 +409,14 @@ def test_real_mitotic_figures_classify_through_the_folder_path(tmp_path: Path) -
         [rng.choice(idx[folder.labels[idx] == c], n, replace=False) for c in (0, 1)]
     )
     train, held = pick(rest, 60), pick(test, 20)
-    images = folder.load(64, np.concatenate([train, held]))
+    images = folder.load(64, np.concatenate([train, held]), centre_crop=64)  # the figure
     config = ClassifierTraining(
-        input_size=64, width=8, epochs=2, device="cpu", classes=("normal", "atypical")
+        input_size=64,
+        width=8,
+        epochs=2,
+        device="cpu",
+        classes=("normal", "atypical"),
+        centre_crop=64,
     )
     out = tmp_path / "amibr.safetensors"
     report = train_classifier(
@@ -419,6 +424,16 @@ def test_real_mitotic_figures_classify_through_the_folder_path(tmp_path: Path) -
     )
     assert np.isfinite(report.history[-1]["val_auc"]) and out.exists()
     assert json.loads(json.dumps(report.card.metrics))["epoch"] >= 1
+    # Whole 128 px crops given to the trained model are centre-cropped as in training.
+    from napari_mitosis.classification import classify_images
+
+    model, card = load_checkpoint(out)
+    predictor = ClassifierPredictor(model, card, "cpu")
+    whole = folder.load(None, held[:8])
+    assert whole.shape[1:] == (128, 128, 3) and card.centre_crop == 64
+    np.testing.assert_allclose(
+        classify_images(whole, predictor), predictor(images[120:128]), atol=1e-6
+    )
 
 
 def test_froc_counts_each_lesion_once_and_ignores_isolated_tumour_cells() -> None:

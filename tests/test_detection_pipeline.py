@@ -327,3 +327,25 @@ def test_detection_widget_refuses_a_segmentation_model(make_napari_viewer, train
     widget.model_path.value = trained_unet[0]
     with pytest.raises(ValueError, match="is a segmentation model, not a detection model"):
         widget.run()
+
+
+def test_cli_choices_match_the_core_and_the_parser_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    from napari_mitosis import cli
+    from napari_mitosis.classification_metrics import MONITORED
+    from napari_mitosis.classification_training import ARCHITECTURES
+    from napari_mitosis.detector import BACKBONES
+
+    assert (cli.BACKBONES, cli.ARCHITECTURES, cli.MONITORED) == (
+        BACKBONES,
+        ARCHITECTURES,
+        MONITORED,
+    )
+    probe = (
+        "import sys; from napari_mitosis.cli import build_parser; build_parser(); "
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

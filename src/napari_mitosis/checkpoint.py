@@ -38,6 +38,7 @@ class ModelCard:
     notes: str = ""  # provenance, e.g. "demo model, trained on synthetic data"
     metrics: dict[str, float] = field(default_factory=dict)
     context: float | None = None  # two-tower classifiers: context patch = patch × this, in µm
+    centre_crop: int | None = None  # whole-image classifiers: keep the central N px first
 
 
 def _factories() -> dict[str, Any]:

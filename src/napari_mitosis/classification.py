@@ -52,6 +52,14 @@ def resize_rgb(block: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(Image.fromarray(block).resize((size, size), Image.Resampling.BOX))
 
 
+def centre_crop_of(image: np.ndarray, size: int | None) -> np.ndarray:
+    """The central ``size`` px of an image (unchanged when ``size`` is None or too big)."""
+    if not size or min(image.shape[:2]) <= size:
+        return image
+    y, x = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
+    return image[y : y + size, x : x + size]
+
+
 class PatchReader:
     """Model input for the cell at (y, x): the patch centred on it, and, for two-tower
     models, the context patch read from a coarser level (``context_scale`` = its pixels
@@ -367,13 +375,16 @@ def classify_slide(
 def classify_images(
     images: Sequence[np.ndarray], predictor: ClassifierPredictor, *, batch_size: int = 32
 ) -> np.ndarray:
-    """Whole small images (ultrasound frames, IDC patches) → scores, each resized to the
-    model's input size."""
+    """Whole small images (ultrasound frames, IDC patches) → scores, each cropped to the
+    card's ``centre_crop`` (if any) and resized to the model's input size."""
     scores = []
     size = predictor.card.input_size
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        batch = np.stack([resize_rgb(np.asarray(i, np.uint8), size) for i in chunk])
+        crop = predictor.card.centre_crop
+        batch = np.stack(
+            [resize_rgb(centre_crop_of(np.asarray(i, np.uint8), crop), size) for i in chunk]
+        )
         scores.append(predictor(batch))
     return np.concatenate(scores) if scores else np.zeros(0)
 

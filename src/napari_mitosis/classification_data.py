@@ -21,7 +21,7 @@ from PIL import Image
 from skimage.draw import polygon as fill_polygon
 from sklearn.model_selection import StratifiedGroupKFold
 
-from napari_mitosis.classification import PatchReader, context_level, resize_rgb
+from napari_mitosis.classification import PatchReader, centre_crop_of, context_level, resize_rgb
 from napari_mitosis.geojson import Annotation, read_geojson
 from napari_mitosis.slide import PLAIN_IMAGE_SUFFIXES, Slide, open_slide
 from napari_mitosis.tiling import TileGrid
@@ -41,8 +41,11 @@ class ImageFolder:
     classes: tuple[str, ...]
     groups: np.ndarray  # slide/patient of each image (the image itself when unknown)
 
-    def load(self, size: int | None = None, indices: Any = None) -> np.ndarray:
-        """Images (all, or ``indices``) as uint8 (N, size, size, 3) (size: the first's)."""
+    def load(
+        self, size: int | None = None, indices: Any = None, centre_crop: int | None = None
+    ) -> np.ndarray:
+        """Images (all, or ``indices``) as uint8 (N, size, size, 3): the central
+        ``centre_crop`` px when given, resized to ``size`` (default: unchanged)."""
         images = []
         chosen = self.paths if indices is None else [self.paths[i] for i in indices]
         for path in chosen:
@@ -51,6 +54,7 @@ class ImageFolder:
                     rgb = np.asarray(handle.convert("RGB"))
             except OSError as err:
                 raise ValueError(f"{path}: not a readable image ({err})") from err
+            rgb = centre_crop_of(rgb, centre_crop)
             size = size or rgb.shape[0]
             images.append(resize_rgb(rgb, size))
         return np.stack(images)

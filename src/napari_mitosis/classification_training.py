@@ -54,6 +54,7 @@ class ClassifierTraining:
     hue: float = 0.04
     mpp: float | None = None  # µm/pixel of the patches (None: whole images, pixel units)
     context: float | None = None  # two_tower: context patch covers this × the patch side
+    centre_crop: int | None = None  # whole images were cropped to their central N px
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.25, 0.25, 0.25)
     seed: int = 0
@@ -160,6 +161,7 @@ def train_classifier(
         threshold=0.5,
         notes=config.notes,
         context=config.context,
+        centre_crop=config.centre_crop,
     )
     model = build_model(card).to(device)
     if config.optimiser == "sgd":

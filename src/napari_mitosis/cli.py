@@ -361,6 +361,10 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         class_weights=not args.no_class_weights,
         monitor=args.monitor,
         patience=args.patience,
+        brightness=args.brightness,
+        contrast=args.contrast,
+        saturation=args.saturation,
+        hue=args.hue,
         seed=args.seed,
         device=args.device,
         notes=args.notes,
@@ -409,13 +413,15 @@ def _train_classifier(args: argparse.Namespace) -> int:
         folder.labels[rest], folder.groups[rest], fraction=args.val_fraction, seed=args.seed + 1
     )
     fit, val = rest[fit], rest[val]
-    images = folder.load(args.input_size)
+    images = folder.load(args.input_size, centre_crop=args.centre_crop)
     size = images.shape[1]
     print(
         f"{len(fit)} training, {len(val)} validation, {len(test)} test images ({size} px), "
         f"split by {'slide' if len(np.unique(folder.groups)) < len(folder.paths) else 'image'}"
     )
-    config = _classifier_config(args, input_size=size, classes=folder.classes, mpp=args.mpp)
+    config = _classifier_config(
+        args, input_size=size, classes=folder.classes, mpp=args.mpp, centre_crop=args.centre_crop
+    )
     report = train_classifier(
         (images[fit], folder.labels[fit]),
         (images[val], folder.labels[val]),
@@ -598,7 +604,7 @@ def _evaluate_classifier(args: argparse.Namespace) -> int:
     table, plot = args.out / "evaluation.csv", args.out / "roc.png"
     refuse_existing((table, plot), overwrite=args.overwrite)
     args.out.mkdir(parents=True, exist_ok=True)
-    images = folder.load(card.input_size)
+    images = folder.load(card.input_size, centre_crop=card.centre_crop)
     _evaluate_folder_subset(args, args.model, folder, images, subset, table, plot)
     return 0
 
@@ -634,6 +640,13 @@ def _classify(args: argparse.Namespace) -> int:
     for path in paths:
         print(f"  {path}")
     return 0
+
+
+# Choices spelled out here so `--help` and every command start without importing torch
+# (tests check they equal the core's own lists).
+BACKBONES = ("mobilenet_v3", "resnet50_v2", "vgg16")
+ARCHITECTURES = ("small_cnn", "wide_resnet", "inception_v3", "two_tower")
+MONITORED = ("auc", "f1", "f_med", "loss")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -730,8 +743,6 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--overwrite", action="store_true")
     pm.set_defaults(run=_pseudo_masks)
 
-    from napari_mitosis.detector import BACKBONES
-
     td = commands.add_parser(
         "train-detector", help="train the Faster R-CNN mitosis detector on images + boxes"
     )
@@ -800,9 +811,6 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--overwrite", action="store_true")
     ed.set_defaults(run=_evaluate_detector)
 
-    from napari_mitosis.classification_metrics import MONITORED
-    from napari_mitosis.classification_training import ARCHITECTURES
-
     tc = commands.add_parser(
         "train-classifier",
         help="train a tumour/patch classifier on class folders or annotated slides",
@@ -839,6 +847,13 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument(
         "--context", type=float, default=None, help="two_tower: context magnification factor"
     )
+    tc.add_argument(
+        "--centre-crop", type=int, default=None, help="folders: keep the central N px of each image"
+    )
+    tc.add_argument("--brightness", type=float, default=64 / 255, help="colour jitter")
+    tc.add_argument("--contrast", type=float, default=0.75, help="colour jitter")
+    tc.add_argument("--saturation", type=float, default=0.25, help="colour jitter")
+    tc.add_argument("--hue", type=float, default=0.04, help="colour jitter")
     tc.add_argument("--epochs", type=int, default=30)
     tc.add_argument("--batch-size", type=int, default=32)
     tc.add_argument("--optimiser", choices=("adam", "sgd"), default="adam")
