@@ -394,6 +394,16 @@ def test_widget_adds_an_aligned_heatmap_and_mask(
     assert tuple(heatmap.translate) == (15.5, 15.5)
     assert mask.data.shape == (32, 48) and widget.status.value.startswith("tumour: ")
     assert "slide2 tissue" in viewer.layers
+    # A level chosen by hand: level 1 (2 µm/px) cells are twice as large in µm.
+    widget.level.value = 1
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=60_000):
+        pass
+    qtbot.waitUntil(lambda: len(viewer.layers) == 7, timeout=5000)
+    assert tuple(viewer.layers[-3].scale) == (64.0, 64.0)
+    widget.level.value = 9
+    with pytest.raises(ValueError, match="has 4 pyramid levels"):
+        widget.run()
 
 
 @pytest.mark.skipif(not MITOTIC_FIGURES.exists(), reason="../shared/data is not beside the repo")

@@ -43,6 +43,7 @@ class TiledModelWidget(Container):
         self.image = ComboBox(label="image", choices=self._layers_of(Image))
         self.model_path = FileEdit(label=self.model_label, filter="*.safetensors")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.level = SpinBox(label="pyramid level (-1: the model's µm/px)", value=-1, min=-1)
         self.overlap = SpinBox(label="overlap (px)", value=64, min=0, max=1024, step=16)
         self.region = ComboBox(label="region", choices=REGIONS, value=REGIONS[0])
         self.shapes = ComboBox(label="shapes layer", choices=self._layers_of(Shapes))
@@ -55,6 +56,7 @@ class TiledModelWidget(Container):
                 self.image,
                 self.model_path,
                 self.device,
+                self.level,
                 *extra,
                 self.overlap,
                 self.region,
@@ -115,7 +117,13 @@ class TiledModelWidget(Container):
         return (float(mpp[0]), float(mpp[1])) if mpp else None
 
     def _level(self, layer: Any, target_mpp: float | None) -> int:
-        """The level matching the model's µm/pixel when the layer knows its own."""
+        """The chosen level, else the one matching the model's µm/pixel when the layer
+        knows its own."""
+        if self.level.value >= 0:
+            count = len(layer.data) if layer.multiscale else 1
+            if self.level.value >= count:
+                raise ValueError(f"{layer.name} has {count} pyramid levels; choose 0–{count - 1}")
+            return int(self.level.value)
         mpp = self.layer_mpp(layer)
         if not layer.multiscale or not mpp or target_mpp is None:
             return 0
