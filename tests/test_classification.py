@@ -133,6 +133,11 @@ def test_heatmap_writers_keep_scale_and_refuse_to_overwrite(
     assert area == pytest.approx(result.mask.sum() * 32 * 32, rel=0.25)
     with pytest.raises(FileExistsError):
         write_heatmap(result, tmp_path, "s2")
+    # A failure while writing leaves none of the three files (and no temporary file).
+    broken = type(result)(**{**result.__dict__, "mask": None})
+    with pytest.raises((TypeError, AttributeError, ValueError)):
+        write_heatmap(broken, tmp_path / "failed", "s2")
+    assert not (tmp_path / "failed").exists() or not any((tmp_path / "failed").iterdir())
 
 
 def test_metrics_agree_with_scikit_learn() -> None:

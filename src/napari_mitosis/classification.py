@@ -393,9 +393,14 @@ def write_heatmap(
     result: HeatmapResult, out_dir: str | Path, stem: str, *, overwrite: bool = False
 ) -> list[Path]:
     """Probability (float32) and mask (labels) as pyramidal TIFFs in µm, tumour polygons
-    as QuPath GeoJSON. The TIFFs' descriptions record the cell grid's level-0 origin."""
+    as QuPath GeoJSON. The TIFFs' descriptions record the cell grid's level-0 origin.
+
+    All three are written to temporary files first and renamed only when all succeeded,
+    so a failure leaves none of them."""
+    from contextlib import ExitStack
+
     from napari_mitosis.geojson import write_geojson
-    from napari_mitosis.output_file import refuse_existing
+    from napari_mitosis.output_file import atomic_output, refuse_existing
     from napari_mitosis.pyramid_tiff import write_pyramid_tiff
 
     out_dir = Path(out_dir)
@@ -413,14 +418,11 @@ def write_heatmap(
         "threshold": result.threshold,
     }
     probability = np.asarray(result.heatmap, np.float32)
-    write_pyramid_tiff(paths[0], probability, mpp=result.mpp, extra=extra, overwrite=overwrite)
-    write_pyramid_tiff(
-        paths[1],
-        result.mask,
-        mpp=result.mpp,
-        layer_type="labels",
-        extra=extra,
-        overwrite=overwrite,
-    )
-    write_geojson(paths[2], result.to_annotations(), overwrite=overwrite)
+    with ExitStack() as stack:
+        tmp = [stack.enter_context(atomic_output(p, overwrite=overwrite)) for p in paths]
+        write_pyramid_tiff(tmp[0], probability, mpp=result.mpp, extra=extra, overwrite=True)
+        write_pyramid_tiff(
+            tmp[1], result.mask, mpp=result.mpp, layer_type="labels", extra=extra, overwrite=True
+        )
+        write_geojson(tmp[2], result.to_annotations(), overwrite=True)
     return paths
