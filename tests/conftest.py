@@ -114,3 +114,61 @@ def trained_detector(field_pairs, tmp_path_factory: pytest.TempPathFactory):
     )
     path = tmp_path_factory.mktemp("detector") / "detector.safetensors"
     return path, train_detector(train, validation, path, config)
+
+
+@pytest.fixture(scope="session")
+def tumour_slides(tmp_path_factory: pytest.TempPathFactory):
+    """Three synthetic slides at 1 µm/px (train, validation, test) with tumour mask PNGs."""
+    from PIL import Image
+
+    from napari_mitosis.synthetic import write_synthetic_slide
+
+    folder = tmp_path_factory.mktemp("tumour")
+    slides = []
+    for seed in range(3):
+        path = folder / f"slide{seed}.tif"
+        truth = write_synthetic_slide(path, 1024, 1536, mpp=1.0, seed=seed)
+        Image.fromarray(truth.tumour_mask.astype(np.uint8) * 255).save(
+            folder / f"slide{seed}_mask.png"
+        )
+        slides.append((path, truth))
+    return slides
+
+
+def patches_of(path: Path, per_class: int, seed: int, **options):
+    """Balanced 64 px patches (32 px cells) of a synthetic slide with a mask PNG beside it."""
+    from napari_mitosis.classification_data import slide_patches, tumour_mask
+    from napari_mitosis.slide import open_slide
+
+    slide = open_slide(path)
+    mask = tumour_mask(slide, path.with_name(f"{path.stem}_mask.png"))
+    return slide_patches(
+        slide,
+        mask,
+        level=0,
+        patch=64,
+        window=32,
+        per_class=per_class,
+        rng=np.random.default_rng(seed),
+        **options,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained_classifier(tumour_slides, tmp_path_factory: pytest.TempPathFactory):
+    """A small CNN trained for ≤4 epochs on one slide, early-stopped on another (~20 s)."""
+    from napari_mitosis.classification_training import ClassifierTraining, train_classifier
+
+    train = patches_of(tumour_slides[0][0], 120, 0)
+    validation = patches_of(tumour_slides[1][0], 50, 1)
+    config = ClassifierTraining(
+        input_size=64,
+        width=16,
+        epochs=4,
+        mpp=1.0,
+        patience=2,
+        device="cpu",
+        notes="test model, synthetic data",
+    )
+    path = tmp_path_factory.mktemp("classifier") / "tumour.safetensors"
+    return path, train_classifier(train, validation, path, config)

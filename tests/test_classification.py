@@ -12,12 +12,12 @@ import pytest
 from PIL import Image
 from sklearn.metrics import recall_score, roc_auc_score
 
+from conftest import patches_of
 from napari_mitosis.checkpoint import load_checkpoint
 from napari_mitosis.classification import ClassifierPredictor, classify_slide, write_heatmap
 from napari_mitosis.classification_data import (
     class_folders,
     read_asap_xml,
-    slide_patches,
     split_by_group,
     tumour_mask,
 )
@@ -25,57 +25,8 @@ from napari_mitosis.classification_metrics import best_threshold, binary_metrics
 from napari_mitosis.classification_training import ClassifierTraining, train_classifier
 from napari_mitosis.cli import main
 from napari_mitosis.slide import open_slide
-from napari_mitosis.synthetic import write_synthetic_slide
 
 MITOTIC_FIGURES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mitotic-figures"
-
-
-@pytest.fixture(scope="session")
-def tumour_slides(tmp_path_factory: pytest.TempPathFactory):
-    """Three synthetic slides at 1 µm/px (train, validation, test) with tumour mask PNGs."""
-    folder = tmp_path_factory.mktemp("tumour")
-    slides = []
-    for seed in range(3):
-        path = folder / f"slide{seed}.tif"
-        truth = write_synthetic_slide(path, 1024, 1536, mpp=1.0, seed=seed)
-        Image.fromarray(truth.tumour_mask.astype(np.uint8) * 255).save(
-            folder / f"slide{seed}_mask.png"
-        )
-        slides.append((path, truth))
-    return slides
-
-
-def patches_of(path: Path, per_class: int, seed: int, **options):
-    slide = open_slide(path)
-    mask = tumour_mask(slide, path.with_name(f"{path.stem}_mask.png"))
-    return slide_patches(
-        slide,
-        mask,
-        level=0,
-        patch=64,
-        window=32,
-        per_class=per_class,
-        rng=np.random.default_rng(seed),
-        **options,
-    )
-
-
-@pytest.fixture(scope="session")
-def trained_classifier(tumour_slides, tmp_path_factory: pytest.TempPathFactory):
-    """A small CNN trained for ≤4 epochs on one slide, early-stopped on another (~20 s)."""
-    train = patches_of(tumour_slides[0][0], 120, 0)
-    validation = patches_of(tumour_slides[1][0], 50, 1)
-    config = ClassifierTraining(
-        input_size=64,
-        width=16,
-        epochs=4,
-        mpp=1.0,
-        patience=2,
-        device="cpu",
-        notes="test model, synthetic data",
-    )
-    path = tmp_path_factory.mktemp("classifier") / "tumour.safetensors"
-    return path, train_classifier(train, validation, path, config)
 
 
 def test_small_cnn_reaches_auc_above_0_9_on_held_out_tiles(

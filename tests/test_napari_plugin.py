@@ -130,3 +130,31 @@ def test_image_and_labels_layers_save_as_pyramidal_tiff(make_napari_viewer, tmp_
     (back,) = viewer.open(tmp_path / "labels.tif", plugin=PLUGIN)
     assert back._type_string == "labels"
     np.testing.assert_array_equal(np.asarray(back.data), labels.data)
+
+
+def test_heatmap_ome_zarr_opens_as_layers_on_the_slide(make_napari_viewer, tmp_path: Path) -> None:
+    from napari_mitosis._reader import get_reader
+    from napari_mitosis.ome_zarr_output import write_ome_zarr
+
+    heat = np.random.default_rng(0).random((40, 60)).astype(np.float32)
+    mask = (heat > 0.5).astype(np.uint8)
+    path = write_ome_zarr(
+        tmp_path / "slide.tumour.ome.zarr",
+        heat,
+        mpp0=(0.5, 0.5),
+        cell_level0=32.0,
+        labels={"tumour_mask": mask},
+        extra={"threshold": 0.5},
+    )
+    viewer = make_napari_viewer()
+    image, labels = viewer.open(str(path), plugin="napari-mitosis")
+    assert image.name == "slide.tumour probability" and labels.name == "slide.tumour tumour_mask"
+    # Cell (0, 0) covers level-0 px 0–32: 16 µm wide, centred at 15.5 px = 7.75 µm.
+    np.testing.assert_allclose(image.scale, (16.0, 16.0))
+    np.testing.assert_allclose(image.translate, (7.75, 7.75))
+    np.testing.assert_array_equal(np.asarray(labels.data), mask)
+    # OME-Zarr that is not ours is left to napari-ome-zarr.
+    write_ome_zarr(tmp_path / "foreign.ome.zarr", heat)
+    attrs = tmp_path / "foreign.ome.zarr" / ".zattrs"
+    attrs.write_text(attrs.read_text().replace('"napari_mitosis"', '"other"'))
+    assert get_reader(str(tmp_path / "foreign.ome.zarr")) is None

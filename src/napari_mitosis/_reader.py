@@ -1,7 +1,8 @@
-"""napari reader: slides, plain images and QuPath GeoJSON become layers.
+"""napari reader: slides, plain images, QuPath GeoJSON and our OME-Zarr heatmaps become
+layers.
 
 Only converts: opening is `napari_mitosis.slide.open_slide`, GeoJSON parsing is
-`napari_mitosis.geojson.read_geojson`.
+`napari_mitosis.geojson.read_geojson`, OME-Zarr is `ome_zarr_output.read_ome_zarr`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,23 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
         return None
     for p in map(Path, paths):
         suffix = p.suffix.lower()
-        if p.is_dir() or suffix not in SUPPORTED_SUFFIXES + GEOJSON_SUFFIXES:
+        if p.is_dir():
+            if not is_our_ome_zarr(p):
+                return None
+        elif suffix not in SUPPORTED_SUFFIXES + GEOJSON_SUFFIXES:
             return None
     return read_paths
+
+
+def is_our_ome_zarr(path: Path) -> bool:
+    """A heatmap OME-Zarr this package wrote (other OME-Zarr is napari-ome-zarr's job)."""
+    import json
+
+    try:
+        attrs = json.loads((path / ".zattrs").read_text())
+    except (OSError, ValueError):
+        return False
+    return "multiscales" in attrs and "napari_mitosis" in attrs
 
 
 def read_paths(path: str | list[str]) -> list[LayerData]:
@@ -37,6 +52,8 @@ def read_paths(path: str | list[str]) -> list[LayerData]:
     for p in map(Path, paths):
         if p.suffix.lower() in GEOJSON_SUFFIXES:
             layers.extend(annotation_layer_data(read_geojson(p), name=p.stem))
+        elif p.is_dir():
+            layers.extend(grid_layer_data(p))
         else:
             layers.append(slide_layer_data(open_slide(p)))
     return layers
@@ -61,6 +78,37 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> LayerData:
         # Given explicitly so napari does not read pixels to guess them.
         kwargs["contrast_limits"] = (0, 255)
     return data, kwargs, "image"
+
+
+def grid_layer_data(path: Path) -> list[LayerData]:
+    """A heatmap (translucent image) and its masks (labels), placed on their slide in µm."""
+    from napari_mitosis.ome_zarr_output import read_ome_zarr
+
+    grid = read_ome_zarr(path)
+    units = ("micrometer", "micrometer") if grid.unit else ("pixel", "pixel")
+    common = {"scale": grid.scale, "translate": grid.translate, "units": units}
+    name = path.name.removesuffix(".ome.zarr")
+    multi = len(grid.levels) > 1
+    layers: list[LayerData] = [
+        (
+            grid.levels if multi else grid.levels[0],
+            {
+                "name": f"{name} probability",
+                "colormap": "inferno",
+                "opacity": 0.5,
+                "contrast_limits": (0.0, 1.0),
+                "multiscale": multi,
+                "metadata": grid.extra,
+                **common,
+            },
+            "image",
+        )
+    ]
+    for label, levels in grid.labels.items():
+        data = levels if len(levels) > 1 else levels[0]
+        kwargs = {"name": f"{name} {label}", "opacity": 0.4, "multiscale": len(levels) > 1}
+        layers.append((data, {**kwargs, **common}, "labels"))
+    return layers
 
 
 def annotation_layer_data(

@@ -10,10 +10,10 @@ regions, so memory does not grow with the slide.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -23,10 +23,12 @@ from skimage.measure import find_contours
 from napari_mitosis.checkpoint import ModelCard, load_checkpoint
 from napari_mitosis.geojson import Annotation
 from napari_mitosis.segmentation import Region, lazy_probability
-from napari_mitosis.slide import open_slide
-from napari_mitosis.tiled_inference import TiledRun, pick_device
+from napari_mitosis.slide import Slide, open_slide
+from napari_mitosis.tiled_inference import Progress, TiledRun, pick_device
 from napari_mitosis.tiling import TileGrid
-from napari_mitosis.tissue import slide_tissue_mask
+from napari_mitosis.tissue import TissueMask, slide_tissue_mask
+
+HeatmapFormat = Literal["tiff", "ome-zarr"]
 
 #: Heatmaps with more cells than this go to a lazily allocated zarr array.
 LAZY_CELLS = 4096 * 4096
@@ -213,6 +215,13 @@ class HeatmapResult:
             return None
         return float(self.mask.sum()) * self.mpp[0] * self.mpp[1] / 1e6
 
+    def tumour_region(self) -> TissueMask:
+        """The tumour mask in level-0 terms, for running detectors "inside tumour" (cells
+        before the region's origin count as not tumour)."""
+        cell = self.cell_level0
+        pad = [(round(o / cell), 0) for o in self.origin_level0]
+        return TissueMask(np.pad(self.mask > 0, pad), (cell, cell))
+
     def to_annotations(self, name: str = "Tumor") -> list[Annotation]:
         """Tumour regions as polygons in level-0 pixels (contours between cell centres)."""
         padded = np.pad(self.mask > 0, 1)
@@ -332,8 +341,8 @@ def context_level(slide: Any, level: int, factor: float | None) -> tuple[Any, fl
 
 
 def classify_slide(
-    path: str | Path,
-    checkpoint: str | Path,
+    path: str | Path | Slide,
+    checkpoint: str | Path | ClassifierPredictor,
     *,
     level: int | None = None,
     region: Region | None = None,
@@ -345,15 +354,24 @@ def classify_slide(
     tta: bool = False,
     batch_size: int = 16,
     out: Any = None,
+    tissue: TissueMask | None = None,
+    progress: Progress | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> HeatmapResult:
     """Tumour heatmap and mask of a slide at the level matching the model's µm/pixel.
 
     ``region`` is (y0, x0, y1, x1) in level-0 pixels. Only cells holding ``min_tissue``
-    tissue reach the model when ``tissue_only``.
+    tissue reach the model when ``tissue_only`` (``tissue``: a mask already computed).
+    A loaded `ClassifierPredictor` may stand for the checkpoint (cohort workers load
+    each model once); ``progress(done, total)`` counts patches.
     """
-    model, card = load_checkpoint(checkpoint, task="classification")
-    predictor = ClassifierPredictor(model, card, device, tta=tta)
-    slide = open_slide(path)
+    if isinstance(checkpoint, ClassifierPredictor):
+        predictor = checkpoint
+    else:
+        model, card = load_checkpoint(checkpoint, task="classification")
+        predictor = ClassifierPredictor(model, card, device, tta=tta)
+    card = predictor.card
+    slide = path if isinstance(path, Slide) else open_slide(path)
     where = slide.model_level(card.mpp, level=level, region=region)
     context_source, context_scale = context_level(slide, where["level"], card.context)
     run = ClassificationRun(
@@ -367,8 +385,8 @@ def classify_slide(
         **where,
     )
     if tissue_only:
-        run.restrict_to_tissue(slide_tissue_mask(slide), min_tissue)
-    run.run()
+        run.restrict_to_tissue(tissue or slide_tissue_mask(slide), min_tissue)
+    run.run(progress, should_stop)
     return run.result(threshold)
 
 
@@ -389,25 +407,40 @@ def classify_images(
     return np.concatenate(scores) if scores else np.zeros(0)
 
 
-def write_heatmap(
-    result: HeatmapResult, out_dir: str | Path, stem: str, *, overwrite: bool = False
-) -> list[Path]:
-    """Probability (float32) and mask (labels) as pyramidal TIFFs in µm, tumour polygons
-    as QuPath GeoJSON. The TIFFs' descriptions record the cell grid's level-0 origin.
+def heatmap_paths(out_dir: str | Path, stem: str, fmt: HeatmapFormat = "tiff") -> list[Path]:
+    """Where `write_heatmap` puts a heatmap: the grids, then the tumour polygons."""
+    names = {
+        "tiff": ("tumour_probability.tif", "tumour_mask.tif"),
+        "ome-zarr": ("tumour.ome.zarr",),
+    }
+    if fmt not in names:
+        raise ValueError(f"unknown heatmap format {fmt!r}; choose one of {sorted(names)}")
+    return [Path(out_dir) / f"{stem}.{name}" for name in (*names[fmt], "tumour.geojson")]
 
-    All three are written to temporary files first and renamed only when all succeeded,
-    so a failure leaves none of them."""
+
+def write_heatmap(
+    result: HeatmapResult,
+    out_dir: str | Path,
+    stem: str,
+    *,
+    fmt: HeatmapFormat = "tiff",
+    overwrite: bool = False,
+) -> list[Path]:
+    """Probability (float32) and mask (labels) in µm — two pyramidal TIFFs, or one
+    OME-Zarr with the mask under ``labels/`` — and tumour polygons as QuPath GeoJSON.
+    Both grid formats record the cell grid's level-0 origin and size.
+
+    Every output is written to a temporary name first and renamed only when all
+    succeeded, so a failure leaves none of them."""
     from contextlib import ExitStack
 
     from napari_mitosis.geojson import write_geojson
+    from napari_mitosis.ome_zarr_output import write_ome_zarr
     from napari_mitosis.output_file import atomic_output, refuse_existing
     from napari_mitosis.pyramid_tiff import write_pyramid_tiff
 
     out_dir = Path(out_dir)
-    paths = [
-        out_dir / f"{stem}.{name}"
-        for name in ("tumour_probability.tif", "tumour_mask.tif", "tumour.geojson")
-    ]
+    paths = heatmap_paths(out_dir, stem, fmt)
     refuse_existing(paths, overwrite=overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {
@@ -419,10 +452,37 @@ def write_heatmap(
     }
     probability = np.asarray(result.heatmap, np.float32)
     with ExitStack() as stack:
-        tmp = [stack.enter_context(atomic_output(p, overwrite=overwrite)) for p in paths]
-        write_pyramid_tiff(tmp[0], probability, mpp=result.mpp, extra=extra, overwrite=True)
-        write_pyramid_tiff(
-            tmp[1], result.mask, mpp=result.mpp, layer_type="labels", extra=extra, overwrite=True
-        )
-        write_geojson(tmp[2], result.to_annotations(), overwrite=True)
+        # The GeoJSON is entered first, so it is renamed into place last.
+        geojson = stack.enter_context(atomic_output(paths[-1], overwrite=overwrite))
+        write_geojson(geojson, result.to_annotations(), overwrite=True)
+        if fmt == "tiff":
+            tmp = [stack.enter_context(atomic_output(p, overwrite=overwrite)) for p in paths[:2]]
+            write_pyramid_tiff(tmp[0], probability, mpp=result.mpp, extra=extra, overwrite=True)
+            write_pyramid_tiff(
+                tmp[1],
+                result.mask,
+                mpp=result.mpp,
+                layer_type="labels",
+                extra=extra,
+                overwrite=True,
+            )
+        else:
+            mpp0 = None
+            if result.level_mpp is not None:
+                mpp0 = (
+                    result.level_mpp[0] / result.downsample,
+                    result.level_mpp[1] / result.downsample,
+                )
+            write_ome_zarr(
+                paths[0],
+                probability,
+                name="tumour probability",
+                mpp0=mpp0,
+                origin_level0=result.origin_level0,
+                cell_level0=result.cell_level0,
+                labels={"tumour_mask": result.mask},
+                colours={1: (255, 40, 40, 255)},
+                extra=extra,
+                overwrite=overwrite,
+            )
     return paths

@@ -43,7 +43,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from napari_mitosis.demo import run_demo
 
-    run_demo(Path(args.out), headless=args.headless)
+    run_demo(Path(args.out), headless=args.headless, models=args.models, workers=args.workers)
     return 0
 
 
@@ -642,6 +642,44 @@ def _classify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from napari_mitosis.cohort import read_run_config, run_cohort, settings_from_checkpoints
+
+    options = {
+        "detect_in": args.detect_in,
+        "detect_tile": args.detect_tile,
+        "heatmap_format": args.heatmap_format,
+        "device": args.device,
+    }
+    configs = [m for m in args.models if m.suffix.lower() in (".yaml", ".yml", ".toml")]
+    if configs and len(args.models) > 1:
+        raise ValueError("give either one run config or model checkpoints, not both")
+    if configs:
+        settings = read_run_config(configs[0], **options)
+    else:
+        settings = settings_from_checkpoints(
+            args.models, **{k: v for k, v in options.items() if v is not None}
+        )
+    from napari_mitosis.cohort_progress import cohort_progress
+
+    with cohort_progress(quiet=args.no_progress) as on_event:
+        report = run_cohort(
+            args.slides,
+            settings,
+            args.out,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            on_event=on_event,
+        )
+    done = len(report.rows) - len(report.failed)
+    print(f"{done} of {len(report.rows)} slides done ({len(report.skipped)} from an earlier run)")
+    for row in report.failed:
+        print(f"  failed: {row['path']}: {row.get('error')}", file=sys.stderr)
+    print(f"summary: {report.summary}")
+    return 1 if report.failed else 0
+
+
 # Choices spelled out here so `--help` and every command start without importing torch
 # (tests check they equal the core's own lists).
 BACKBONES = ("mobilenet_v3", "resnet50_v2", "vgg16")
@@ -677,6 +715,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--headless", action="store_true", help="save a screenshot instead of opening a window"
     )
+    demo.add_argument(
+        "--models",
+        nargs="+",
+        type=Path,
+        default=(),
+        help="your classifier/detector checkpoints (default: train demo models)",
+    )
+    demo.add_argument("--workers", type=int, help="local Dask workers (default: up to 2)")
     demo.set_defaults(run=_demo)
 
     c12 = commands.add_parser(
@@ -906,6 +952,30 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--device", default="auto")
     cl.add_argument("--overwrite", action="store_true")
     cl.set_defaults(run=_classify)
+
+    rn = commands.add_parser(
+        "run", help="the whole pipeline on many slides (Dask, local or a cluster), resumable"
+    )
+    rn.add_argument("slides", nargs="+", type=Path, help="slides, or .txt/.csv lists of them")
+    rn.add_argument(
+        "--models",
+        nargs="+",
+        type=Path,
+        required=True,
+        help="classifier and/or detector checkpoints, or one run config (.yaml/.toml)",
+    )
+    rn.add_argument("--out", type=Path, required=True, help="results folder")
+    rn.add_argument("--scheduler", help="a running Dask scheduler, e.g. tcp://host:8786")
+    rn.add_argument("--workers", type=int, help="local cluster processes (default: up to 2)")
+    rn.add_argument(
+        "--detect-in", choices=("tumour", "tissue"), help="where mitoses are looked for"
+    )
+    rn.add_argument("--detect-tile", type=int, help="detector tile px (default: its crop)")
+    rn.add_argument("--heatmap-format", choices=("ome-zarr", "tiff"))
+    rn.add_argument("--device", help="auto (default), cuda or cpu, on every worker")
+    rn.add_argument("--overwrite", action="store_true", help="redo every slide")
+    rn.add_argument("--no-progress", action="store_true")
+    rn.set_defaults(run=_run)
     return parser
 
 

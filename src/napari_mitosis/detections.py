@@ -54,6 +54,12 @@ class Detections:
     def __len__(self) -> int:
         return len(self.boxes)
 
+    def subset(self, keep: np.ndarray) -> Detections:
+        """The detections where ``keep`` (a boolean mask) is true."""
+        keep = np.asarray(keep, bool)
+        classes = [c for c, k in zip(self.classes, keep, strict=True) if k]
+        return Detections(self.boxes[keep], self.scores[keep], classes, self.mpp)
+
     @property
     def centres(self) -> np.ndarray:
         """(n, 2) box centres as ``(y, x)`` level-0 pixels."""

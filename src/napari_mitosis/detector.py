@@ -133,11 +133,22 @@ class DetectionPredictor:
     """
 
     def __init__(
-        self, model: torch.nn.Module, card: ModelCard, device: str | torch.device = "auto"
+        self,
+        model: torch.nn.Module,
+        card: ModelCard,
+        device: str | torch.device = "auto",
+        *,
+        tile: int | None = None,
     ) -> None:
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         self.card = card
+        # Tiles larger than the training crops waste less on overlap; the model's own
+        # resize then targets the new size, so pixels still keep their µm size.
+        self.tile = int(tile or card.input_size)
+        if tile and hasattr(self.model, "transform"):
+            self.model.transform.min_size = (self.tile,)
+            self.model.transform.max_size = self.tile
 
     @torch.inference_mode()
     def __call__(self, tiles: np.ndarray) -> list[dict[str, np.ndarray]]:

@@ -40,7 +40,9 @@ def pyramid_levels(image: Any, *, tile: int = 256, labels: bool = False) -> list
         else:
             lazy = da.from_array(current) if not isinstance(current, da.Array) else current
             axes = {0: 2, 1: 2}
-            current = da.round(da.coarsen(np.mean, lazy, axes, trim_excess=True))
+            current = da.coarsen(np.mean, lazy, axes, trim_excess=True)
+            if np.issubdtype(image.dtype, np.integer):  # probabilities stay fractional
+                current = da.round(current)
             current = current.astype(image.dtype)
         if current.nbytes <= IN_MEMORY_LEVEL:
             current = np.asarray(current)

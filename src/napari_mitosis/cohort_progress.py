@@ -1,0 +1,46 @@
+"""A rich progress display for cohort runs (the CLI's and the demo's): one bar for the
+slides, one per slide being worked on, counting its tiles stage by stage."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from napari_mitosis.cohort import Event
+
+
+@contextlib.contextmanager
+def cohort_progress(*, quiet: bool = False) -> Iterator[Event | None]:
+    """A rich progress display: one bar for slides, one per slide being worked on."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bars:
+        slides = bars.add_task("slides", total=None)
+        tiles: dict[str, Any] = {}
+
+        def on_event(event: dict[str, Any]) -> None:
+            kind = event["kind"]
+            if kind == "start":
+                bars.update(slides, total=event["slides"], completed=event["skipped"])
+            elif kind == "tiles":
+                key = event["slide"]
+                label = f"  {key}: {event['stage']}"
+                if key not in tiles:
+                    tiles[key] = bars.add_task(label, total=event["total"])
+                bars.update(
+                    tiles[key], description=label, total=event["total"], completed=event["done"]
+                )
+            elif kind == "slide":
+                bars.advance(slides)
+                if event["slide"] in tiles:
+                    bars.remove_task(tiles.pop(event["slide"]))
+                if event.get("status") != "ok":
+                    bars.console.print(f"[red]{event['slide']}: {event.get('error')}")
+
+        yield on_event
