@@ -39,6 +39,7 @@ bench: $(BENCH_VENV)/.installed setup
 	$(PY) benchmarks/bench_segment.py
 	$(PY) benchmarks/bench_detect.py
 	$(PY) benchmarks/bench_classify.py
+	$(PY) benchmarks/bench_cohort.py
 
 # WSInfer for benchmarks/bench_vs_peers.py, in its own environment (never a package dependency).
 PEERS_VENV := .bench/peers

@@ -126,7 +126,11 @@ def _show(
         zarr_path = folder / f"{stem}.tumour.ome.zarr"
         if zarr_path.exists():
             grid = read_ome_zarr(zarr_path)
-            placement = {"scale": grid.scale, "translate": grid.translate}
+            placement = {
+                "scale": grid.scale,
+                "translate": grid.translate,
+                "units": ("micrometer", "micrometer"),
+            }
             viewer.add_image(
                 grid.levels[0],
                 name="tumour probability (demo model)",
@@ -160,10 +164,14 @@ def _show(
     viewer.scale_bar.visible = True
     viewer.window.resize(1400, 900)
     viewer.reset_view()
-    print(
-        "open the results: napari " + str(sample.path) + " (File ▸ Open: the GeoJSON files); "
-        "QuPath: open the slide, then File ▸ Import objects for results/*/*.geojson"
-    )
+    if first.get("status") == "ok":
+        folder = Path(first["outputs"])
+        print(
+            f"open the results in napari: napari {sample.path} "
+            f"{folder / (first['slide'] + '.tumour.ome.zarr')}  (heatmap and mask on the slide, in µm)\n"
+            f"in QuPath: open {sample.path}, then File ▸ Import objects: "
+            f"{folder}/*.geojson (tumour polygons, mitosis boxes with scores)"
+        )
     if headless:
         shot = out / "screenshot.png"
         _settle(viewer)
