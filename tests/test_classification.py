@@ -324,6 +324,15 @@ def test_cli_trains_on_annotated_slides_and_classifies_a_slide(
         "slide2.tumour_mask.tif",
         "slide2.tumour_probability.tif",
     ]
+    # OME-Zarr instead: one store with the mask as its label image, on the slide's µm grid.
+    zarr_dir = tmp_path / "heat-zarr"
+    argv = ["classify", str(tumour_slides[2][0]), "--model", str(path), "--out", str(zarr_dir)]
+    assert main([*argv, "--stride", "32", "--device", "cpu", "--format", "ome-zarr"]) == 0
+    from napari_mitosis.ome_zarr_output import read_ome_zarr
+
+    grid = read_ome_zarr(zarr_dir / "slide2.tumour.ome.zarr")
+    assert grid.levels[0].shape == (32, 48) and grid.scale == (32.0, 32.0)
+    assert list(grid.labels) == ["tumour_mask"] and grid.extra["patch_px"] == 64
 
 
 def test_widget_adds_an_aligned_heatmap_and_mask(

@@ -121,7 +121,7 @@ def test_cohort_on_two_workers_resumes_reports_failures_and_matches_the_api(
     assert (folder / f"{slide.stem}.mitoses.csv").exists()
 
 
-def test_cli_run_exit_code_and_a_changed_config_is_refused(
+def test_cli_run_on_a_scheduler_exit_code_and_a_changed_config_is_refused(
     cohort_slides, settings, tmp_path: Path, capsys
 ) -> None:
     from napari_mitosis.cli import main
@@ -130,8 +130,14 @@ def test_cli_run_exit_code_and_a_changed_config_is_refused(
     slides = [str(p) for p in (cohort_slides[0], cohort_slides[3])]
     models = [settings.classifier, settings.detector]
     common = ["--models", *models, "--out", str(out), "--device", "cpu", "--no-progress"]
-    assert main(["run", *slides, *common, "--detect-tile", "256", "--workers", "1"]) == 1
+    # An existing cluster, reached by its scheduler's address as a remote one would be.
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+        address = ["--scheduler", cluster.scheduler_address]
+        assert main(["run", *slides, *common, "--detect-tile", "256", *address]) == 1
     assert "broken.svs" in capsys.readouterr().err
+    assert (out / cohort_slides[0].stem / "slide.json").exists()
     # Another tile size would mix results in one table: refused, nothing redone.
     assert main(["run", *slides, *common, "--detect-tile", "512"]) == 2
     assert "detect_tile" in capsys.readouterr().err

@@ -610,14 +610,10 @@ def _evaluate_classifier(args: argparse.Namespace) -> int:
 
 
 def _classify(args: argparse.Namespace) -> int:
-    from napari_mitosis.classification import classify_slide, write_heatmap
+    from napari_mitosis.classification import classify_slide, heatmap_paths, write_heatmap
 
     stem = args.image.stem
-    outputs = [
-        args.out / f"{stem}.{n}"
-        for n in ("tumour_probability.tif", "tumour_mask.tif", "tumour.geojson")
-    ]
-    refuse_existing(outputs, overwrite=args.overwrite)
+    refuse_existing(heatmap_paths(args.out, stem, args.format), overwrite=args.overwrite)
     result = classify_slide(
         args.image,
         args.model,
@@ -630,7 +626,7 @@ def _classify(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
     )
-    paths = write_heatmap(result, args.out, stem, overwrite=args.overwrite)
+    paths = write_heatmap(result, args.out, stem, fmt=args.format, overwrite=args.overwrite)
     area = result.tumour_area_mm2()
     print(
         f"{args.image}: {int(result.visited.sum())} of {result.visited.size} cells classified at "
@@ -948,6 +944,12 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--all-tiles", action="store_true", help="classify cells without tissue too")
     cl.add_argument("--threshold", type=float, default=None)
     cl.add_argument("--tta", action="store_true")
+    cl.add_argument(
+        "--format",
+        choices=("tiff", "ome-zarr"),
+        default="tiff",
+        help="heatmap + mask as two pyramidal TIFFs or one OME-Zarr (mask as its label image)",
+    )
     cl.add_argument("--batch-size", type=int, default=16)
     cl.add_argument("--device", default="auto")
     cl.add_argument("--overwrite", action="store_true")

@@ -314,7 +314,10 @@ class ModelCache(WorkerPlugin):
         self.torch_threads = torch_threads
         self._models: PipelineModels | None = None
 
-    def setup(self, worker: Any) -> None:
+    def use_threads(self) -> None:
+        """Apply ``torch_threads`` in the calling thread: OpenMP's thread count is per
+        thread, and Dask's nanny starts workers with OMP_NUM_THREADS=1, so a setting made
+        in `setup` (another thread) would leave the task thread with one core."""
         if self.torch_threads:
             import torch
 
@@ -334,7 +337,9 @@ def _slide_task(path: str, name: str, out: str, settings: PipelineSettings) -> d
     from distributed import get_worker
 
     worker = get_worker()
-    models = worker.plugins[PLUGIN].models()
+    cache = worker.plugins[PLUGIN]
+    cache.use_threads()
+    models = cache.models()
     last = [0.0]
 
     def progress(stage: str, done: int, total: int) -> None:
@@ -363,9 +368,21 @@ def dask_client(
         with Client(scheduler) as connected:
             yield connected, None
         return
+    import dask
+
     cores = os.cpu_count() or 1
     workers = workers or min(2, cores)
+    threads = max(cores // workers, 1)
+    # Dask's nanny starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=64 KiB
+    # (made for many small NumPy tasks): the one cost 2× in torch, the other ~11 % per slide
+    # here (every freed tile buffer goes back to the OS). One slide per worker wants neither.
+    environ = "distributed.nanny.pre-spawn-environ"
+    spawn: dict[str, Any] = {f"{environ}.MALLOC_TRIM_THRESHOLD_": None}
+    # The statistical profiler walks every thread's stack each 10 ms, holding the GIL.
+    spawn["distributed.worker.profile.enabled"] = False
+    spawn.update({f"{environ}.{k}_NUM_THREADS": str(threads) for k in ("OMP", "MKL", "OPENBLAS")})
     with (
+        dask.config.set(spawn),
         LocalCluster(
             n_workers=workers,
             threads_per_worker=1,
@@ -375,7 +392,7 @@ def dask_client(
         ) as cluster,
         Client(cluster) as local,
     ):
-        yield local, max(cores // workers, 1)
+        yield local, threads
 
 
 @dataclass
