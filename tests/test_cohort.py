@@ -61,7 +61,10 @@ def test_cohort_on_two_workers_resumes_reports_failures_and_matches_the_api(
 ) -> None:
     out = tmp_path / "results"
 
+    events: list[dict] = []
+
     def stop_after_first(event: dict) -> None:
+        events.append(event)
         if event["kind"] == "slide" and event["status"] == "ok":
             raise Interrupt  # as if the user pressed Ctrl-C
 
@@ -77,7 +80,6 @@ def test_cohort_on_two_workers_resumes_reports_failures_and_matches_the_api(
     published = [p.stem for p in cohort_slides if (out / p.stem).exists()]
     assert all(verified_record(out / name) for name in published)
 
-    events: list[dict] = []
     report = run_cohort(cohort_slides, settings, out, workers=2, on_event=events.append)
     assert report.skipped == published and record.stat().st_mtime_ns == stamp
     assert not stale_partials(out)
@@ -87,7 +89,9 @@ def test_cohort_on_two_workers_resumes_reports_failures_and_matches_the_api(
     ]  # input order
     assert rows["broken"]["status"] == "failed" and "broken.svs" in rows["broken"]["error"]
     assert not (out / "broken").exists()
-    assert any(e["kind"] == "tiles" and e["stage"] == "detect" for e in events)
+    # Tile progress is best effort (worker events; the last ones of a run may be dropped
+    # when the cluster closes), but it does arrive while slides are being worked on.
+    assert any(e["kind"] == "tiles" and e["stage"] in ("classify", "detect") for e in events)
     config = (out / RUN_CONFIG).read_text()
     assert "sha256" in config and "package_version" in config
 

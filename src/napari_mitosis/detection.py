@@ -41,7 +41,7 @@ class DetectionRun(TiledRun):
     ) -> None:
         if len(source.shape) != 3 or source.shape[2] != 3:
             raise ValueError(f"the detector needs an RGB image; got shape {tuple(source.shape)}")
-        tile = predictor.tile
+        tile = getattr(predictor, "tile", None) or predictor.card.input_size
         self.source, self.predictor, self.batch_size = source, predictor, batch_size
         self.grid = TileGrid.over(
             source.shape, tile, overlap, region=region, level=level, downsample=downsample
