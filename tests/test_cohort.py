@@ -259,3 +259,22 @@ def test_heatmap_as_ome_zarr_reads_back_with_ome_zarr_py(tmp_path: Path) -> None
     np.testing.assert_array_equal(np.asarray(labels.data[0]), mask)
     with pytest.raises(OutputExistsError):
         write_ome_zarr(tmp_path / "h.ome.zarr", probability)
+
+
+def test_progress_display_counts_slides_and_ignores_late_tile_events() -> None:
+    import io
+
+    from rich.console import Console
+
+    from napari_mitosis.cohort_progress import cohort_progress
+
+    console = Console(file=io.StringIO(), force_terminal=False, width=100)
+    with cohort_progress(console=console) as on_event:
+        on_event({"kind": "start", "slides": 3, "skipped": 1, "todo": 2})
+        on_event({"kind": "tiles", "slide": "a", "stage": "detect", "done": 2, "total": 4})
+        on_event({"kind": "slide", "slide": "a", "status": "ok"})
+        on_event({"kind": "tiles", "slide": "a", "stage": "detect", "done": 4, "total": 4})
+        on_event({"kind": "slide", "slide": "b", "status": "failed", "error": "bad file"})
+    text = console.file.getvalue()  # not a terminal: the final state is printed once
+    assert "b: bad file" in text and "3/3" in text
+    assert "a: detect" not in text  # the late tile event made no new bar
