@@ -190,6 +190,16 @@ def test_slide_lists_and_unique_names(tmp_path: Path) -> None:
     assert names[0] != names[1] and all(n.startswith("x-") for n in names)
     with pytest.raises(ValueError, match="twice"):
         slide_names([tmp_path / "x.svs", tmp_path / "x.svs"])
+    with pytest.raises(ValueError, match="no slides"):
+        slide_list([])
+    # A results "folder" that is a file is refused before anything is written.
+    (tmp_path / "results").write_text("mine")
+    from napari_mitosis.slide_pipeline import PipelineSettings
+
+    settings = PipelineSettings(detector="det.safetensors", detect_in="tissue")
+    with pytest.raises(ValueError, match="is a file"):
+        run_cohort([tmp_path / "z.tif"], settings, tmp_path / "results")
+    assert (tmp_path / "results").read_text() == "mine"
 
 
 def test_hotspot_is_the_densest_ten_hpf_window() -> None:

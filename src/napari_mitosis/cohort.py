@@ -436,8 +436,10 @@ def run_cohort(
     failing slide is a line in the summary.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; --out needs a results folder")
     paths = slide_list(slides)
+    out.mkdir(parents=True, exist_ok=True)
     names = slide_names(paths)
     write_run_config(
         out, {**describe_run(settings), "slides": list(map(str, paths))}, overwrite=overwrite
