@@ -22,6 +22,7 @@ from skimage.measure import find_contours
 
 from napari_mitosis.checkpoint import ModelCard, load_checkpoint
 from napari_mitosis.geojson import Annotation
+from napari_mitosis.inference_model import channels_last, for_inference
 from napari_mitosis.segmentation import Region, lazy_probability
 from napari_mitosis.slide import Slide, open_slide
 from napari_mitosis.tiled_inference import Progress, TiledRun, pick_device
@@ -107,6 +108,8 @@ class ClassifierPredictor:
 
     Greyscale models get BT.601 luma of RGB input; input of another size is resized to
     the card's; ``tta`` averages the 8 dihedral views. AMP (float16) on CUDA only.
+    ``optimise`` predicts with a `for_inference` copy (batch norm folded, channels-last);
+    training passes False so that scores follow the model being trained.
     """
 
     def __init__(
@@ -116,9 +119,10 @@ class ClassifierPredictor:
         device: str | torch.device = "auto",
         *,
         tta: bool = False,
+        optimise: bool = True,
     ) -> None:
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = (for_inference(model) if optimise else model).to(self.device).eval()
         self.card = card
         self.tta = tta
         self.in_channels = int(card.options.get("in_channels", 3))
@@ -146,7 +150,7 @@ class ClassifierPredictor:
 
     @torch.inference_mode()
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        x = self.prepare(tiles)
+        x = channels_last(self.prepare(tiles))
         views = dihedral_views(x) if self.tta else [x]
         total = None
         for view in views:

@@ -182,7 +182,7 @@ def train_classifier(
     weight = (len(labels) - positives) / positives if config.class_weights else 1.0
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(weight), device=device))
     augment = Augmenter(config, channels)
-    predictor = ClassifierPredictor(model, card, device)
+    predictor = ClassifierPredictor(model, card, device, optimise=False)
     stopping = EarlyStopping(config.patience)
     history: list[dict[str, float]] = []
     started = time.perf_counter()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from napari_mitosis.checkpoint import ModelCard
+from napari_mitosis.inference_model import channels_last, for_inference
 from napari_mitosis.tiling import TileGrid
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ class TilePredictor:
     """uint8 (N, H, W, C) tiles → model outputs as NumPy, with the card's normalisation.
 
     On CUDA it runs under autocast (float16); on the CPU in float32, so results agree
-    within AMP tolerance.
+    within AMP tolerance. ``optimise`` runs a `for_inference` copy of the model (batch norm
+    folded, channels-last); pass False to predict with a model that is still training.
     """
 
     def __init__(
@@ -54,9 +56,11 @@ class TilePredictor:
         card: ModelCard,
         device: str | torch.device = "auto",
         activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
+        *,
+        optimise: bool = True,
     ) -> None:
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = (for_inference(model) if optimise else model).to(self.device).eval()
         self.card = card
         self.activation = activation
         self.mean = torch.tensor(card.mean, device=self.device).view(1, -1, 1, 1)
@@ -68,6 +72,7 @@ class TilePredictor:
         if batch.ndim == 3:  # greyscale tiles
             batch = batch[..., None]
         batch = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(self.mean).div_(self.std)
+        batch = channels_last(batch)
         use_amp = self.device.type == "cuda"
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
             out = self.activation(self.model(batch))

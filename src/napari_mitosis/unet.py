@@ -7,6 +7,7 @@ for inputs divisible by 2**depth). No training code lives here.
 from __future__ import annotations
 
 import torch
+import torch.fx
 from torch import nn
 
 
@@ -19,6 +20,19 @@ def _double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.BatchNorm2d(out_channels),
         nn.ReLU(inplace=True),
     )
+
+
+def check_divisible(x: torch.Tensor, depth: int) -> None:
+    """Inputs must halve ``depth`` times evenly (a plain function that torch.fx keeps as a
+    call, so the U-Net stays traceable for `inference_model.for_inference`)."""
+    factor = 2**depth
+    if x.shape[-1] % factor or x.shape[-2] % factor:
+        raise ValueError(
+            f"U-Net of depth {depth} needs H and W divisible by {factor}, got {tuple(x.shape[-2:])}"
+        )
+
+
+torch.fx.wrap("check_divisible")
 
 
 class UNet(nn.Module):
@@ -45,11 +59,7 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        factor = 2**self.depth
-        if x.shape[-1] % factor or x.shape[-2] % factor:
-            raise ValueError(
-                f"U-Net of depth {self.depth} needs H and W divisible by {factor}, got {tuple(x.shape[-2:])}"
-            )
+        check_divisible(x, self.depth)
         skips = []
         for i, block in enumerate(self.down):
             x = block(x if i == 0 else self.pool(x))
