@@ -30,3 +30,26 @@ def test_the_core_imports_without_napari_or_qt() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_small_models_start_without_torchvision(tmp_path) -> None:
+    """torchvision costs ≈2 s of start-up; classifying with a small CNN or segmenting with
+    the U-Net never imports it (models are built from `checkpoint.FACTORIES` on use)."""
+    from napari_mitosis.checkpoint import FACTORIES, ModelCard, build_model, save_checkpoint
+    from napari_mitosis.classifiers import CLASSIFIERS
+
+    listed = {name for name, (module, _) in FACTORIES.items() if module.endswith(".classifiers")}
+    assert listed == set(CLASSIFIERS)
+    for name in FACTORIES:  # every entry resolves to a factory
+        module, factory = FACTORIES[name]
+        assert callable(getattr(__import__(module, fromlist=[factory]), factory))
+    card = ModelCard("small_cnn", {"outputs": 1}, task="classification", input_size=32)
+    path = save_checkpoint(tmp_path / "small.safetensors", build_model(card), card)
+    code = (
+        "import sys; from napari_mitosis import cli, classification, segmentation;"
+        "from napari_mitosis.checkpoint import load_checkpoint;"
+        f"load_checkpoint({str(path)!r}, task='classification');"
+        "sys.exit(1 if 'torchvision' in sys.modules else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -7,6 +7,7 @@ unpickles anything.
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,19 +42,23 @@ class ModelCard:
     centre_crop: int | None = None  # whole-image classifiers: keep the central N px first
 
 
-def _factories() -> dict[str, Any]:
-    from napari_mitosis.classifiers import CLASSIFIERS
-    from napari_mitosis.detector import faster_rcnn
-    from napari_mitosis.unet import unet
-
-    return {"unet": unet, "faster_rcnn": faster_rcnn, **CLASSIFIERS}
+#: architecture → (module, factory). Imported on use: torchvision costs ≈2 s of start-up
+#: (it loads torch._dynamo), which a U-Net or small-CNN command never needs.
+FACTORIES = {
+    "unet": ("napari_mitosis.unet", "unet"),
+    "faster_rcnn": ("napari_mitosis.detector", "faster_rcnn"),
+    "small_cnn": ("napari_mitosis.classifiers", "small_cnn"),
+    "wide_resnet": ("napari_mitosis.classifiers", "wide_resnet_classifier"),
+    "inception_v3": ("napari_mitosis.classifiers", "inception_v3_classifier"),
+    "two_tower": ("napari_mitosis.classifiers", "two_tower"),
+}
 
 
 def build_model(card: ModelCard) -> nn.Module:
-    factories = _factories()
-    if card.architecture not in factories:
-        raise ValueError(f"unknown architecture {card.architecture!r}; known: {sorted(factories)}")
-    return factories[card.architecture](**card.options)
+    if card.architecture not in FACTORIES:
+        raise ValueError(f"unknown architecture {card.architecture!r}; known: {sorted(FACTORIES)}")
+    module, factory = FACTORIES[card.architecture]
+    return getattr(importlib.import_module(module), factory)(**card.options)
 
 
 def save_checkpoint(

@@ -12,7 +12,6 @@ from typing import Literal
 
 import torch
 from torch import nn
-from torchvision.models import inception_v3, wide_resnet50_2
 
 Tower = Literal["small_cnn", "wide_resnet", "inception_v3"]
 
@@ -26,6 +25,8 @@ def inception_v3_classifier(*, outputs: int = 1, in_channels: int = 3) -> nn.Mod
     """Inception-v3 (299 px input) with global max pooling, as in the Camelyon16 articles."""
     if in_channels != 3:
         raise ValueError("inception_v3 takes RGB input (in_channels=3)")
+    from torchvision.models import inception_v3  # on use: torchvision is slow to import
+
     model = inception_v3(weights=None, aux_logits=False, init_weights=True)
     model.avgpool = nn.AdaptiveMaxPool2d(1)
     model.fc = nn.Linear(model.fc.in_features, outputs)
@@ -34,6 +35,8 @@ def inception_v3_classifier(*, outputs: int = 1, in_channels: int = 3) -> nn.Mod
 
 def wide_resnet_classifier(*, outputs: int = 1, in_channels: int = 3) -> nn.Module:
     """WideResNet-50-2; any input size ≥ 32 px."""
+    from torchvision.models import wide_resnet50_2  # on use: torchvision is slow to import
+
     model = wide_resnet50_2(weights=None)
     if in_channels != 3:
         model.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
