@@ -41,7 +41,9 @@ bench: $(BENCH_VENV)/.installed setup
 	$(PY) benchmarks/bench_classify.py
 	$(PY) benchmarks/bench_cohort.py
 
-# WSInfer for benchmarks/bench_vs_peers.py, in its own environment (never a package dependency).
+# Peers for benchmarks/bench_vs_peers.py, each in its own environment (never a package
+# dependency): WSInfer pins zarr < 3; TIAToolbox 2.1 pins torch < 2.13, so its environment
+# gets torch 2.9.1 (a multi-GB download) and napari-mitosis beside it, timed on that torch too.
 PEERS_VENV := .bench/peers
 $(PEERS_VENV)/.installed: pyproject.toml
 	mkdir -p .bench
@@ -49,7 +51,16 @@ $(PEERS_VENV)/.installed: pyproject.toml
 	$(PEERS_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 wsinfer==0.6.1 "zarr<3" openslide-python openslide-bin 2>&1 | grep -v "^WARNING: Location" || true
 	touch $@
 
-bench-peers: $(PEERS_VENV)/.installed setup
+TIA_VENV := .bench/tiatoolbox
+$(TIA_VENV)/.installed: pyproject.toml
+	mkdir -p .bench
+	[ -x $(TIA_VENV)/bin/python ] || python3 -m venv $(TIA_VENV)
+	$(TIA_VENV)/bin/python -m pip install -q -U pip 2>&1 | grep -v "^WARNING: Location" || true
+	$(TIA_VENV)/bin/python -m pip install -q tiatoolbox==2.1.3 torch==2.9.1 torchvision==0.24.1 -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(TIA_VENV)/bin/python -c "import tiatoolbox, napari_mitosis"
+	touch $@
+
+bench-peers: $(PEERS_VENV)/.installed $(TIA_VENV)/.installed setup
 	$(PY) benchmarks/bench_vs_peers.py
 
 clean:

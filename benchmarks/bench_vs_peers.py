@@ -1,16 +1,23 @@
-"""Whole-slide patch classification: napari-mitosis vs WSInfer, same slide, same model and
-weights, same patch grid, both from their command lines, in one run.
+"""Whole-slide patch classification: napari-mitosis vs WSInfer and TIAToolbox — same slide,
+same model and weights, same patch grid, each through its own entry point, in one run.
 
-WSInfer (https://wsinfer.readthedocs.io) takes a local TorchScript model and a JSON
-config; it is installed only for this benchmark, in its own environment (it needs
-zarr < 3, we need zarr ≥ 3), with the same torch build as ours:
+The peers are installed only for this benchmark, each in its own environment
+(`make bench-peers` builds them): WSInfer 0.6.1 in .bench/peers (it pins zarr < 3; same
+torch 2.14.1 as ours), TIAToolbox 2.1.3 in .bench/tiatoolbox (it pins torch < 2.13, so that
+environment has torch 2.9.1 — and napari-mitosis, which is timed there a second time so
+each comparison is on one torch build).
 
-    make bench-peers      # creates .bench/peers with wsinfer, then runs this script
+- WSInfer takes a local TorchScript model + JSON config through its CLI; it runs as it
+  comes and with ``--speedup`` (it then freezes and optimises the TorchScript model, as
+  ours folds batch norm into the convolutions).
+- TIAToolbox's `PatchPredictor` runs our checkpoint wrapped as its `ModelABC`
+  (benchmarks/tiatoolbox_patch_predictor.py), reading the slide with its OpenSlide reader.
+- Ours: ``napari-mitosis classify`` with stride = patch.
 
-Both tools cut non-overlapping patches of the same size at the same µm/px and read them
-through OpenSlide; the script matches patches by their level-0 corner and reports the wall
-time of each command, patches/s, and the largest probability difference on shared patches
-(goal: ours ≥ 2× faster, same probabilities within 1e-3).
+Every tool cuts non-overlapping patches at the same µm/px through OpenSlide and detects
+tissue its own way; patches are matched by their level-0 corner. Printed: wall time of each
+command (start-up included), patches/s, and for each peer ours/theirs per patch and in wall
+time (goal ≥ 2×) with the largest probability difference on shared patches (goal ≤ 1e-3).
 """
 
 from __future__ import annotations
@@ -18,11 +25,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,20 +40,9 @@ from napari_mitosis.slide import open_slide
 from napari_mitosis.synthetic import write_synthetic_slide
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # ours (this environment)
-PEERS = ROOT / ".bench" / "peers" / "bin"  # WSInfer's own environment (it pins zarr < 3)
-
-
-class Probability(torch.nn.Module):
-    """Our classifier with its normalisation inside, as WSInfer's Normalize step expects."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)  # one logit: WSInfer applies the sigmoid
-
+OURS = Path(sys.executable).parent  # this environment
+WSINFER = ROOT / ".bench" / "peers" / "bin"
+TIATOOLBOX = ROOT / ".bench" / "tiatoolbox" / "bin"
 
 # WSInfer's CLI downloads its model-zoo registry at import; we pass a local model, so an
 # empty registry stands in for it (this machine has no network).
@@ -57,6 +53,33 @@ OFFLINE_WSINFER = (
 )
 
 
+class Logit(torch.nn.Module):
+    """Our classifier as WSInfer's TorchScript model (WSInfer normalises and applies the
+    sigmoid itself)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+@dataclass
+class Run:
+    """One tool's run: wall seconds, level-0 (y, x) corner and tumour probability per patch."""
+
+    name: str
+    torch: str
+    seconds: float
+    corners: np.ndarray
+    probability: np.ndarray
+
+    @property
+    def rate(self) -> float:
+        return len(self.corners) / self.seconds
+
+
 def timed(command: list[str]) -> float:
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
@@ -65,22 +88,152 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def torch_version(bin_dir: Path) -> str:
+    command = [
+        str(bin_dir / "python"),
+        "-c",
+        "import importlib.metadata as m; print(m.version('torch'))",
+    ]
+    return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+
+def run_wsinfer(work: Path, card: ModelCard, args: argparse.Namespace, speedup: bool) -> Run:
+    config = {
+        "spec_version": "1.0",
+        "architecture": args.architecture,
+        "num_classes": 1,
+        "class_names": ["tumour"],
+        "patch_size_pixels": args.patch,
+        "spacing_um_px": card.mpp,
+        "transform": [
+            {"name": "Resize", "arguments": {"size": args.patch}},
+            {"name": "ToTensor"},
+            {"name": "Normalize", "arguments": {"mean": list(card.mean), "std": list(card.std)}},
+        ],
+    }
+    (work / "config.json").write_text(json.dumps(config))
+    results = work / ("wsinfer-speedup" if speedup else "wsinfer")
+    seconds = timed(
+        [
+            str(WSINFER / "python"),
+            "-c",
+            OFFLINE_WSINFER,
+            "--backend",
+            "openslide",
+            "run",
+            "--wsi-dir",
+            str(work / "slides"),
+            "--results-dir",
+            str(results),
+            "--model-path",
+            str(work / "model.pt"),
+            "--config",
+            str(work / "config.json"),
+            "--batch-size",
+            str(args.batch),
+            "--num-workers",
+            str(args.workers),
+            "--speedup" if speedup else "--no-speedup",
+        ]
+    )
+    with (results / "model-outputs-csv" / "slide.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    corners = np.array([(float(r["miny"]), float(r["minx"])) for r in rows])
+    probability = np.array([float(r["prob_tumour"]) for r in rows])
+    name = "WSInfer 0.6.1" + (" --speedup" if speedup else "")
+    return Run(name, torch_version(WSINFER), seconds, corners, probability)
+
+
+def run_tiatoolbox(work: Path, checkpoint: Path, slide: Path, args: argparse.Namespace) -> Run:
+    out = work / "tiatoolbox"
+    seconds = timed(
+        [
+            str(TIATOOLBOX / "python"),
+            str(Path(__file__).with_name("tiatoolbox_patch_predictor.py")),
+            str(slide),
+            str(checkpoint),
+            str(out),
+            f"--patch={args.patch}",
+            f"--batch={args.batch}",
+            f"--workers={args.workers}",
+        ]
+    )
+    patches = np.load(out / "patches.npz")
+    corners = patches["coordinates"][:, [1, 0]].astype(float)  # (x0, y0, …) → (y, x)
+    return Run(
+        "TIAToolbox 2.1.3", torch_version(TIATOOLBOX), seconds, corners, patches["probability"]
+    )
+
+
+def run_ours(
+    work: Path, checkpoint: Path, slide: Path, args: argparse.Namespace, bin_dir: Path
+) -> Run:
+    out = work / f"ours-{bin_dir.parent.name}"
+    seconds = timed(
+        [
+            str(bin_dir / "napari-mitosis"),
+            "classify",
+            str(slide),
+            "--model",
+            str(checkpoint),
+            "--out",
+            str(out),
+            "--stride",
+            str(args.patch),
+            "--min-tissue",
+            "0.01",
+            "--batch-size",
+            str(args.batch),
+            "--device",
+            "cpu",
+        ]
+    )
+    with open_slide(out / "slide.tumour_probability.tif") as heat:
+        heatmap = np.asarray(heat.levels[0])
+    cells = np.argwhere(heatmap > 0)  # cells sent to the model (probabilities are > 0)
+    return Run(
+        "napari-mitosis",
+        torch_version(bin_dir),
+        seconds,
+        cells.astype(float) * args.patch,
+        heatmap[heatmap > 0],
+    )
+
+
+def compare(ours: Run, theirs: Run, patch: int) -> str:
+    """Per-patch and wall-time speed-up, and the probability difference on shared patches."""
+    mine = dict(
+        zip(map(tuple, (ours.corners // patch).astype(int).tolist()), ours.probability, strict=True)
+    )
+    keys = map(tuple, (theirs.corners // patch).astype(int).tolist())
+    shared = [(mine[k], p) for k, p in zip(keys, theirs.probability, strict=True) if k in mine]
+    diff = max((abs(a - b) for a, b in shared), default=float("nan"))
+    return (
+        f"  vs {theirs.name:24s} per patch {ours.rate / theirs.rate:4.2f}×, wall "
+        f"{theirs.seconds / ours.seconds:4.2f}× (goal ≥ 2×); {len(shared)} shared patches, "
+        f"max |Δp| {diff:.1e}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--architecture", default="small_cnn")
     parser.add_argument("--patch", type=int, default=96)
     parser.add_argument("--size", type=int, default=6144)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="peers' data-loader workers")
     args = parser.parse_args()
-    if shutil.which("wsinfer", path=str(PEERS)) is None:
-        print("wsinfer is not installed here: run `make bench-peers`")
+    have_wsinfer = (WSINFER / "wsinfer").exists()
+    have_tiatoolbox = (TIATOOLBOX / "napari-mitosis").exists()
+    if not (have_wsinfer or have_tiatoolbox):
+        print("no peer is installed here: run `make bench-peers`")
         return 1
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         (work / "slides").mkdir()
-        slide_path = work / "slides" / "slide.tif"
-        write_synthetic_slide(slide_path, args.size, args.size, mpp=0.5, seed=7)
+        slide = work / "slides" / "slide.tif"
+        write_synthetic_slide(slide, args.size, args.size, mpp=0.5, seed=7)
         card = ModelCard(
             args.architecture,
             {"outputs": 1},
@@ -91,96 +244,28 @@ def main() -> int:
         )
         model = build_model(card).eval()
         checkpoint = save_checkpoint(work / "model.safetensors", model, card)
-        scripted = torch.jit.script(Probability(model))
-        scripted.save(str(work / "model.pt"))
-        config = {
-            "spec_version": "1.0",
-            "architecture": args.architecture,
-            "num_classes": 1,
-            "class_names": ["tumour"],
-            "patch_size_pixels": args.patch,
-            "spacing_um_px": 0.5,
-            "transform": [
-                {"name": "Resize", "arguments": {"size": args.patch}},
-                {"name": "ToTensor"},
-                {
-                    "name": "Normalize",
-                    "arguments": {"mean": list(card.mean), "std": list(card.std)},
-                },
-            ],
-        }
-        (work / "config.json").write_text(json.dumps(config))
+        torch.jit.script(Logit(model)).save(str(work / "model.pt"))
 
-        theirs = timed(
-            [
-                str(PEERS / "python"),
-                "-c",
-                OFFLINE_WSINFER,
-                "--backend",
-                "openslide",
-                "run",
-                "--wsi-dir",
-                str(work / "slides"),
-                "--results-dir",
-                str(work / "wsinfer"),
-                "--model-path",
-                str(work / "model.pt"),
-                "--config",
-                str(work / "config.json"),
-                "--batch-size",
-                str(args.batch),
-                "--num-workers",
-                "2",
-            ]
-        )
-        with (work / "wsinfer" / "model-outputs-csv" / "slide.csv").open() as handle:
-            rows = list(csv.DictReader(handle))
-        corners = np.array([(float(r["miny"]), float(r["minx"])) for r in rows])
-        their_probs = np.array([float(r["prob_tumour"]) for r in rows])
+        pairs: list[tuple[Run, list[Run]]] = []
+        if have_wsinfer:
+            peers = [run_wsinfer(work, card, args, speedup) for speedup in (False, True)]
+            pairs.append((run_ours(work, checkpoint, slide, args, OURS), peers))
+        if have_tiatoolbox:
+            peers = [run_tiatoolbox(work, checkpoint, slide, args)]
+            pairs.append((run_ours(work, checkpoint, slide, args, TIATOOLBOX), peers))
 
-        # Ours: the same grid (stride = patch) over every cell, then the same patches.
-        ours = timed(
-            [
-                str(BIN / "napari-mitosis"),
-                "classify",
-                str(slide_path),
-                "--model",
-                str(checkpoint),
-                "--out",
-                str(work / "ours"),
-                "--stride",
-                str(args.patch),
-                "--min-tissue",
-                "0.01",
-                "--batch-size",
-                str(args.batch),
-                "--device",
-                "cpu",
-            ]
-        )
-        with open_slide(work / "ours" / "slide.tumour_probability.tif") as heat:
-            heatmap = np.asarray(heat.levels[0])
-        cells = (corners / args.patch).astype(int)
-        inside = (cells[:, 0] < heatmap.shape[0]) & (cells[:, 1] < heatmap.shape[1])
-        ours_at = heatmap[cells[inside, 0], cells[inside, 1]]
-        analysed = ours_at > 0
-        diff = np.abs(ours_at[analysed] - their_probs[inside][analysed])
-        ours_cells = int((heatmap > 0).sum())
     print(f"{args.architecture}, {args.patch} px patches at 0.5 µm/px, {args.size}² px slide, CPU")
-    print(
-        f"  WSInfer 0.6.1        {theirs:7.1f} s  {len(rows):5d} patches  {len(rows) / theirs:6.1f}/s"
-    )
-    print(
-        f"  napari-mitosis       {ours:7.1f} s  {ours_cells:5d} patches  {ours_cells / ours:6.1f}/s"
-    )
-    print(
-        f"  speed-up per patch: {(ours_cells / ours) / (len(rows) / theirs):.2f}×  (goal ≥ 2×); "
-        f"wall time ratio {theirs / ours:.2f}×"
-    )
-    print(
-        f"  shared patches: {int(analysed.sum())}; max |Δ probability| = "
-        f"{diff.max() if len(diff) else float('nan'):.2e}"
-    )
+    print(f"  {'tool':26s} {'torch':>8s} {'wall s':>7s} {'patches':>8s} {'/s':>7s}")
+    for ours, peers in pairs:
+        for run in (*peers, ours):
+            print(
+                f"  {run.name:26s} {run.torch:>8s} {run.seconds:7.1f} "
+                f"{len(run.corners):8d} {run.rate:7.1f}"
+            )
+    for ours, peers in pairs:
+        print(f"napari-mitosis on torch {ours.torch}:")
+        for peer in peers:
+            print(compare(ours, peer, args.patch))
     return 0
 
 
