@@ -179,8 +179,9 @@ def _show(
         print(f"screenshot: {shot}")
         # Close-up on one mitosis: the level-0 tiles load, the labels' contours show.
         y, x = sample.mitoses[0] * sample.mpp
-        viewer.camera.center = (y, x)
-        viewer.camera.zoom = 12.0  # screen pixels per µm: ~80 µm across the canvas
+        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # < 0.9
+        camera.center = (y, x)
+        camera.zoom = 12.0  # screen pixels per µm: ~80 µm across the canvas
         _settle(viewer)
         close_up = out / "screenshot-mitosis.png"
         viewer.screenshot(str(close_up), canvas_only=False, flash=False)
