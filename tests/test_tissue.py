@@ -10,7 +10,7 @@ from napari_mitosis.checkpoint import ModelCard
 from napari_mitosis.segmentation import SegmentationRun
 from napari_mitosis.tiled_inference import TilePredictor
 from napari_mitosis.tiling import TileGrid
-from napari_mitosis.tissue import tissue_mask
+from napari_mitosis.tissue import hsv_saturation, tissue_mask
 from napari_mitosis.unet import unet
 
 
@@ -21,6 +21,15 @@ def test_tissue_mask_matches_the_synthetic_truth() -> None:
     small_truth = truth.tissue_mask[::4, ::4]
     dice = 2 * (mask.mask & small_truth).sum() / (mask.mask.sum() + small_truth.sum())
     assert dice > 0.95
+
+
+def test_saturation_is_scikit_images_hsv_saturation() -> None:
+    from skimage.color import rgb2hsv
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 48, 3), dtype=np.uint8)
+    rgb[0, :3] = 0  # black: saturation 0, no division by zero
+    rgb[1, :3] = 200  # grey
+    np.testing.assert_allclose(hsv_saturation(rgb), rgb2hsv(rgb)[..., 1], atol=1e-12)
 
 
 def test_real_slide_tissue_fraction_is_sensible(cmu_small) -> None:
