@@ -6,8 +6,10 @@ for the U-Net; boxes for detectors; one score per tile for classifiers).
 from __future__ import annotations
 
 import math
+import os
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from napari_mitosis.checkpoint import ModelCard
-from napari_mitosis.inference_model import channels_last, for_inference
+from napari_mitosis.inference_model import channels_last, for_inference, forward_amp
 from napari_mitosis.tiling import TileGrid
 
 if TYPE_CHECKING:
@@ -45,8 +47,8 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 class TilePredictor:
     """uint8 (N, H, W, C) tiles → model outputs as NumPy, with the card's normalisation.
 
-    On CUDA it runs under autocast (float16); on the CPU in float32, so results agree
-    within AMP tolerance. ``optimise`` runs a `for_inference` copy of the model (batch norm
+    On CUDA it runs under autocast (float16; ``amp``), on the CPU in float32, so results
+    agree within AMP tolerance (`forward_amp`). ``optimise`` runs a `for_inference` copy of the model (batch norm
     folded, channels-last); pass False to predict with a model that is still training.
     """
 
@@ -63,6 +65,7 @@ class TilePredictor:
         self.model = (for_inference(model) if optimise else model).to(self.device).eval()
         self.card = card
         self.activation = activation
+        self.amp = self.device.type == "cuda"
         self.mean = torch.tensor(card.mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(card.std, device=self.device).view(1, -1, 1, 1)
 
@@ -72,22 +75,22 @@ class TilePredictor:
         if batch.ndim == 3:  # greyscale tiles
             batch = batch[..., None]
         batch = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(self.mean).div_(self.std)
-        batch = channels_last(batch)
-        use_amp = self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
-            out = self.activation(self.model(batch))
-        return out.float().cpu().numpy()
+        out = self.activation(forward_amp(self.model, channels_last(batch), self.amp))
+        return out.cpu().numpy()
 
 
 TileReader = Callable[[int, int], np.ndarray]
 
 
-def _batches(
-    origins: np.ndarray, read: TileReader, batch_size: int
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    for start in range(0, len(origins), batch_size):
-        chunk = origins[start : start + batch_size]
-        yield chunk, np.stack([read(int(y), int(x)) for y, x in chunk])
+def default_readers(device: torch.device | str = "cpu") -> int:
+    """Tile-reading threads for a model on ``device``: one beside a CPU model (the model
+    needs the cores), up to 4 beside a GPU, whose forward pass outruns one reader many times.
+    Measured on a 16-core H100 box (benchmarks/bench_patch_reads.py): 96 px patches/s
+    2.0k, 2.8k, 4.6k, 2.9k with 1, 2, 4, 8 threads — past 4, the GIL-held part of each
+    read (Pillow and NumPy copies) makes threads queue, not work."""
+    if torch.device(device).type == "cpu":
+        return 1
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
 def iter_tiled(
@@ -99,6 +102,7 @@ def iter_tiled(
     origins: np.ndarray | None = None,
     batch_size: int = 8,
     read: TileReader | None = None,
+    readers: int = 1,
 ) -> Iterator[tuple[int, int]]:
     """Run ``predict`` over the grid (or the given ``origins``, e.g. tissue tiles only),
     yielding ``(tiles done, total)`` after each batch.
@@ -106,23 +110,36 @@ def iter_tiled(
     ``read(y, x)`` gives the model input for the tile at that origin (default: the tile
     itself; classifiers read a larger patch, or a patch and its context, around it).
 
-    The next batch is read on a background thread while the model works on this one.
-    A generator, so a napari ``thread_worker`` can report progress and stop between batches.
+    ``readers`` threads read the next batches' tiles while the model works on this one
+    (``readers`` + 1 batches ahead, in order). A generator, so a napari ``thread_worker``
+    can report progress and stop between batches; closing it drops the reads not started.
     """
     origins = grid.origins() if origins is None else origins
     total = len(origins)
-    done = 0
     if read is None:
         read = lambda y, x: grid.read(source, y, x)  # noqa: E731 - the default reader
-    batches = _batches(origins, read, batch_size)
-    with ThreadPoolExecutor(1, thread_name_prefix="tile-reader") as reader:
-        pending = reader.submit(next, batches, None)
-        while (item := pending.result()) is not None:
-            pending = reader.submit(next, batches, None)
-            chunk, tiles = item
-            merger.add(chunk, predict(tiles))
+    starts = iter(range(0, total, batch_size))
+    ahead: deque[tuple[np.ndarray, list[Future[np.ndarray]]]] = deque()
+    pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="tile-reader")
+
+    def read_ahead() -> None:
+        start = next(starts, None)
+        if start is not None:
+            chunk = origins[start : start + batch_size]
+            ahead.append((chunk, [pool.submit(read, int(y), int(x)) for y, x in chunk]))
+
+    try:
+        for _ in range(max(1, readers) + 1):
+            read_ahead()
+        done = 0
+        while ahead:
+            chunk, tiles = ahead.popleft()
+            read_ahead()
+            merger.add(chunk, predict(np.stack([tile.result() for tile in tiles])))
             done += len(chunk)
             yield done, total
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_tiled(
@@ -170,6 +187,7 @@ class TiledRun:
 
     tissue: TissueMask | None = None
     read: TileReader | None = None  # model input at a tile origin (default: the tile)
+    readers: int | None = None  # tile-reading threads (default: `default_readers`)
 
     def restrict_to_tissue(self, tissue: TissueMask, min_fraction: float = 0.05) -> int:
         """Only tiles with at least ``min_fraction`` tissue go to the model; returns how many."""
@@ -202,6 +220,7 @@ class TiledRun:
             origins=self.origins,
             batch_size=self.batch_size,
             read=self.read,
+            readers=self.readers or default_readers(getattr(self.predictor, "device", "cpu")),
         )
 
     def run(

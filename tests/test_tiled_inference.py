@@ -1,0 +1,83 @@
+"""The tiled loop reads ahead on several threads, yet the model sees every tile once, in
+grid order, and a stopped run reads nothing more."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from napari_mitosis.tiled_inference import default_readers, iter_tiled
+from napari_mitosis.tiling import TileGrid
+
+
+class Collect:
+    def __init__(self) -> None:
+        self.origins: list[np.ndarray] = []
+        self.outputs: list[np.ndarray] = []
+
+    def add(self, origins: np.ndarray, outputs: np.ndarray) -> None:
+        self.origins.append(origins.copy())
+        self.outputs.append(outputs)
+
+
+def run(image: np.ndarray, readers: int, read) -> Collect:
+    grid = TileGrid.over(image.shape, 32, 0)
+    merger = Collect()
+    steps = iter_tiled(
+        grid,
+        image,
+        lambda t: t.reshape(len(t), -1).sum(1),
+        merger,
+        batch_size=5,
+        read=read,
+        readers=readers,
+    )
+    list(steps)
+    return merger
+
+
+def test_parallel_readers_give_every_tile_once_in_grid_order() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (224, 192, 3), np.uint8)
+    jitter = np.random.default_rng(1)
+
+    def slow_read(y: int, x: int) -> np.ndarray:
+        time.sleep(jitter.uniform(0, 0.002))  # reads finish out of order
+        return image[y : y + 32, x : x + 32]
+
+    one, many = run(image, 1, slow_read), run(image, 4, slow_read)
+    grid = TileGrid.over(image.shape, 32, 0)
+    np.testing.assert_array_equal(np.concatenate(many.origins), grid.origins())
+    np.testing.assert_array_equal(np.concatenate(many.outputs), np.concatenate(one.outputs))
+    expected = [image[y : y + 32, x : x + 32].sum() for y, x in grid.origins()]
+    np.testing.assert_array_equal(np.concatenate(many.outputs), expected)
+
+
+def test_a_stopped_run_reads_nothing_more() -> None:
+    image = np.zeros((640, 640, 3), np.uint8)
+    grid = TileGrid.over(image.shape, 32, 0)  # 400 tiles
+    reads = []
+    lock = threading.Lock()
+
+    def read(y: int, x: int) -> np.ndarray:
+        with lock:
+            reads.append((y, x))
+        time.sleep(0.001)
+        return image[y : y + 32, x : x + 32]
+
+    steps = iter_tiled(
+        grid, image, lambda t: np.zeros(len(t)), Collect(), batch_size=4, read=read, readers=3
+    )
+    assert next(steps) == (4, 400)
+    steps.close()
+    after_close = len(reads)
+    time.sleep(0.05)
+    assert len(reads) == after_close  # no read still running or queued
+    assert after_close <= 4 * (3 + 2)  # at most the batches read ahead
+
+
+def test_default_readers_leave_the_cpu_to_a_cpu_model() -> None:
+    assert default_readers("cpu") == 1
+    assert 1 <= default_readers("cuda") <= 4
