@@ -102,3 +102,28 @@ def test_training_predictor_follows_the_live_model() -> None:
     with torch.no_grad():
         model.fc.bias += 5.0  # a training step
     assert (live(images) > frozen(images)).all()
+
+
+class Twin(nn.Module):
+    """Two equal convolutions subtracted: 0 in float32, inf − inf = NaN in float16."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 1, 3), nn.Conv2d(3, 1, 3)
+        with torch.no_grad():
+            for conv in (self.a, self.b):
+                conv.weight.fill_(1e4)
+                conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.a(x) - self.b(x)).amax((2, 3))
+
+
+def test_a_batch_that_overflows_float16_is_run_again_in_float32() -> None:
+    card = ModelCard("small_cnn", {"outputs": 1}, input_size=16, classes=("normal", "tumour"))
+    predictor = ClassifierPredictor(Twin(), card, "cpu", optimise=False)
+    predictor.amp = True  # CUDA's float16 autocast, here on the CPU
+    tiles = np.full((2, 16, 16, 3), 255, np.uint8)
+    with pytest.warns(RuntimeWarning, match="overflowed float16"):
+        probability = predictor(tiles)
+    np.testing.assert_array_equal(probability, [0.5, 0.5])  # sigmoid(0), never NaN

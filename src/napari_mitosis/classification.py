@@ -22,7 +22,7 @@ from skimage.measure import find_contours
 
 from napari_mitosis.checkpoint import ModelCard, load_checkpoint
 from napari_mitosis.geojson import Annotation
-from napari_mitosis.inference_model import channels_last, for_inference
+from napari_mitosis.inference_model import channels_last, for_inference, forward_amp
 from napari_mitosis.segmentation import Region, lazy_probability
 from napari_mitosis.slide import Slide, open_slide
 from napari_mitosis.tiled_inference import Progress, TiledRun, pick_device
@@ -107,7 +107,8 @@ class ClassifierPredictor:
     or (N, K) class probabilities for K > 2 classes.
 
     Greyscale models get BT.601 luma of RGB input; input of another size is resized to
-    the card's; ``tta`` averages the 8 dihedral views. AMP (float16) on CUDA only.
+    the card's; ``tta`` averages the 8 dihedral views. On CUDA ``amp`` runs the model
+    under float16 autocast; ``amp=False`` gives the CPU's float32 answers to ≈1e-6.
     ``optimise`` predicts with a `for_inference` copy (batch norm folded, channels-last);
     training passes False so that scores follow the model being trained.
     """
@@ -120,11 +121,13 @@ class ClassifierPredictor:
         *,
         tta: bool = False,
         optimise: bool = True,
+        amp: bool = True,
     ) -> None:
         self.device = pick_device(device)
         self.model = (for_inference(model) if optimise else model).to(self.device).eval()
         self.card = card
         self.tta = tta
+        self.amp = amp and self.device.type == "cuda"  # float16 autocast (`forward_amp`)
         self.in_channels = int(card.options.get("in_channels", 3))
         towers = 2 if card.architecture == "two_tower" else 1
         mean = torch.tensor(card.mean * towers, device=self.device).view(1, -1, 1, 1)
@@ -154,10 +157,7 @@ class ClassifierPredictor:
         views = dihedral_views(x) if self.tta else [x]
         total = None
         for view in views:
-            with torch.autocast(
-                self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"
-            ):
-                logits = self.model(view).float()
+            logits = forward_amp(self.model, view, self.amp)
             probs = torch.sigmoid(logits[:, 0]) if logits.shape[1] == 1 else logits.softmax(1)
             total = probs if total is None else total + probs
         return (total / len(views)).cpu().numpy()
@@ -356,6 +356,7 @@ def classify_slide(
     min_tissue: float = 0.3,
     threshold: float | None = None,
     tta: bool = False,
+    amp: bool = True,
     batch_size: int = 16,
     out: Any = None,
     tissue: TissueMask | None = None,
@@ -367,13 +368,14 @@ def classify_slide(
     ``region`` is (y0, x0, y1, x1) in level-0 pixels. Only cells holding ``min_tissue``
     tissue reach the model when ``tissue_only`` (``tissue``: a mask already computed).
     A loaded `ClassifierPredictor` may stand for the checkpoint (cohort workers load
-    each model once); ``progress(done, total)`` counts patches.
+    each model once); ``progress(done, total)`` counts patches. ``amp=False``: float32
+    on CUDA too (slower; the CPU's heatmap to ≈1e-6).
     """
     if isinstance(checkpoint, ClassifierPredictor):
         predictor = checkpoint
     else:
         model, card = load_checkpoint(checkpoint, task="classification")
-        predictor = ClassifierPredictor(model, card, device, tta=tta)
+        predictor = ClassifierPredictor(model, card, device, tta=tta, amp=amp)
     card = predictor.card
     slide = path if isinstance(path, Slide) else open_slide(path)
     where = slide.model_level(card.mpp, level=level, region=region)

@@ -624,6 +624,7 @@ def _classify(args: argparse.Namespace) -> int:
         min_tissue=args.min_tissue,
         threshold=args.threshold,
         tta=args.tta,
+        amp=not args.no_amp,
         batch_size=args.batch_size,
     )
     paths = write_heatmap(result, args.out, stem, fmt=args.format, overwrite=args.overwrite)
@@ -952,6 +953,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cl.add_argument("--batch-size", type=int, default=16)
     cl.add_argument("--device", default="auto")
+    cl.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="float32 on CUDA too (slower; the CPU's heatmap to ~1e-6, no float16 rounding)",
+    )
     cl.add_argument("--overwrite", action="store_true")
     cl.set_defaults(run=_classify)
 
