@@ -154,7 +154,14 @@ def main() -> int:
     parser.add_argument("--stride", type=int, default=128)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=("cpu", "cuda"),
+        default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+    )
     parser.add_argument("--memory-only", action="store_true")
+    parser.add_argument("--speed-only", action="store_true")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -165,9 +172,7 @@ def main() -> int:
         f"CUDA: {torch.cuda.is_available()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for device in (
-            [] if args.memory_only else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        ):
+        for device in [] if args.memory_only else args.devices:
             speed(
                 device,
                 args.architecture,
@@ -177,7 +182,8 @@ def main() -> int:
                 args.repeats,
                 Path(tmp),
             )
-        memory(Path(tmp))
+        if not args.speed_only:
+            memory(Path(tmp))
     return 0
 
 

@@ -74,6 +74,12 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     # ResNet-50-FPN is the GPU backbone: on a 2-core CPU one run of it takes many minutes.
     parser.add_argument("--backbones", nargs="+", default=["mobilenet_v3"])
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=("cpu", "cuda"),
+        default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {torch.cuda.is_available()}"
@@ -82,7 +88,7 @@ def main() -> int:
         path = Path(tmp) / "bench-detect.tif"
         write_synthetic_slide(path, args.size, args.size, seed=5)
         level = open_slide(path).viewer_levels[0]
-        for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):
+        for device in args.devices:
             for backbone in args.backbones:
                 bench(backbone, device, level, args.tile, args.overlap, args.batch, args.repeats)
     return 0

@@ -75,13 +75,18 @@ def main() -> int:
     parser.add_argument("--overlap", type=int, default=32)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--devices",
+        nargs="+",
+        choices=("cpu", "cuda"),
+        default=["cpu"] + (["cuda"] if torch.cuda.is_available() else []),
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, CUDA: {torch.cuda.is_available()}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-        for device in devices:
+        for device in args.devices:
             size = args.size if device == "cpu" else args.size * 4
             bench(device, size, args.tile, args.overlap, args.batch, args.repeats, Path(tmp))
     return 0

@@ -5,7 +5,8 @@ The peers are installed only for this benchmark, each in its own environment
 (`make bench-peers` builds them): WSInfer 0.6.1 in .bench/peers (it pins zarr < 3; same
 torch 2.14.1 as ours), TIAToolbox 2.1.3 in .bench/tiatoolbox (it pins torch < 2.13, so that
 environment has torch 2.9.1 — and napari-mitosis, which is timed there a second time so
-each comparison is on one torch build).
+each comparison is on one torch build). ``--wsinfer-python`` / ``--tiatoolbox-python``
+point at other interpreters (a GPU box whose packages come as wheels).
 
 - WSInfer takes a local TorchScript model + JSON config through its CLI; it runs as it
   comes and with ``--speedup`` (it then freezes and optimises the TorchScript model, as
@@ -15,7 +16,8 @@ each comparison is on one torch build).
 - Ours: ``napari-mitosis classify`` with stride = patch.
 
 Every tool cuts non-overlapping patches at the same µm/px through OpenSlide and detects
-tissue its own way; patches are matched by their level-0 corner. Printed: wall time of each
+tissue its own way, on ``--device`` (CUDA: each tool under its own autocast/precision
+choice; the peers' data-loader workers match our reader threads); patches are matched by their level-0 corner. Printed: wall time of each
 command (start-up included), patches/s, and for each peer ours/theirs per patch and in wall
 time (goal ≥ 2×) with the largest probability difference on shared patches (goal ≤ 1e-3).
 """
@@ -38,11 +40,11 @@ import torch
 from napari_mitosis.checkpoint import ModelCard, build_model, save_checkpoint
 from napari_mitosis.slide import open_slide
 from napari_mitosis.synthetic import write_synthetic_slide
+from napari_mitosis.tiled_inference import default_readers
 
 ROOT = Path(__file__).resolve().parents[1]
-OURS = Path(sys.executable).parent  # this environment
-WSINFER = ROOT / ".bench" / "peers" / "bin"
-TIATOOLBOX = ROOT / ".bench" / "tiatoolbox" / "bin"
+WSINFER = ROOT / ".bench" / "peers" / "bin" / "python"
+TIATOOLBOX = ROOT / ".bench" / "tiatoolbox" / "bin" / "python"
 
 # WSInfer's CLI downloads its model-zoo registry at import; we pass a local model, so an
 # empty registry stands in for it (this machine has no network).
@@ -63,6 +65,42 @@ class Logit(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+
+def calibrate_batch_norm(model: torch.nn.Module, slide: Path, card: ModelCard) -> torch.nn.Module:
+    """Batch-norm statistics from the slide's own patches, as training would leave them, and
+    a last layer scaled to give logits of s.d. 1: an untrained deep model's sigmoid would
+    otherwise give exactly 0 or 1 everywhere, and such heatmaps compare nothing."""
+    level = open_slide(slide).viewer_levels[0]
+    rng = np.random.default_rng(0)
+    size = card.input_size
+    corners = rng.integers(0, min(level.shape[:2]) - size, (4, 16, 2))
+    mean = torch.tensor(card.mean).view(1, 3, 1, 1)
+    std = torch.tensor(card.std).view(1, 3, 1, 1)
+    batches = [
+        torch.from_numpy(
+            np.stack([np.asarray(level[y : y + size, x : x + size]) for y, x in batch])
+        )
+        .permute(0, 3, 1, 2)
+        .float()
+        .div(255)
+        .sub(mean)
+        .div(std)
+        for batch in corners
+    ]
+    for norm in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        norm.momentum = None  # a plain average over the batches below
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+        # Then the last layer is scaled so that logits have mean 0 and s.d. 1 on these patches.
+        model.eval()
+        logits = torch.cat([model(x) for x in batches])
+        head = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+        head[-1].weight.div_(logits.std())
+        head[-1].bias.sub_(logits.mean()).div_(logits.std())
+    return model
 
 
 @dataclass
@@ -88,9 +126,9 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def torch_version(bin_dir: Path) -> str:
+def torch_version(python: Path) -> str:
     command = [
-        str(bin_dir / "python"),
+        str(python),
         "-c",
         "import importlib.metadata as m; print(m.version('torch'))",
     ]
@@ -115,7 +153,7 @@ def run_wsinfer(work: Path, card: ModelCard, args: argparse.Namespace, speedup: 
     results = work / ("wsinfer-speedup" if speedup else "wsinfer")
     seconds = timed(
         [
-            str(WSINFER / "python"),
+            str(args.wsinfer_python),
             "-c",
             OFFLINE_WSINFER,
             "--backend",
@@ -141,14 +179,14 @@ def run_wsinfer(work: Path, card: ModelCard, args: argparse.Namespace, speedup: 
     corners = np.array([(float(r["miny"]), float(r["minx"])) for r in rows])
     probability = np.array([float(r["prob_tumour"]) for r in rows])
     name = "WSInfer 0.6.1" + (" --speedup" if speedup else "")
-    return Run(name, torch_version(WSINFER), seconds, corners, probability)
+    return Run(name, torch_version(args.wsinfer_python), seconds, corners, probability)
 
 
 def run_tiatoolbox(work: Path, checkpoint: Path, slide: Path, args: argparse.Namespace) -> Run:
     out = work / "tiatoolbox"
     seconds = timed(
         [
-            str(TIATOOLBOX / "python"),
+            str(args.tiatoolbox_python),
             str(Path(__file__).with_name("tiatoolbox_patch_predictor.py")),
             str(slide),
             str(checkpoint),
@@ -156,22 +194,34 @@ def run_tiatoolbox(work: Path, checkpoint: Path, slide: Path, args: argparse.Nam
             f"--patch={args.patch}",
             f"--batch={args.batch}",
             f"--workers={args.workers}",
+            f"--device={args.device}",
         ]
     )
     patches = np.load(out / "patches.npz")
     corners = patches["coordinates"][:, [1, 0]].astype(float)  # (x0, y0, …) → (y, x)
     return Run(
-        "TIAToolbox 2.1.3", torch_version(TIATOOLBOX), seconds, corners, patches["probability"]
+        "TIAToolbox 2.1.3",
+        torch_version(args.tiatoolbox_python),
+        seconds,
+        corners,
+        patches["probability"],
     )
 
 
 def run_ours(
-    work: Path, checkpoint: Path, slide: Path, args: argparse.Namespace, bin_dir: Path
+    work: Path,
+    checkpoint: Path,
+    slide: Path,
+    args: argparse.Namespace,
+    python: Path,
+    amp: bool = True,
 ) -> Run:
-    out = work / f"ours-{bin_dir.parent.name}"
+    out = work / f"ours-{len(list(work.glob('ours-*')))}"
     seconds = timed(
         [
-            str(bin_dir / "napari-mitosis"),
+            str(python),
+            "-m",
+            "napari_mitosis",
             "classify",
             str(slide),
             "--model",
@@ -185,15 +235,16 @@ def run_ours(
             "--batch-size",
             str(args.batch),
             "--device",
-            "cpu",
+            args.device,
+            *([] if amp else ["--no-amp"]),
         ]
     )
     with open_slide(out / "slide.tumour_probability.tif") as heat:
         heatmap = np.asarray(heat.levels[0])
     cells = np.argwhere(heatmap > 0)  # cells sent to the model (probabilities are > 0)
     return Run(
-        "napari-mitosis",
-        torch_version(bin_dir),
+        "napari-mitosis" + ("" if amp or args.device == "cpu" else " float32"),
+        torch_version(python),
         seconds,
         cells.astype(float) * args.patch,
         heatmap[heatmap > 0],
@@ -221,10 +272,19 @@ def main() -> int:
     parser.add_argument("--patch", type=int, default=96)
     parser.add_argument("--size", type=int, default=6144)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="peers' data-loader workers")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        help="peers' data-loader workers (default: as many as our reader threads, but ≥ 2)",
+    )
+    parser.add_argument("--wsinfer-python", type=Path, default=WSINFER)
+    parser.add_argument("--tiatoolbox-python", type=Path, default=TIATOOLBOX)
     args = parser.parse_args()
-    have_wsinfer = (WSINFER / "wsinfer").exists()
-    have_tiatoolbox = (TIATOOLBOX / "napari-mitosis").exists()
+    if args.workers is None:
+        args.workers = max(2, default_readers(args.device))
+    have_wsinfer = args.wsinfer_python.exists()
+    have_tiatoolbox = args.tiatoolbox_python.exists()
     if not (have_wsinfer or have_tiatoolbox):
         print("no peer is installed here: run `make bench-peers`")
         return 1
@@ -242,30 +302,43 @@ def main() -> int:
             mpp=0.5,
             classes=("normal", "tumour"),
         )
-        model = build_model(card).eval()
+        model = calibrate_batch_norm(build_model(card), slide, card)
         checkpoint = save_checkpoint(work / "model.safetensors", model, card)
-        torch.jit.script(Logit(model)).save(str(work / "model.pt"))
+        example = torch.zeros(1, 3, args.patch, args.patch)
+        torch.jit.trace(Logit(model), example).save(str(work / "model.pt"))  # eval mode: tensor out
 
-        pairs: list[tuple[Run, list[Run]]] = []
+        # On CUDA ours runs twice: under float16 autocast (its default) and in float32,
+        # as the peers run — the second shows the heatmaps are the same.
+        precisions = (True, False) if args.device == "cuda" else (True,)
+        pairs: list[tuple[list[Run], list[Run]]] = []
         if have_wsinfer:
             peers = [run_wsinfer(work, card, args, speedup) for speedup in (False, True)]
-            pairs.append((run_ours(work, checkpoint, slide, args, OURS), peers))
+            python = Path(sys.executable)
+            ours = [run_ours(work, checkpoint, slide, args, python, amp) for amp in precisions]
+            pairs.append((ours, peers))
         if have_tiatoolbox:
             peers = [run_tiatoolbox(work, checkpoint, slide, args)]
-            pairs.append((run_ours(work, checkpoint, slide, args, TIATOOLBOX), peers))
+            python = args.tiatoolbox_python
+            ours = [run_ours(work, checkpoint, slide, args, python, amp) for amp in precisions]
+            pairs.append((ours, peers))
 
-    print(f"{args.architecture}, {args.patch} px patches at 0.5 µm/px, {args.size}² px slide, CPU")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(
+        f"{args.architecture}, {args.patch} px patches at 0.5 µm/px, {args.size}² px slide, "
+        f"batch {args.batch}, {where}, peers' workers {args.workers}"
+    )
     print(f"  {'tool':26s} {'torch':>8s} {'wall s':>7s} {'patches':>8s} {'/s':>7s}")
     for ours, peers in pairs:
-        for run in (*peers, ours):
+        for run in (*peers, *ours):
             print(
                 f"  {run.name:26s} {run.torch:>8s} {run.seconds:7.1f} "
                 f"{len(run.corners):8d} {run.rate:7.1f}"
             )
     for ours, peers in pairs:
-        print(f"napari-mitosis on torch {ours.torch}:")
-        for peer in peers:
-            print(compare(ours, peer, args.patch))
+        for mine in ours:
+            print(f"{mine.name} on torch {mine.torch}:")
+            for peer in peers:
+                print(compare(mine, peer, args.patch))
     return 0
 
 

@@ -53,12 +53,13 @@ def main() -> int:
     parser.add_argument("--mpp", type=float, default=0.5)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     predictor = PatchPredictor(
         CheckpointModel(args.checkpoint),
         batch_size=args.batch,
         num_workers=args.workers,
-        device="cpu",
+        device=args.device,
         verbose=False,
     )
     config = IOPatchPredictorConfig(
