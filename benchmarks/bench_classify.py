@@ -29,6 +29,7 @@ from napari_mitosis.tissue import slide_tissue_mask
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_reader import build_huge_sparse_slide
+from calibrated_model import calibrate_batch_norm
 
 
 def card_for(architecture: str, size: int, mpp: float) -> ModelCard:
@@ -51,7 +52,8 @@ def speed(
         write_synthetic_slide(slide_path, 4096, 4096, mpp=0.5, seed=5)
     torch.manual_seed(0)
     card = card_for(architecture, size, 0.5)
-    predictor = ClassifierPredictor(build_model(card), card, device)
+    model = calibrate_batch_norm(build_model(card), slide_path, card)  # no float16 overflow
+    predictor = ClassifierPredictor(model, card, device)
     slide = open_slide(slide_path)
     level = slide.viewer_levels[0]
     tissue = slide_tissue_mask(slide)

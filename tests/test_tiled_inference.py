@@ -3,6 +3,7 @@ grid order, and a stopped run reads nothing more."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -79,5 +80,17 @@ def test_a_stopped_run_reads_nothing_more() -> None:
 
 
 def test_default_readers_leave_the_cpu_to_a_cpu_model() -> None:
-    assert default_readers("cpu") == 1
-    assert 1 <= default_readers("cuda") <= 4
+    assert default_readers("cpu") == 1 and default_readers("cpu", 1024) == 1
+    cores = os.cpu_count() or 1
+    assert default_readers("cuda", 96) == max(1, min(4, cores - 1))
+    assert default_readers("cuda", 256) == max(1, min(8, cores - 1))
+
+
+def test_a_classification_run_sizes_its_readers_by_the_patch_it_reads() -> None:
+    from napari_mitosis.checkpoint import ModelCard, build_model
+    from napari_mitosis.classification import ClassificationRun, ClassifierPredictor
+
+    card = ModelCard("small_cnn", {"outputs": 1}, input_size=96, classes=("normal", "tumour"))
+    predictor = ClassifierPredictor(build_model(card), card, "cpu")
+    run = ClassificationRun(np.zeros((400, 400, 3), np.uint8), predictor, stride=32)
+    assert run.read_px == 96 and run.grid.tile == 32  # cells of 32 px, patches of 96 px

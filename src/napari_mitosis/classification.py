@@ -312,6 +312,10 @@ class ClassificationRun(TiledRun):
             context_scale=context_scale,
         )
 
+    @property
+    def read_px(self) -> int:
+        return self.predictor.card.input_size
+
     def result(self, threshold: float | None = None) -> HeatmapResult:
         threshold = self.predictor.card.threshold if threshold is None else threshold
         heatmap = np.asarray(self.heatmap)

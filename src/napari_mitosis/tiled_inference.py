@@ -82,15 +82,20 @@ class TilePredictor:
 TileReader = Callable[[int, int], np.ndarray]
 
 
-def default_readers(device: torch.device | str = "cpu") -> int:
-    """Tile-reading threads for a model on ``device``: one beside a CPU model (the model
-    needs the cores), up to 4 beside a GPU, whose forward pass outruns one reader many times.
-    Measured on a 16-core H100 box (benchmarks/bench_patch_reads.py): 96 px patches/s
-    2.0k, 2.8k, 4.6k, 2.9k with 1, 2, 4, 8 threads — past 4, the GIL-held part of each
-    read (Pillow and NumPy copies) makes threads queue, not work."""
+def default_readers(device: torch.device | str = "cpu", tile: int = 256) -> int:
+    """Tile-reading threads for a model on ``device`` reading ``tile`` px tiles: one beside a
+    CPU model (the model needs the cores); beside a GPU, whose forward pass outruns one
+    reader many times, 4 for small patches and 8 for larger tiles (at most cores − 1).
+
+    Each read decodes in C without the GIL, then copies under it; threads help until they
+    queue for the GIL, which small patches reach sooner. Measured on a 16-core H100 box:
+    96 px patches/s 2.0k, 4.6k, 2.9k with 1, 4, 8 threads (benchmarks/bench_patch_reads.py);
+    the U-Net's 256 px tiles 89 tiles/s with 4 threads, 146 with 8 (bench_segment.py).
+    """
     if torch.device(device).type == "cpu":
         return 1
-    return max(1, min(4, (os.cpu_count() or 1) - 1))
+    wanted = 4 if tile < 192 else 8
+    return max(1, min(wanted, (os.cpu_count() or 1) - 1))
 
 
 def iter_tiled(
@@ -211,6 +216,11 @@ class TiledRun:
         ]
         return float(window.sum()) * ty * tx
 
+    @property
+    def read_px(self) -> int:
+        """The side of what one read returns (a classifier reads its patch, not the cell)."""
+        return self.grid.tile
+
     def steps(self) -> Iterator[tuple[int, int]]:
         yield from iter_tiled(
             self.grid,
@@ -220,7 +230,8 @@ class TiledRun:
             origins=self.origins,
             batch_size=self.batch_size,
             read=self.read,
-            readers=self.readers or default_readers(getattr(self.predictor, "device", "cpu")),
+            readers=self.readers
+            or default_readers(getattr(self.predictor, "device", "cpu"), self.read_px),
         )
 
     def run(
