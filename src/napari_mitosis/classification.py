@@ -108,7 +108,7 @@ class ClassifierPredictor:
 
     Greyscale models get BT.601 luma of RGB input; input of another size is resized to
     the card's; ``tta`` averages the 8 dihedral views. On CUDA ``amp`` runs the model
-    under float16 autocast; ``amp=False`` gives the CPU's float32 answers to ≈1e-6.
+    under float16 autocast; ``amp=False`` gives the CPU's float32 answers (within 1e-4).
     ``optimise`` predicts with a `for_inference` copy (batch norm folded, channels-last);
     training passes False so that scores follow the model being trained.
     """
@@ -373,7 +373,7 @@ def classify_slide(
     tissue reach the model when ``tissue_only`` (``tissue``: a mask already computed).
     A loaded `ClassifierPredictor` may stand for the checkpoint (cohort workers load
     each model once); ``progress(done, total)`` counts patches. ``amp=False``: float32
-    on CUDA too (slower; the CPU's heatmap to ≈1e-6).
+    on CUDA too (slower; the CPU's heatmap within 1e-4).
     """
     if isinstance(checkpoint, ClassifierPredictor):
         predictor = checkpoint

@@ -956,7 +956,7 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument(
         "--no-amp",
         action="store_true",
-        help="float32 on CUDA too (slower; the CPU's heatmap to ~1e-6, no float16 rounding)",
+        help="float32 on CUDA too (slower; the CPU's heatmap within 1e-4, no float16 rounding)",
     )
     cl.add_argument("--overwrite", action="store_true")
     cl.set_defaults(run=_classify)

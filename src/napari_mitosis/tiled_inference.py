@@ -47,9 +47,10 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
 class TilePredictor:
     """uint8 (N, H, W, C) tiles → model outputs as NumPy, with the card's normalisation.
 
-    On CUDA it runs under autocast (float16; ``amp``), on the CPU in float32, so results
-    agree within AMP tolerance (`forward_amp`). ``optimise`` runs a `for_inference` copy of the model (batch norm
-    folded, channels-last); pass False to predict with a model that is still training.
+    On CUDA it runs under float16 autocast unless ``amp=False`` (`forward_amp`), on the
+    CPU in float32, so results agree within AMP tolerance. ``optimise`` runs a
+    `for_inference` copy of the model (batch norm folded, channels-last); pass False to
+    predict with a model that is still training.
     """
 
     def __init__(
@@ -60,12 +61,13 @@ class TilePredictor:
         activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
         *,
         optimise: bool = True,
+        amp: bool = True,
     ) -> None:
         self.device = pick_device(device)
         self.model = (for_inference(model) if optimise else model).to(self.device).eval()
         self.card = card
         self.activation = activation
-        self.amp = self.device.type == "cuda"
+        self.amp = amp and self.device.type == "cuda"
         self.mean = torch.tensor(card.mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(card.std, device=self.device).view(1, -1, 1, 1)
 
