@@ -8,6 +8,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from napari_mitosis.tiled_inference import default_readers, iter_tiled
 from napari_mitosis.tiling import TileGrid
@@ -94,3 +95,24 @@ def test_a_classification_run_sizes_its_readers_by_the_patch_it_reads() -> None:
     predictor = ClassifierPredictor(build_model(card), card, "cpu")
     run = ClassificationRun(np.zeros((400, 400, 3), np.uint8), predictor, stride=32)
     assert run.read_px == 96 and run.grid.tile == 32  # cells of 32 px, patches of 96 px
+
+
+def test_an_unreadable_tile_stops_the_run_with_its_own_error() -> None:
+    from napari_mitosis.errors import CorruptSlideError
+
+    image = np.zeros((320, 320, 3), np.uint8)
+    grid = TileGrid.over(image.shape, 32, 0)  # 100 tiles
+    merged = Collect()
+
+    def read(y: int, x: int) -> np.ndarray:
+        if (y, x) == (96, 64):
+            raise CorruptSlideError("slide.svs", f"reading 32×32 px at ({x}, {y}) failed")
+        return image[y : y + 32, x : x + 32]
+
+    steps = iter_tiled(
+        grid, image, lambda t: np.zeros(len(t)), merged, batch_size=4, read=read, readers=3
+    )
+    with pytest.raises(CorruptSlideError, match=r"slide\.svs.*\(64, 96\)"):
+        list(steps)
+    # Batches before the bad tile were merged; none after it.
+    assert sum(len(o) for o in merged.origins) == 32
