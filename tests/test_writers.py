@@ -28,7 +28,7 @@ def test_image_round_trips_losslessly_as_an_openslide_pyramid(tmp_path: Path) ->
     assert slide.level_mpp(1) == pytest.approx((1.0, 1.0))
 
 
-def test_dask_input_is_written_tile_by_tile(tmp_path: Path) -> None:
+def test_dask_input_is_streamed_each_chunk_computed_once_per_level(tmp_path: Path) -> None:
     computed_chunks = []
 
     def tile(block: np.ndarray, block_info=None) -> np.ndarray:
@@ -42,7 +42,42 @@ def test_dask_input_is_written_tile_by_tile(tmp_path: Path) -> None:
     np.testing.assert_array_equal(
         open_slide(tmp_path / "lazy.tif").levels[0], gradient_rgb(600, 600)
     )
-    assert computed_chunks  # streamed through Dask, never handed over as one array
+    # Streamed through Dask (never handed over as one array), a band of tile rows at a
+    # time: 9 chunks, each computed once for level 0 and once for level 1.
+    assert len(computed_chunks) == 2 * 9
+    assert len(set(map(tuple, computed_chunks))) == 9
+
+
+class CountingRows:
+    """An array-like that counts the rows it is asked for (what a large level costs)."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image, self.shape, self.dtype, self.ndim = image, image.shape, image.dtype, image.ndim
+        self.nbytes = image.nbytes
+        self.rows = 0
+
+    def __getitem__(self, key) -> np.ndarray:
+        block = self.image[key]
+        self.rows += block.shape[0]
+        return block
+
+
+def test_levels_too_large_for_memory_cost_one_pass_over_the_image_each(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import napari_mitosis.pyramid_tiff as pyramid_tiff
+
+    monkeypatch.setattr(pyramid_tiff, "IN_MEMORY_LEVEL", 0)  # every reduced level stays lazy
+    image = gradient_rgb(1024, 1280)
+    source = CountingRows(image)
+    path = write_pyramid_tiff(tmp_path / "big.tif", source, mpp=(0.5, 0.5), tile=64)
+    slide = open_slide(path)
+    assert len(slide.levels) == 6  # 1280 → 640 → 320 → 160 → 80 → 40 px wide
+    expected = image.reshape(512, 2, 640, 2, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(np.asarray(slide.levels[1]), expected, atol=0.5)
+    # Level 0 and each of the 5 reduced levels read the image once (square chunks made
+    # every 64 px tile of a reduced level recompute its whole chunk: 129 passes here).
+    assert source.rows <= 6 * 1024
 
 
 def test_labels_round_trip_exactly_and_open_as_labels(tmp_path: Path) -> None:

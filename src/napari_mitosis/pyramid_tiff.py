@@ -38,7 +38,14 @@ def pyramid_levels(image: Any, *, tile: int = 256, labels: bool = False) -> list
         if labels:
             current = current[::2, ::2]
         else:
-            lazy = da.from_array(current) if not isinstance(current, da.Array) else current
+            # Chunks of whole tile rows: the next level's tiles are written a band at a
+            # time, and each band then averages its own rows once (square chunks made
+            # every 256 px tile recompute a whole ≈128 MiB chunk).
+            lazy = (
+                current
+                if isinstance(current, da.Array)
+                else da.from_array(current, chunks=(2 * tile, *current.shape[1:]))
+            )
             axes = {0: 2, 1: 2}
             current = da.coarsen(np.mean, lazy, axes, trim_excess=True)
             if np.issubdtype(image.dtype, np.integer):  # probabilities stay fractional
@@ -51,11 +58,16 @@ def pyramid_levels(image: Any, *, tile: int = 256, labels: bool = False) -> list
 
 
 def _tiles(level: Any, tile: int) -> Iterator[np.ndarray]:
-    """Row-major tiles, edge tiles zero-padded to the full tile size as TIFF requires."""
+    """Row-major tiles, edge tiles zero-padded to the full tile size as TIFF requires.
+
+    A lazy level is computed one band of tile rows at a time (one compute per band, not
+    per tile), so memory holds one band: ``tile`` × level width.
+    """
     height, width = level.shape[:2]
     for y in range(0, height, tile):
+        band = np.asarray(level[y : y + tile])
         for x in range(0, width, tile):
-            block = np.asarray(level[y : y + tile, x : x + tile])
+            block = band[:, x : x + tile]
             if block.shape[:2] != (tile, tile):
                 pad = [(0, tile - block.shape[0]), (0, tile - block.shape[1])]
                 block = np.pad(block, pad + [(0, 0)] * (block.ndim - 2))
