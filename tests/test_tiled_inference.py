@@ -116,3 +116,39 @@ def test_an_unreadable_tile_stops_the_run_with_its_own_error() -> None:
         list(steps)
     # Batches before the bad tile were merged; none after it.
     assert sum(len(o) for o in merged.origins) == 32
+
+
+def test_strip_order_visits_every_cell_once_strip_by_strip() -> None:
+    from napari_mitosis.tiling import strip_order
+
+    grid = TileGrid.over((960, 2000), 96, 0, uniform=True)  # 10 × 21 cells
+    keep = np.random.default_rng(0).random(len(grid)) > 0.3  # tissue cells only
+    origins = grid.origins()[keep]
+    ordered = strip_order(origins, 96, strip_px=500)  # strips of 5 cells = 480 px
+    assert sorted(map(tuple, ordered)) == sorted(map(tuple, origins))
+    strips = ordered[:, 1] // 480
+    assert np.all(np.diff(strips) >= 0)  # one strip after the other, left to right
+    for s in np.unique(strips):
+        inside = ordered[strips == s]
+        keys = inside[:, 0] * 10_000 + inside[:, 1]
+        assert np.all(np.diff(keys) > 0)  # row-major inside a strip
+    assert len(strip_order(origins[:0], 96)) == 0
+
+
+def test_a_classification_run_reads_in_strips_and_scores_each_cell_in_place() -> None:
+    from napari_mitosis.checkpoint import ModelCard, build_model
+    from napari_mitosis.classification import ClassificationRun, ClassifierPredictor
+
+    card = ModelCard("small_cnn", {"outputs": 1}, input_size=32, classes=("normal", "tumour"))
+    predictor = ClassifierPredictor(build_model(card), card, "cpu")
+    image = np.random.default_rng(0).integers(0, 255, (96, 8992, 3), np.uint8)
+    run = ClassificationRun(image, predictor, stride=32, batch_size=64)
+    order = run.visit_order()
+    assert order[0].tolist() == [0, 0] and order[1].tolist() == [0, 32]
+    assert order[128].tolist() == [32, 0]  # 4096 px strips: the second row comes back left
+    run.run()
+    rows, cols = run.grid.origins().T // 32
+    cells = np.stack([image[y : y + 32, x : x + 32] for y, x in run.grid.origins()])
+    expected = np.zeros((3, len(run.grid.cols)), np.float32)
+    expected[rows, cols] = predictor(cells)
+    np.testing.assert_allclose(run.result().heatmap, expected, atol=1e-6)

@@ -26,7 +26,7 @@ from napari_mitosis.inference_model import channels_last, for_inference, forward
 from napari_mitosis.segmentation import Region, lazy_probability
 from napari_mitosis.slide import Slide, open_slide
 from napari_mitosis.tiled_inference import Progress, TiledRun, pick_device
-from napari_mitosis.tiling import TileGrid
+from napari_mitosis.tiling import TileGrid, strip_order
 from napari_mitosis.tissue import TissueMask, slide_tissue_mask
 
 HeatmapFormat = Literal["tiff", "ome-zarr"]
@@ -315,6 +315,11 @@ class ClassificationRun(TiledRun):
     @property
     def read_px(self) -> int:
         return self.predictor.card.input_size
+
+    def visit_order(self) -> np.ndarray:
+        """Cells in reading strips (`strip_order`): each cell's score lands in its own place,
+        so order is free, and strips decode each slide tile about once."""
+        return strip_order(self.origins, self.grid.stride)
 
     def result(self, threshold: float | None = None) -> HeatmapResult:
         threshold = self.predictor.card.threshold if threshold is None else threshold

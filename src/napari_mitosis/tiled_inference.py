@@ -223,13 +223,17 @@ class TiledRun:
         """The side of what one read returns (a classifier reads its patch, not the cell)."""
         return self.grid.tile
 
+    def visit_order(self) -> np.ndarray:
+        """The tile origins in the order they are read: row-major, as stitching needs."""
+        return self.origins
+
     def steps(self) -> Iterator[tuple[int, int]]:
         yield from iter_tiled(
             self.grid,
             self.source,
             self.predictor,
             self.merger,
-            origins=self.origins,
+            origins=self.visit_order(),
             batch_size=self.batch_size,
             read=self.read,
             readers=self.readers

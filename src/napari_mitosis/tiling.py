@@ -92,6 +92,29 @@ class TileGrid:
         return block
 
 
+#: Width of a reading strip, in pixels of the level read: a strip's tiles for a few rows of
+#: patches fit OpenSlide's 32 MiB tile cache (256 px RGBA tiles are 256 KiB each).
+READ_STRIP_PX = 4096
+
+
+def strip_order(origins: np.ndarray, cell: int, strip_px: int = READ_STRIP_PX) -> np.ndarray:
+    """``origins`` (y, x) regrouped into vertical strips about ``strip_px`` wide (whole
+    ``cell``s), row-major inside each strip.
+
+    Why: neighbouring patch rows share the slide's tile rows, and OpenSlide decodes each
+    tile once only while it stays in its cache. Row-major over a 40,000 px wide slide, a
+    tile row is evicted before the next patch row needs it; in strips it is not, and reads
+    of 96 px patches ran 1.5–1.6× faster (benchmarks/bench_patch_reads.py). Only for
+    engines whose result does not depend on tile order.
+    """
+    origins = np.asarray(origins)
+    if len(origins) == 0:
+        return origins
+    width = max(1, strip_px // cell) * cell
+    strip = (origins[:, 1] - origins[:, 1].min()) // width
+    return origins[np.lexsort((origins[:, 1], origins[:, 0], strip))]
+
+
 def crop_origin(
     rng: np.random.Generator,
     shape: tuple[int, ...],
