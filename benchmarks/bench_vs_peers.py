@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from calibrated_model import calibrate_batch_norm
+from large_slide import write_large_slide
 from napari_mitosis.checkpoint import ModelCard, build_model, save_checkpoint
 from napari_mitosis.slide import open_slide
-from napari_mitosis.synthetic import write_synthetic_slide
 from napari_mitosis.tiled_inference import default_readers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,6 +236,9 @@ def main() -> int:
     parser.add_argument("--architecture", default="small_cnn")
     parser.add_argument("--patch", type=int, default=96)
     parser.add_argument("--size", type=int, default=6144)
+    parser.add_argument(
+        "--copies", type=int, default=1, help="slide of copies × copies synthetic fields"
+    )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument(
@@ -258,7 +261,7 @@ def main() -> int:
         work = Path(tmp)
         (work / "slides").mkdir()
         slide = work / "slides" / "slide.tif"
-        write_synthetic_slide(slide, args.size, args.size, mpp=0.5, seed=7)
+        write_large_slide(slide, args.size, args.copies)
         card = ModelCard(
             args.architecture,
             {"outputs": 1},
@@ -289,7 +292,8 @@ def main() -> int:
 
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     print(
-        f"{args.architecture}, {args.patch} px patches at 0.5 µm/px, {args.size}² px slide, "
+        f"{args.architecture}, {args.patch} px patches at 0.5 µm/px, "
+        f"{args.size * args.copies}² px slide, "
         f"batch {args.batch}, {where}, peers' workers {args.workers}"
     )
     print(f"  {'tool':26s} {'torch':>8s} {'wall s':>7s} {'patches':>8s} {'/s':>7s}")

@@ -57,17 +57,18 @@ def sample(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, tuple[int, int]]]:
-    """Record every OpenSlide read_region call as (level, size)."""
-    import openslide
+    """Record every pixel read of a slide level, decoded by us or by OpenSlide, as
+    (level, (width, height))."""
+    from napari_mitosis.openslide_source import OpenSlideHandle
 
     calls: list[tuple[int, tuple[int, int]]] = []
-    original = openslide.OpenSlide.read_region
+    original = OpenSlideHandle.read_level
 
-    def counting(self, location, level, size):  # type: ignore[no-untyped-def]
-        calls.append((level, tuple(size)))
-        return original(self, location, level, size)
+    def counting(self, level, y0, y1, x0, x1):  # type: ignore[no-untyped-def]
+        calls.append((level, (x1 - x0, y1 - y0)))
+        return original(self, level, y0, y1, x0, x1)
 
-    monkeypatch.setattr(openslide.OpenSlide, "read_region", counting)
+    monkeypatch.setattr(OpenSlideHandle, "read_level", counting)
     return calls
 
 

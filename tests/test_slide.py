@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import pickle
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import dask.array as da
@@ -258,3 +259,57 @@ def test_viewer_levels_read_big_regions_in_few_parallel_calls(pyramid_path, coun
     np.testing.assert_array_equal(view[::4, 7:300:3], truth[::4, 7:300:3])
     np.testing.assert_array_equal(np.asarray(slide.viewer_levels[2]), truth[::4, ::4])
     assert view[5:5, :].shape == (0, 1500, 3)
+
+
+def test_our_tile_decoding_gives_openslides_own_pixels(pyramid_path: Path, cmu_small: Path) -> None:
+    """Plain TIFF tiles (generic pyramid, lossless; Aperio SVS, JPEG) are decoded by us, and
+    every region — unaligned, across tiles, at the edges, at every level — equals
+    OpenSlide's read_region."""
+    rng = np.random.default_rng(0)
+    for path in (pyramid_path, cmu_small):
+        slide = open_slide(path)
+        handle = slide._closer
+        raw = openslide.OpenSlide(str(path))
+        for level, (width, height) in enumerate(raw.level_dimensions):
+            assert handle.tiles(level) is not None  # not OpenSlide's painting
+            down = raw.level_downsamples[level]
+            for _ in range(6):
+                w, h = int(rng.integers(1, min(400, width))), int(rng.integers(1, min(400, height)))
+                x, y = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
+                expected = np.asarray(
+                    raw.read_region((round(x * down), round(y * down)), level, (w, h))
+                )
+                got = slide.viewer_levels[level][y : y + h, x : x + w]
+                np.testing.assert_array_equal(got, expected[..., :3])
+            corner = slide.viewer_levels[level][height - 5 :, width - 7 :]
+            expected = np.asarray(
+                raw.read_region(
+                    (round((width - 7) * down), round((height - 5) * down)), level, (7, 5)
+                )
+            )
+            np.testing.assert_array_equal(corner, expected[..., :3])
+
+
+def test_decoded_tiles_are_cached_within_a_bound(pyramid_path: Path, monkeypatch) -> None:
+    import napari_mitosis.tiff_tiles as tiff_tiles
+
+    monkeypatch.setattr(tiff_tiles, "CACHE_BYTES", 3 * 256 * 256 * 3)  # three tiles
+    slide = open_slide(pyramid_path)
+    tiles = slide._closer.tiles(0)
+    decoded = []
+    original = tiles.levels[0].decode
+    monkeypatch.setattr(
+        tiles,
+        "levels",
+        {
+            0: replace(
+                tiles.levels[0], decode=lambda *a, **k: decoded.append(1) or original(*a, **k)
+            )
+        },
+    )
+    view = slide.viewer_levels[0]
+    view[10:20, 10:20]
+    view[30:40, 100:200]  # the same tile: no second decode
+    assert len(decoded) == 1
+    np.testing.assert_array_equal(view[:, :], gradient_rgb(1000, 1500))  # 24 tiles
+    assert tiles._cached_bytes <= 3 * 256 * 256 * 3

@@ -24,8 +24,13 @@ from PIL import ImageCms
 
 from napari_mitosis.errors import CorruptSlideError, UnsupportedFormatError
 from napari_mitosis.slide import ColorMode, Slide, SlideMetadata
+from napari_mitosis.tiff_tiles import TiffTiles
 
 DEFAULT_TILE = 256
+#: Requests of at least this many pixels (a screenful) are split into bands read in
+#: parallel; patch-sized ones are read on the caller's thread, which is already one of
+#: several reader threads (sending them through the shared band pool capped them at 4).
+SPLIT_PX = 1024 * 1024
 
 
 def is_openslide_slide(path: Path) -> bool:
@@ -66,6 +71,7 @@ class OpenSlideHandle:
         self._background = np.array([255, 255, 255], np.float32)
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._tiles: TiffTiles | bool | None = False  # False: not looked for yet
         self.workers = max(1, min(4, os.cpu_count() or 1))
 
     @property
@@ -106,6 +112,36 @@ class OpenSlideHandle:
             )
         return slide
 
+    def tiles(self, level: int) -> TiffTiles | None:
+        """Our own tile decoder when this level is plain TIFF tiles shown as stored (raw
+        colour), else None: OpenSlide reads it (`tiff_tiles` says why)."""
+        if self._tiles is False:
+            slide = self.slide
+            with self._lock:
+                if self._tiles is False:
+                    vendor = slide.properties.get(openslide.PROPERTY_NAME_VENDOR, "")
+                    self._tiles = (
+                        None
+                        if self._transform is not None
+                        else TiffTiles.open(self.path, vendor, list(slide.level_dimensions))
+                    )
+        tiles = self._tiles
+        return tiles if isinstance(tiles, TiffTiles) and level in tiles.levels else None
+
+    def read_level(self, level: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """Level pixels [y0, y1) × [x0, x1): decoded tiles where we can, else OpenSlide."""
+        tiles = self.tiles(level)
+        if tiles is None:
+            down = self.slide.level_downsamples[level]
+            return self.read_rgb(level, round(x0 * down), round(y0 * down), x1 - x0, y1 - y0)
+        try:
+            return tiles.read(level, y0, y1, x0, x1, self._background.astype(np.uint8))
+        except Exception as err:  # a codec's own error type, a short read: one message
+            raise CorruptSlideError(
+                self.path,
+                f"reading level {level} rows {y0}–{y1}, columns {x0}–{x1} failed: {err}",
+            ) from err
+
     def read_rgb(self, level: int, x0: int, y0: int, width: int, height: int) -> np.ndarray:
         """(height, width, 3) uint8 at level-0 position (x0, y0), RGBA composited on the
         slide's background colour (OpenSlide returns transparent pixels outside the scan)."""
@@ -135,6 +171,9 @@ class OpenSlideHandle:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if isinstance(self._tiles, TiffTiles):
+            self._tiles.close()
+        self._tiles = False
         if self._slide is not None:
             self._slide.close()
             self._slide = None
@@ -196,7 +235,8 @@ class OpenSlideLevel:
         bands = [(a, min(b, y1)) for a, b in _tile_rows(y0, y1, tile_h)]
         workers = self.handle.workers
         tiles_across = -(-(x1 - x0) // self.tile[1])
-        if workers == 1 or len(bands) == 1 or len(bands) * tiles_across < 4:
+        pixels = (y1 - y0) * (x1 - x0)
+        if workers == 1 or len(bands) == 1 or len(bands) * tiles_across < 4 or pixels < SPLIT_PX:
             return self._read_band(y0, y1, x0, x1)
         # Group tile rows into at most `workers` bands so each thread decodes whole tiles.
         per = -(-len(bands) // workers)
@@ -207,10 +247,7 @@ class OpenSlideLevel:
         return np.concatenate(list(parts), axis=0)
 
     def _read_band(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
-        # read_region takes level-0 coordinates and a size in this level's pixels.
-        return self.handle.read_rgb(
-            self.level, round(x0 * self.downsample), round(y0 * self.downsample), x1 - x0, y1 - y0
-        )
+        return self.handle.read_level(self.level, y0, y1, x0, x1)
 
 
 def _tile_rows(y0: int, y1: int, tile: int) -> list[tuple[int, int]]:
