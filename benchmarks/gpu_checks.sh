@@ -4,7 +4,9 @@
 #
 #   benchmarks/gpu_checks.sh OUT_DIR [STEP ...]
 #
-# Steps: tests engine reads peers peers-inception (default: all). Each step's log goes to
+# Steps: tests engine reads peers peers-inception (default: all), and on request the
+# large-slide steps reads-large and peers-inception-large (a 36,864² px slide: ≈10k
+# Inception patches, minutes to write). Each step's log goes to
 # OUT_DIR/STEP.log. PYTHON names our interpreter (default python3), WSINFER_PYTHON
 # WSInfer's (default .bench/peers/bin/python); STEP_LIMIT caps each step in seconds.
 set -uo pipefail
@@ -42,6 +44,10 @@ for step in $steps; do
     reads)
         run reads "$py" benchmarks/bench_patch_reads.py --threads 1 2 4 8 15
         ;;
+    reads-large)
+        run reads-large "$py" benchmarks/bench_patch_reads.py --size 4096 --copies 6 \
+            --patch 299 --batch 64 --threads 4 8 15
+        ;;
     peers)
         run peers "$py" benchmarks/bench_vs_peers.py --device cuda --size 12288 --batch 256 \
             --wsinfer-python "$wsinfer" --tiatoolbox-python /nonexistent
@@ -49,6 +55,11 @@ for step in $steps; do
     peers-inception)
         run peers-inception "$py" benchmarks/bench_vs_peers.py --device cuda --size 12288 \
             --architecture inception_v3 --patch 299 --batch 64 \
+            --wsinfer-python "$wsinfer" --tiatoolbox-python /nonexistent
+        ;;
+    peers-inception-large)
+        run peers-inception-large "$py" benchmarks/bench_vs_peers.py --device cuda \
+            --size 6144 --copies 6 --architecture inception_v3 --patch 299 --batch 64 \
             --wsinfer-python "$wsinfer" --tiatoolbox-python /nonexistent
         ;;
     *) echo "unknown step $step" ;;

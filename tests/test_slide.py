@@ -313,3 +313,29 @@ def test_decoded_tiles_are_cached_within_a_bound(pyramid_path: Path, monkeypatch
     assert len(decoded) == 1
     np.testing.assert_array_equal(view[:, :], gradient_rgb(1000, 1500))  # 24 tiles
     assert tiles._cached_bytes <= 3 * 256 * 256 * 3
+
+
+def test_threads_wanting_one_tile_decode_it_once(pyramid_path: Path, monkeypatch) -> None:
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    slide = open_slide(pyramid_path)
+    tiles = slide._closer.tiles(0)
+    decoded = []
+    original = tiles.levels[0].decode
+    lock = threading.Lock()
+
+    def slow_decode(*args, **kwargs):  # type: ignore[no-untyped-def]
+        with lock:
+            decoded.append(args[1])
+        time.sleep(0.05)  # every thread arrives while the first still decodes
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(tiles, "levels", {0: replace(tiles.levels[0], decode=slow_decode)})
+    view = slide.viewer_levels[0]
+    with ThreadPoolExecutor(6) as pool:
+        patches = list(pool.map(lambda x: view[10:100, x : x + 90], range(0, 120, 20)))
+    assert decoded == [0]  # six patches of tile 0, one decode
+    for x, patch in zip(range(0, 120, 20), patches, strict=True):
+        np.testing.assert_array_equal(patch, gradient_rgb(1000, 1500)[10:100, x : x + 90])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,7 @@ class TiffTiles:
         self._closer = closer
         self._fd = os.open(path, os.O_RDONLY)
         self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._pending: dict[tuple[int, int], Future[np.ndarray]] = {}
         self._cached_bytes = 0
         self._lock = threading.Lock()
 
@@ -112,12 +114,36 @@ class TiffTiles:
         return cls(Path(path), pages, tif)
 
     def _tile(self, level: int, index: int, background: np.ndarray) -> np.ndarray:
+        """A decoded tile from the cache; else decoded here, or awaited from the thread
+        already decoding it (reader threads on neighbouring patches want the same tiles)."""
         key = (level, index)
         with self._lock:
             tile = self._cache.get(key)
             if tile is not None:
                 self._cache.move_to_end(key)
                 return tile
+            pending = self._pending.get(key)
+            if pending is None:
+                self._pending[key] = mine = Future()
+        if pending is not None:
+            return pending.result()
+        try:
+            tile = self._decode(level, index, background)
+        except BaseException as err:
+            with self._lock:
+                del self._pending[key]
+            mine.set_exception(err)
+            raise
+        with self._lock:
+            del self._pending[key]
+            self._cache[key] = tile
+            self._cached_bytes += tile.nbytes
+            while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        mine.set_result(tile)
+        return tile
+
+    def _decode(self, level: int, index: int, background: np.ndarray) -> np.ndarray:
         page = self.levels[level]
         count = page.byte_counts[index]
         if count == 0:  # a tile the scanner never wrote: OpenSlide shows the background
@@ -131,12 +157,6 @@ class TiffTiles:
             if segment is None:
                 raise ValueError(f"tile {index} of level {level} could not be decoded")
             tile = segment.reshape(page.tile_height, page.tile_width, 3)
-        with self._lock:
-            if key not in self._cache:
-                self._cache[key] = tile
-                self._cached_bytes += tile.nbytes
-                while self._cached_bytes > CACHE_BYTES and len(self._cache) > 1:
-                    self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
         return tile
 
     def read(
