@@ -41,8 +41,12 @@ def read_window(source: Any, y0: int, x0: int, size: int, fill: int = 255) -> np
     """``size``² pixels from ``(y0, x0)``; outside the image is ``fill`` (glass white)."""
     height, width = source.shape[:2]
     channels = source.shape[2:]
-    out = np.full((size, size, *channels), fill, np.uint8)
     ya, xa, yb, xb = max(y0, 0), max(x0, 0), min(y0 + size, height), min(x0 + size, width)
+    if (ya, xa, yb, xb) == (y0, x0, y0 + size, x0 + size):  # inside: no fill, no second copy
+        inside = np.asarray(source[ya:yb, xa:xb])
+        if inside.dtype == np.uint8:
+            return inside
+    out = np.full((size, size, *channels), fill, np.uint8)
     if ya < yb and xa < xb:
         out[ya - y0 : yb - y0, xa - x0 : xb - x0] = np.asarray(source[ya:yb, xa:xb])
     return out
