@@ -37,9 +37,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from calibrated_model import calibrate_batch_norm
+from calibrated_model import calibrated_classifier, classify_args
 from large_slide import write_large_slide
-from napari_mitosis.checkpoint import ModelCard, build_model, save_checkpoint
+from napari_mitosis.checkpoint import ModelCard
 from napari_mitosis.slide import open_slide
 from napari_mitosis.tiled_inference import default_readers
 
@@ -185,22 +185,9 @@ def run_ours(
     seconds = timed(
         [
             str(python),
-            "-m",
-            "napari_mitosis",
-            "classify",
-            str(slide),
-            "--model",
-            str(checkpoint),
-            "--out",
-            str(out),
-            "--stride",
-            str(args.patch),
-            "--min-tissue",
-            "0.01",
-            "--batch-size",
-            str(args.batch),
-            "--device",
-            args.device,
+            *classify_args(
+                slide, checkpoint, out, patch=args.patch, batch=args.batch, device=args.device
+            ),
             *([] if amp else ["--no-amp"]),
         ]
     )
@@ -262,16 +249,7 @@ def main() -> int:
         (work / "slides").mkdir()
         slide = work / "slides" / "slide.tif"
         write_large_slide(slide, args.size, args.copies)
-        card = ModelCard(
-            args.architecture,
-            {"outputs": 1},
-            task="classification",
-            input_size=args.patch,
-            mpp=0.5,
-            classes=("normal", "tumour"),
-        )
-        model = calibrate_batch_norm(build_model(card), slide, card)
-        checkpoint = save_checkpoint(work / "model.safetensors", model, card)
+        card, model, checkpoint = calibrated_classifier(work, slide, args.architecture, args.patch)
         example = torch.zeros(1, 3, args.patch, args.patch)
         torch.jit.trace(Logit(model), example).save(str(work / "model.pt"))  # eval mode: tensor out
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_mitosis.checkpoint import ModelCard
+from napari_mitosis.checkpoint import ModelCard, build_model, save_checkpoint
 from napari_mitosis.slide import open_slide
 
 
@@ -45,3 +45,45 @@ def calibrate_batch_norm(model: torch.nn.Module, slide: Path, card: ModelCard) -
         head[-1].weight.div_(logits.std())
         head[-1].bias.sub_(logits.mean()).div_(logits.std())
     return model
+
+
+def calibrated_classifier(
+    work: Path, slide: Path, architecture: str, patch: int
+) -> tuple[ModelCard, torch.nn.Module, Path]:
+    """A seeded, calibrated tumour classifier for ``patch`` px at 0.5 µm/px, saved in ``work``."""
+    card = ModelCard(
+        architecture,
+        {"outputs": 1},
+        task="classification",
+        input_size=patch,
+        mpp=0.5,
+        classes=("normal", "tumour"),
+    )
+    torch.manual_seed(0)
+    model = calibrate_batch_norm(build_model(card), slide, card)
+    return card, model, save_checkpoint(work / "model.safetensors", model, card)
+
+
+def classify_args(
+    slide: Path, checkpoint: Path, out: Path, *, patch: int, batch: int, device: str
+) -> list[str]:
+    """``-m napari_mitosis classify`` as the benchmarks run it: one cell per patch, every cell
+    with any tissue."""
+    return [
+        "-m",
+        "napari_mitosis",
+        "classify",
+        str(slide),
+        "--model",
+        str(checkpoint),
+        "--out",
+        str(out),
+        "--stride",
+        str(patch),
+        "--min-tissue",
+        "0.01",
+        "--batch-size",
+        str(batch),
+        "--device",
+        device,
+    ]

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import torch
 
-from calibrated_model import calibrate_batch_norm
+from calibrated_model import calibrated_classifier, classify_args
 from large_slide import write_large_slide
-from napari_mitosis.checkpoint import ModelCard, build_model, save_checkpoint
 
 
 def main() -> int:
@@ -36,18 +35,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         slide = write_large_slide(work / "slide.tif", args.size, args.copies)
-        card = ModelCard(
-            args.architecture,
-            {"outputs": 1},
-            task="classification",
-            input_size=args.patch,
-            mpp=0.5,
-            classes=("normal", "tumour"),
-        )
-        torch.manual_seed(0)
-        checkpoint = save_checkpoint(
-            work / "model.safetensors", calibrate_batch_norm(build_model(card), slide, card), card
-        )
+        _, _, checkpoint = calibrated_classifier(work, slide, args.architecture, args.patch)
         profile = (args.out or work) / "classify.prof"
         profile.parent.mkdir(parents=True, exist_ok=True)
         command = [
@@ -56,22 +44,14 @@ def main() -> int:
             "cProfile",
             "-o",
             str(profile),
-            "-m",
-            "napari_mitosis",
-            "classify",
-            str(slide),
-            "--model",
-            str(checkpoint),
-            "--out",
-            str(work / "out"),
-            "--stride",
-            str(args.patch),
-            "--min-tissue",
-            "0.01",
-            "--batch-size",
-            str(args.batch),
-            "--device",
-            args.device,
+            *classify_args(
+                slide,
+                checkpoint,
+                work / "out",
+                patch=args.patch,
+                batch=args.batch,
+                device=args.device,
+            ),
         ]
         started = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True)
