@@ -90,9 +90,9 @@ def default_readers(device: torch.device | str = "cpu", tile: int = 256) -> int:
     reader many times, 4 for small patches and 8 for larger tiles (at most cores − 1).
 
     Each read decodes in C without the GIL, then copies under it; threads help until they
-    queue for the GIL, which small patches reach sooner. Measured on a 16-core H100 box:
-    96 px patches/s 2.0k, 4.6k, 2.9k with 1, 4, 8 threads (benchmarks/bench_patch_reads.py);
-    the U-Net's 256 px tiles 89 tiles/s with 4 threads, 146 with 8 (bench_segment.py).
+    queue for the GIL, which small patches reach sooner. Measured on a 16-core H100 box
+    (benchmarks/bench_patch_reads.py, tiled loop): 96 px patches/s 6.6k, 6.2k, 6.8k with 1,
+    4, 8 threads; 299 px 1.1k, 2.1k, 2.5k, 1.9k with 1, 4, 8, 15 (in reading strips).
     """
     if torch.device(device).type == "cpu":
         return 1
