@@ -1,7 +1,8 @@
 """OpenSlide as a lazy pixel source: the single place that touches the OpenSlide library.
 
 Each level becomes a Dask array whose chunks are the slide's own tiles; a chunk is one
-``read_region`` call. The handle is picklable (it reopens the file after unpickling), so
+read: the tile decoded by `tiff_tiles` where the level is plain TIFF tiles (Aperio SVS,
+generic TIFF), else one ``read_region`` call. The handle is picklable (it reopens the file after unpickling), so
 the same arrays work on Dask workers. A failed read raises :class:`CorruptSlideError`:
 it never turns into a blank tile.
 """
