@@ -339,3 +339,17 @@ def test_threads_wanting_one_tile_decode_it_once(pyramid_path: Path, monkeypatch
     assert decoded == [0]  # six patches of tile 0, one decode
     for x, patch in zip(range(0, 120, 20), patches, strict=True):
         np.testing.assert_array_equal(patch, gradient_rgb(1000, 1500)[10:100, x : x + 90])
+
+
+def test_a_tile_the_scanner_never_wrote_reads_as_background(
+    pyramid_path: Path, monkeypatch
+) -> None:
+    """Sparse scans leave tiles out (byte count 0); OpenSlide shows them as background."""
+    slide = open_slide(pyramid_path)
+    tiles = slide._closer.tiles(0)
+    page = tiles.levels[0]
+    sparse = replace(page, byte_counts=(0, *page.byte_counts[1:]))
+    monkeypatch.setattr(tiles, "levels", {0: sparse})
+    view = slide.viewer_levels[0]
+    np.testing.assert_array_equal(view[:256, :256], np.full((256, 256, 3), 255, np.uint8))
+    np.testing.assert_array_equal(view[:256, 256:512], gradient_rgb(1000, 1500)[:256, 256:512])

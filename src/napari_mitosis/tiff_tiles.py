@@ -6,7 +6,7 @@ libjpeg-turbo decodes a whole 256² tile in 0.56 ms. For the layouts OpenSlide r
 plain tiled TIFF — Aperio SVS and generic pyramidal TIFF — we read a tile's bytes with
 ``os.pread``, decode them with tifffile's codecs (imagecodecs, which release the GIL), keep
 decoded tiles in a bounded LRU cache and copy regions out of them. The pixels are
-OpenSlide's own (the same libjpeg-turbo; checked tile by tile in the tests). Any other
+OpenSlide's own (the same libjpeg-turbo; the tests compare regions at every level). Any other
 vendor, colour layout or compression stays with OpenSlide.
 """
 

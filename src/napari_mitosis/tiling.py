@@ -104,7 +104,7 @@ def strip_order(origins: np.ndarray, cell: int, strip_px: int = READ_STRIP_PX) -
     Why: neighbouring patch rows share the slide's tile rows, and OpenSlide decodes each
     tile once only while it stays in its cache. Row-major over a 40,000 px wide slide, a
     tile row is evicted before the next patch row needs it; in strips it is not, and reads
-    of 96 px patches ran 1.5–1.6× faster (benchmarks/bench_patch_reads.py). Only for
+    of 96 px patches ran 1.5–1.65× faster (raw OpenSlide, 2-core CPU). Only for
     engines whose result does not depend on tile order.
     """
     origins = np.asarray(origins)
