@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ from napari_mitosis.checkpoint import ModelCard
 from napari_mitosis.segmentation import SegmentationRun
 from napari_mitosis.tiled_inference import TilePredictor
 from napari_mitosis.tiling import TileGrid
-from napari_mitosis.tissue import hsv_saturation, tissue_mask
+from napari_mitosis.tissue import CROSS, TissueMask, hsv_saturation, tissue_mask
 from napari_mitosis.unet import unet
 
 
@@ -30,6 +32,39 @@ def test_saturation_is_scikit_images_hsv_saturation() -> None:
     rgb[0, :3] = 0  # black: saturation 0, no division by zero
     rgb[1, :3] = 200  # grey
     np.testing.assert_allclose(hsv_saturation(rgb), rgb2hsv(rgb)[..., 1], atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("downsample", "shape", "tile", "overlap"),
+    [((7.3, 7.9), (10950, 8030), 96, 0), ((1.0, 1.0), (1500, 1100), 64, 14)],
+)
+def test_tile_fractions_are_the_mean_of_the_mask_under_each_tile(
+    downsample, shape, tile, overlap
+) -> None:
+    mask = np.random.default_rng(1).random((1500, 1100)) > 0.4
+    tissue = TissueMask(mask, downsample)
+    grid = TileGrid.over((*shape, 3), tile, overlap)
+    scale_y, scale_x = 1 / downsample[0], 1 / downsample[1]  # mask px per level-0 px
+    expected = []
+    for y, x in grid.origins():  # the definition, window by window (edge tiles clipped)
+        y0, x0 = int(y * scale_y), int(x * scale_x)
+        y1 = max(math.ceil((y + tile) * scale_y), y0 + 1)
+        x1 = max(math.ceil((x + tile) * scale_x), x0 + 1)
+        window = mask[y0:y1, x0:x1]
+        expected.append(window.mean() if window.size else 0.0)
+    assert len(expected) > 600
+    np.testing.assert_allclose(tissue.tile_fractions(grid), expected, atol=1e-12)
+
+
+def test_closing_by_two_crosses_is_closing_by_a_radius_2_disk() -> None:
+    from scipy.ndimage import binary_closing
+    from skimage.morphology import disk
+
+    mask = np.random.default_rng(2).random((300, 200)) > 0.7
+    np.testing.assert_array_equal(
+        binary_closing(mask, CROSS, iterations=2, border_value=0),
+        binary_closing(mask, disk(2), border_value=0),
+    )
 
 
 def test_real_slide_tissue_fraction_is_sensible(cmu_small) -> None:
