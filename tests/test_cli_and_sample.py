@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from napari_mitosis import open_slide, synthetic_slide
-from napari_mitosis.cli import main
+from napari_mitosis.cli import build_parser, main
 
 
 def test_info_prints_levels_and_micrometres(cmu_small: Path, capsys) -> None:
@@ -28,6 +30,24 @@ def test_errors_exit_2_and_name_the_file(tmp_path: Path, capsys) -> None:
     missing = tmp_path / "nope.svs"
     assert main(["info", str(missing)]) == 2
     assert f"{missing}: no such file" in capsys.readouterr().err
+
+
+def test_every_option_of_every_command_is_explained_with_its_default(capsys) -> None:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    undocumented = [
+        f"{name} {action.dest}"
+        for name, command in commands.choices.items()
+        for action in command._actions
+        if not action.help
+    ]
+    assert undocumented == []
+    with pytest.raises(SystemExit):
+        main(["classify", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrapped
+    assert "patches per forward pass (default: 16)" in text
+    assert "skip cells with less tissue (default: 0.3)" in text
+    assert "tumour probability (default: the card's)" in text  # said once, not "None"
+    assert "(default: None)" not in text and "(default: False)" not in text
 
 
 def test_sample_command_writes_a_slide_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:

@@ -684,31 +684,119 @@ ARCHITECTURES = ("small_cnn", "wide_resnet", "inception_v3", "two_tower")
 MONITORED = ("auc", "f1", "f_med", "loss")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` gives each option's default after its help, except where there is none to
+    give (None, off flags, empty lists) or the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        nothing = default is None or default is False or default in ((), "")
+        if nothing or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+IMAGE_HELP = "a slide (SVS, NDPI, MRXS, pyramidal TIFF…) or a plain image (PNG, JPEG, TIFF)"
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the GPU when PyTorch sees one, else the CPU), cuda, cuda:N or cpu",
+    )
+
+
+def _add_overwrite(parser: argparse.ArgumentParser, what: str = "existing outputs") -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace {what} (default: stop, touch nothing)"
+    )
+
+
+def _add_model(parser: argparse.ArgumentParser, task: str) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help=f"{task} checkpoint (.safetensors); its model card gives the input size and µm/px",
+    )
+
+
+def _add_training(parser: argparse.ArgumentParser, *, batch: int, lr: float) -> None:
+    """Options every trainer shares (seeded split, batch, learning rate, device, overwrite)."""
+    parser.add_argument("--batch-size", type=int, default=batch, help="examples per step")
+    parser.add_argument("--lr", type=float, default=lr, help="learning rate")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the data held out for validation (early stopping, the kept checkpoint)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, sampling and initial weights"
+    )
+    _add_device(parser)
+    _add_overwrite(parser, "an existing checkpoint")
+
+
+def _add_steps(parser: argparse.ArgumentParser, *, crop: int) -> None:
+    """Step-based training (U-Net, detector): how long, how often to validate, when to stop."""
+    parser.add_argument("--steps", type=int, default=2000, help="most training steps")
+    parser.add_argument(
+        "--eval-every", type=int, default=100, help="validate every N steps, keep the best"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many validations without improvement",
+    )
+    parser.add_argument("--crop", type=int, default=crop, help="training crop side (px)")
+
+
+def _add_tiling(parser: argparse.ArgumentParser, *, batch: int) -> None:
+    parser.add_argument(
+        "--overlap", type=int, default=64, help="px shared by neighbouring tiles (stitched)"
+    )
+    parser.add_argument("--batch-size", type=int, default=batch, help="tiles per forward pass")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="napari-mitosis",
         description="Whole-slide breast-cancer histopathology: slides, mitoses, tumour maps.",
+        formatter_class=_HelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    info = commands.add_parser("info", help="print a slide's levels, µm/pixel and metadata")
-    info.add_argument("path", type=Path)
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=summary, formatter_class=_HelpFormatter
+        )
+
+    info = command("info", "print a slide's levels, µm/pixel and metadata")
+    info.add_argument("path", type=Path, help=IMAGE_HELP)
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.add_argument("--properties", action="store_true", help="with --json: all properties")
-    info.add_argument("--color", choices=["raw", "srgb"], default="raw")
+    info.add_argument(
+        "--color",
+        choices=["raw", "srgb"],
+        default="raw",
+        help="srgb: pixels through the slide's embedded ICC profile",
+    )
     info.set_defaults(run=_info)
 
-    sample = commands.add_parser("sample", help="write a synthetic H&E slide with known mitoses")
-    sample.add_argument("out", type=Path)
-    sample.add_argument("--width", type=int, default=6144)
-    sample.add_argument("--height", type=int, default=4096)
-    sample.add_argument("--mpp", type=float, default=0.25, help="µm per pixel (default 0.25)")
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--overwrite", action="store_true")
+    sample = command("sample", "write a synthetic H&E slide with known mitoses")
+    sample.add_argument("out", type=Path, help="the slide to write (pyramidal TIFF)")
+    sample.add_argument("--width", type=int, default=6144, help="px")
+    sample.add_argument("--height", type=int, default=4096, help="px")
+    sample.add_argument("--mpp", type=float, default=0.25, help="µm per pixel")
+    sample.add_argument("--seed", type=int, default=0, help="another seed, another slide")
+    _add_overwrite(sample, "an existing file")
     sample.set_defaults(run=_sample)
 
-    demo = commands.add_parser("demo", help="run the main job on the embedded sample")
-    demo.add_argument("--out", type=Path, default=Path("demo-output"))
+    demo = command("demo", "run the main job on the embedded sample")
+    demo.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder")
     demo.add_argument(
         "--headless", action="store_true", help="save a screenshot instead of opening a window"
     )
@@ -722,73 +810,65 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, help="local Dask workers (default: up to 2)")
     demo.set_defaults(run=_demo)
 
-    c12 = commands.add_parser(
-        "convert-icpr2012", help="ICPR 2012 pixel CSVs → label masks, boxes, COCO RLE"
-    )
+    c12 = command("convert-icpr2012", "ICPR 2012 pixel CSVs → label masks, boxes, COCO RLE")
     c12.add_argument("folder", type=Path, help="images with a same-name .csv beside each")
-    c12.add_argument("--out", type=Path, required=True)
+    c12.add_argument("--out", type=Path, required=True, help="output folder")
     c12.add_argument("--min-area", type=int, default=0, help="smallest box kept (pixels)")
-    c12.add_argument("--overwrite", action="store_true")
+    _add_overwrite(c12)
     c12.set_defaults(run=_convert_icpr2012)
 
-    c14 = commands.add_parser(
-        "convert-icpr2014", help="ICPR 2014 centroid CSVs → QuPath GeoJSON points"
-    )
-    c14.add_argument("folder", type=Path)
-    c14.add_argument("--out", type=Path, required=True)
-    c14.add_argument("--overwrite", action="store_true")
+    c14 = command("convert-icpr2014", "ICPR 2014 centroid CSVs → QuPath GeoJSON points")
+    c14.add_argument("folder", type=Path, help="images with a same-name centroid .csv beside each")
+    c14.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_overwrite(c14)
     c14.set_defaults(run=_convert_icpr2014)
 
-    tr = commands.add_parser("train-unet", help="train the mitosis U-Net on ICPR 2012-style data")
+    tr = command("train-unet", "train the mitosis U-Net on ICPR 2012-style data")
     tr.add_argument("data", type=Path, help="images with ICPR 2012 .csv annotations beside them")
     tr.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
-    tr.add_argument("--steps", type=int, default=2000)
-    tr.add_argument("--eval-every", type=int, default=100)
-    tr.add_argument("--patience", type=int, default=5)
-    tr.add_argument("--crop", type=int, default=128)
-    tr.add_argument("--batch-size", type=int, default=8)
-    tr.add_argument("--lr", type=float, default=1e-3)
-    tr.add_argument("--loss", choices=["dice+bce", "bce", "focal"], default="dice+bce")
-    tr.add_argument("--base-width", type=int, default=32)
-    tr.add_argument("--depth", type=int, default=4)
-    tr.add_argument("--val-fraction", type=float, default=0.2)
+    _add_steps(tr, crop=128)
+    tr.add_argument(
+        "--loss",
+        choices=["dice+bce", "bce", "focal"],
+        default="dice+bce",
+        help="per-pixel loss; Dice offsets how few pixels are mitosis",
+    )
+    tr.add_argument("--base-width", type=int, default=32, help="channels of the first level")
+    tr.add_argument("--depth", type=int, default=4, help="down-sampling levels")
     tr.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", default="auto")
-    tr.add_argument("--overwrite", action="store_true")
+    _add_training(tr, batch=8, lr=1e-3)
     tr.set_defaults(run=_train_unet)
 
-    sg = commands.add_parser("segment", help="segment mitoses in an image or slide with a U-Net")
-    sg.add_argument("image", type=Path)
-    sg.add_argument("--model", type=Path, required=True)
+    sg = command("segment", "segment mitoses in an image or slide with a U-Net")
+    sg.add_argument("image", type=Path, help=IMAGE_HELP)
+    _add_model(sg, "U-Net")
     sg.add_argument("--out", type=Path, required=True, help="output folder")
     sg.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels (default: whole image)")
     sg.add_argument("--tissue-only", action="store_true", help="skip tiles without tissue")
     sg.add_argument(
         "--min-tissue", type=float, default=0.05, help="with --tissue-only: tissue fraction"
     )
-    sg.add_argument("--tile", type=int, default=None)
-    sg.add_argument("--overlap", type=int, default=64)
-    sg.add_argument("--threshold", type=float, default=None)
-    sg.add_argument("--min-area", type=int, default=0)
-    sg.add_argument("--batch-size", type=int, default=4)
-    sg.add_argument("--device", default="auto")
-    sg.add_argument("--overwrite", action="store_true")
+    sg.add_argument("--tile", type=int, default=None, help="tile px (default: the card's)")
+    sg.add_argument(
+        "--threshold", type=float, default=None, help="mitosis probability (default: the card's)"
+    )
+    sg.add_argument("--min-area", type=int, default=0, help="smallest figure kept (level px)")
+    _add_tiling(sg, batch=4)
+    _add_device(sg)
+    _add_overwrite(sg)
     sg.set_defaults(run=_segment)
 
-    pm = commands.add_parser("pseudo-masks", help="U-Net masks around ICPR 2014 centroids → boxes")
-    pm.add_argument("folder", type=Path)
-    pm.add_argument("--model", type=Path, required=True)
-    pm.add_argument("--out", type=Path, required=True)
+    pm = command("pseudo-masks", "U-Net masks around ICPR 2014 centroids → boxes")
+    pm.add_argument("folder", type=Path, help="images with a same-name centroid .csv beside each")
+    _add_model(pm, "U-Net")
+    pm.add_argument("--out", type=Path, required=True, help="output folder")
     pm.add_argument("--radius-um", type=float, default=4.0, help="fallback disc radius (µm)")
     pm.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
-    pm.add_argument("--device", default="auto")
-    pm.add_argument("--overwrite", action="store_true")
+    _add_device(pm)
+    _add_overwrite(pm)
     pm.set_defaults(run=_pseudo_masks)
 
-    td = commands.add_parser(
-        "train-detector", help="train the Faster R-CNN mitosis detector on images + boxes"
-    )
+    td = command("train-detector", "train the Faster R-CNN mitosis detector on images + boxes")
     td.add_argument("images", type=Path, help="folder of high-power fields")
     where = td.add_mutually_exclusive_group()
     where.add_argument(
@@ -804,59 +884,53 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="auto: resnet50_v2 on a GPU, mobilenet_v3 on CPU",
     )
-    td.add_argument("--steps", type=int, default=2000)
-    td.add_argument("--eval-every", type=int, default=100)
-    td.add_argument("--patience", type=int, default=5)
-    td.add_argument("--crop", type=int, default=256)
-    td.add_argument("--batch-size", type=int, default=4)
-    td.add_argument("--lr", type=float, default=2e-4)
-    td.add_argument("--val-fraction", type=float, default=0.2)
+    _add_steps(td, crop=256)
     td.add_argument("--distance-um", type=float, default=8.0, help="hit radius for validation")
     td.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
     td.add_argument("--init", type=Path, help="a detector checkpoint to fine-tune")
     td.add_argument("--backbone-weights", type=Path, help="classification weights (local file)")
     td.add_argument("--notes", default="", help="provenance written into the model card")
-    td.add_argument("--seed", type=int, default=0)
-    td.add_argument("--device", default="auto")
-    td.add_argument("--overwrite", action="store_true")
+    _add_training(td, batch=4, lr=2e-4)
     td.set_defaults(run=_train_detector)
 
-    dt = commands.add_parser("detect", help="detect mitoses in an image or slide (boxes + scores)")
-    dt.add_argument("image", type=Path)
-    dt.add_argument("--model", type=Path, required=True)
+    dt = command("detect", "detect mitoses in an image or slide (boxes + scores)")
+    dt.add_argument("image", type=Path, help=IMAGE_HELP)
+    _add_model(dt, "detector")
     dt.add_argument("--out", type=Path, required=True, help="output folder")
     dt.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels (default: whole image)")
     dt.add_argument("--tissue-only", action="store_true", help="skip tiles without tissue")
-    dt.add_argument("--min-tissue", type=float, default=0.05)
+    dt.add_argument(
+        "--min-tissue", type=float, default=0.05, help="with --tissue-only: tissue fraction"
+    )
     dt.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
-    dt.add_argument("--overlap", type=int, default=64)
-    dt.add_argument("--batch-size", type=int, default=4)
-    dt.add_argument("--device", default="auto")
-    dt.add_argument("--overwrite", action="store_true")
+    _add_tiling(dt, batch=4)
+    _add_device(dt)
+    _add_overwrite(dt)
     dt.set_defaults(run=_detect)
 
-    ed = commands.add_parser(
-        "evaluate-detector", help="score a detector against true centroids (MITOS/MIDOG rule)"
-    )
+    ed = command("evaluate-detector", "score a detector against true centroids (MITOS/MIDOG rule)")
     ed.add_argument("images", type=Path, help="folder of test images")
     ed.add_argument(
         "--annotations",
         type=Path,
         help="folder of <stem>.boxes.csv / .geojson / ICPR 2014 .csv (default: beside)",
     )
-    ed.add_argument("--model", type=Path, required=True)
+    _add_model(ed, "detector")
     ed.add_argument("--out", type=Path, required=True, help="folder for the table and PR plot")
-    ed.add_argument("--distance-um", type=float, default=8.0)
+    ed.add_argument(
+        "--distance-um",
+        type=float,
+        default=8.0,
+        help="a detection within this distance of a true centroid is a hit",
+    )
     ed.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
-    ed.add_argument("--overlap", type=int, default=64)
-    ed.add_argument("--batch-size", type=int, default=4)
-    ed.add_argument("--device", default="auto")
-    ed.add_argument("--overwrite", action="store_true")
+    _add_tiling(ed, batch=4)
+    _add_device(ed)
+    _add_overwrite(ed)
     ed.set_defaults(run=_evaluate_detector)
 
-    tc = commands.add_parser(
-        "train-classifier",
-        help="train a tumour/patch classifier on class folders or annotated slides",
+    tc = command(
+        "train-classifier", "train a tumour/patch classifier on class folders or annotated slides"
     )
     tc.add_argument(
         "data", type=Path, nargs="+", help="a folder with one sub-folder per class, or slides"
@@ -867,9 +941,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="with slides: folder of <slide stem>.xml (ASAP) / .geojson / _mask.png tumour annotations",
     )
     tc.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
-    tc.add_argument("--architecture", choices=ARCHITECTURES, default="small_cnn")
     tc.add_argument(
-        "--tower", choices=("small_cnn", "wide_resnet", "inception_v3"), default="small_cnn"
+        "--architecture",
+        choices=ARCHITECTURES,
+        default="small_cnn",
+        help="two_tower: the patch and a same-size context patch at lower magnification",
+    )
+    tc.add_argument(
+        "--tower",
+        choices=("small_cnn", "wide_resnet", "inception_v3"),
+        default="small_cnn",
+        help="two_tower: the network in each tower",
     )
     tc.add_argument("--width", type=int, default=32, help="small_cnn channel width")
     tc.add_argument(
@@ -886,84 +968,89 @@ def build_parser() -> argparse.ArgumentParser:
     tc.add_argument(
         "--per-class", type=int, default=500, help="slides: patches per class per slide"
     )
-    tc.add_argument("--min-tissue", type=float, default=0.3)
+    tc.add_argument(
+        "--min-tissue", type=float, default=0.3, help="slides: least tissue in a sampled patch"
+    )
     tc.add_argument(
         "--context", type=float, default=None, help="two_tower: context magnification factor"
     )
     tc.add_argument(
         "--centre-crop", type=int, default=None, help="folders: keep the central N px of each image"
     )
-    tc.add_argument("--brightness", type=float, default=64 / 255, help="colour jitter")
+    tc.add_argument(
+        "--brightness", type=float, default=64 / 255, help="colour jitter (default: 64/255)"
+    )
     tc.add_argument("--contrast", type=float, default=0.75, help="colour jitter")
     tc.add_argument("--saturation", type=float, default=0.25, help="colour jitter")
     tc.add_argument("--hue", type=float, default=0.04, help="colour jitter")
-    tc.add_argument("--epochs", type=int, default=30)
-    tc.add_argument("--batch-size", type=int, default=32)
-    tc.add_argument("--optimiser", choices=("adam", "sgd"), default="adam")
-    tc.add_argument("--lr", type=float, default=1e-3)
-    tc.add_argument("--weight-decay", type=float, default=1e-4)
-    tc.add_argument("--no-class-weights", action="store_true")
+    tc.add_argument("--epochs", type=int, default=30, help="most epochs")
+    tc.add_argument(
+        "--optimiser", choices=("adam", "sgd"), default="adam", help="sgd: with Nesterov momentum"
+    )
+    tc.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty")
+    tc.add_argument(
+        "--no-class-weights",
+        action="store_true",
+        help="weigh every example alike (default: inverse class frequency)",
+    )
     tc.add_argument("--monitor", choices=MONITORED, default="auc", help="early-stopping metric")
-    tc.add_argument("--patience", type=int, default=5)
-    tc.add_argument("--val-fraction", type=float, default=0.2)
+    tc.add_argument(
+        "--patience", type=int, default=5, help="stop after this many epochs without improvement"
+    )
     tc.add_argument("--test-fraction", type=float, default=0.2, help="folders: held-out test share")
-    tc.add_argument("--notes", default="")
-    tc.add_argument("--seed", type=int, default=0)
-    tc.add_argument("--device", default="auto")
-    tc.add_argument("--overwrite", action="store_true")
+    tc.add_argument("--notes", default="", help="provenance written into the model card")
+    _add_training(tc, batch=32, lr=1e-3)
     tc.set_defaults(run=_train_classifier)
 
-    ec = commands.add_parser(
-        "evaluate-classifier", help="AUC, sensitivity, specificity, F_med, ROC plot"
-    )
+    ec = command("evaluate-classifier", "AUC, sensitivity, specificity, F_med, ROC plot")
     ec.add_argument(
         "data", type=Path, nargs="+", help="a folder with one sub-folder per class, or slides"
     )
     ec.add_argument(
         "--annotations", type=Path, help="with slides: tumour annotations (as train-classifier)"
     )
-    ec.add_argument("--model", type=Path, required=True)
-    ec.add_argument("--out", type=Path, required=True)
+    _add_model(ec, "classifier")
+    ec.add_argument("--out", type=Path, required=True, help="folder for the metrics and ROC plot")
     ec.add_argument(
         "--split-file", type=Path, help="only the images listed (e.g. <model>.test.csv)"
     )
     ec.add_argument("--threshold", type=float, default=None, help="default: the card's")
     ec.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
-    ec.add_argument("--device", default="auto")
-    ec.add_argument("--overwrite", action="store_true")
+    _add_device(ec)
+    _add_overwrite(ec)
     ec.set_defaults(run=_evaluate_classifier)
 
-    cl = commands.add_parser("classify", help="tumour heatmap, mask and regions of a slide")
-    cl.add_argument("image", type=Path)
-    cl.add_argument("--model", type=Path, required=True)
-    cl.add_argument("--out", type=Path, required=True)
-    cl.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels")
+    cl = command("classify", "tumour heatmap, mask and regions of a slide")
+    cl.add_argument("image", type=Path, help=IMAGE_HELP)
+    _add_model(cl, "classifier")
+    cl.add_argument("--out", type=Path, required=True, help="output folder")
+    cl.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels (default: whole image)")
     cl.add_argument(
         "--stride", type=int, default=None, help="cell size in level px (default: patch/2)"
     )
     cl.add_argument("--min-tissue", type=float, default=0.3, help="skip cells with less tissue")
     cl.add_argument("--all-tiles", action="store_true", help="classify cells without tissue too")
-    cl.add_argument("--threshold", type=float, default=None)
-    cl.add_argument("--tta", action="store_true")
+    cl.add_argument(
+        "--threshold", type=float, default=None, help="tumour probability (default: the card's)"
+    )
+    cl.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
     cl.add_argument(
         "--format",
         choices=("tiff", "ome-zarr"),
         default="tiff",
         help="heatmap + mask as two pyramidal TIFFs or one OME-Zarr (mask as its label image)",
     )
-    cl.add_argument("--batch-size", type=int, default=16)
-    cl.add_argument("--device", default="auto")
+    cl.add_argument("--batch-size", type=int, default=16, help="patches per forward pass")
+    _add_device(cl)
     cl.add_argument(
         "--no-amp",
         action="store_true",
         help="float32 on CUDA too (slower; the CPU's heatmap within 1e-4, no float16 rounding)",
     )
-    cl.add_argument("--overwrite", action="store_true")
+    _add_overwrite(cl)
     cl.set_defaults(run=_classify)
 
-    rn = commands.add_parser(
-        "run", help="the whole pipeline on many slides (Dask, local or a cluster), resumable"
-    )
+    rn = command("run", "the whole pipeline on many slides (Dask, local or a cluster), resumable")
     rn.add_argument("slides", nargs="+", type=Path, help="slides, or .txt/.csv lists of them")
     rn.add_argument(
         "--models",
@@ -979,10 +1066,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--detect-in", choices=("tumour", "tissue"), help="where mitoses are looked for"
     )
     rn.add_argument("--detect-tile", type=int, help="detector tile px (default: its crop)")
-    rn.add_argument("--heatmap-format", choices=("ome-zarr", "tiff"))
-    rn.add_argument("--device", help="auto (default), cuda or cpu, on every worker")
+    rn.add_argument(
+        "--heatmap-format",
+        choices=("ome-zarr", "tiff"),
+        help="tumour heatmap files (default: the run config's, else OME-Zarr)",
+    )
+    rn.add_argument(
+        "--device",
+        help="auto, cuda, cuda:N or cpu, on every worker (default: the run config's, else auto)",
+    )
     rn.add_argument("--overwrite", action="store_true", help="redo every slide")
-    rn.add_argument("--no-progress", action="store_true")
+    rn.add_argument("--no-progress", action="store_true", help="no progress bar (logs, batch jobs)")
     rn.set_defaults(run=_run)
     return parser
 
