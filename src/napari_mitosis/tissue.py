@@ -36,8 +36,8 @@ class TissueMask:
         """Tissue fraction of each tile of ``grid`` (in the grid's origin order): the mean of
         the mask under the tile (at least one mask pixel; 0 where the tile leaves the mask).
 
-        Read off a summed-area table, so a whole slide's ≈10⁶ cells take milliseconds
-        rather than seconds of per-window Python."""
+        Read off a summed-area table: 102k cells of a large slide take 0.02 s, against 3.9 s
+        window by window (2-core CPU)."""
         origins = grid.origins().astype(np.float64)
         height, width = self.mask.shape
         scale_y = grid.downsample / self.downsample[0]
@@ -74,7 +74,7 @@ def hsv_saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation, (max − min) / max, as `skimage.color.rgb2hsv` defines it (0 for
     black), without the hue it also computes. Channel-wise ``np.maximum`` rather than
     ``max(axis=-1)``: NumPy reduces a 3-long last axis slowly (0.33 s → 0.06 s on a 2048²
-    thumbnail, ≈30× faster than ``rgb2hsv``)."""
+    thumbnail)."""
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
     top = np.maximum(np.maximum(r, g), b)
     spread = (top - np.minimum(np.minimum(r, g), b)).astype(np.float64)
