@@ -4,6 +4,8 @@ and no existing file is lost."""
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 
 import dask.array as da
@@ -13,6 +15,7 @@ import pytest
 
 from conftest import gradient_rgb
 from napari_mitosis import Annotation, OutputExistsError, open_slide, read_geojson, write_geojson
+from napari_mitosis.ome_zarr_output import write_ome_zarr
 from napari_mitosis.pyramid_tiff import write_pyramid_tiff
 
 
@@ -101,6 +104,29 @@ def test_writers_never_replace_a_file_unless_told(tmp_path: Path) -> None:
     assert path.read_bytes() == b"the user's precious file"
     write_pyramid_tiff(path, gradient_rgb(64, 64), overwrite=True)
     np.testing.assert_array_equal(open_slide(path).levels[0], gradient_rgb(64, 64))
+
+
+@pytest.mark.parametrize(
+    ("umask", "file_mode", "folder_mode"), [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700)]
+)
+def test_outputs_get_the_permissions_the_users_umask_gives(
+    tmp_path: Path, umask: int, file_mode: int, folder_mode: int
+) -> None:
+    """Readable by colleagues and other tools as any program's output is (not private
+    temporary files renamed into place)."""
+    before = os.umask(umask)
+    try:
+        write_pyramid_tiff(tmp_path / "p.tif", gradient_rgb(64, 64))
+        write_geojson(tmp_path / "a.geojson", [])
+        write_ome_zarr(tmp_path / "h.ome.zarr", np.zeros((8, 8), np.float32))
+    finally:
+        os.umask(before)
+    assert stat.S_IMODE((tmp_path / "p.tif").stat().st_mode) == file_mode
+    assert stat.S_IMODE((tmp_path / "a.geojson").stat().st_mode) == file_mode
+    zarr_folder = tmp_path / "h.ome.zarr"
+    assert stat.S_IMODE(zarr_folder.stat().st_mode) == folder_mode
+    inside = [p for p in zarr_folder.rglob("*") if p.is_file()]
+    assert inside and all(stat.S_IMODE(p.stat().st_mode) == file_mode for p in inside)
 
 
 def test_a_cancelled_write_leaves_nothing_behind(tmp_path: Path) -> None:

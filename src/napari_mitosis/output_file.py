@@ -3,13 +3,39 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from napari_mitosis.errors import OutputExistsError
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+
+def _new_folder(path: Path) -> None:
+    path.mkdir(0o777)
+
+
+def _reserve(path: Path, create: Callable[[Path], None]) -> Path:
+    """A new hidden ``.partial`` name beside ``path``, created by ``create``.
+
+    Created with the permissions the user's umask gives (0644 / 0755 for the usual 022), as
+    any tool's output would be: ``mkstemp``/``mkdtemp`` would make the result private
+    (0600 / 0700), unreadable to colleagues, QuPath under another account or a web server.
+    """
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}.partial"
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"{path.parent}: no free temporary name for {path.name}")
 
 
 @contextmanager
@@ -26,9 +52,7 @@ def atomic_output(path: str | Path, *, overwrite: bool = False) -> Iterator[Path
         raise OutputExistsError(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: output folder does not exist")
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = _reserve(path, _new_file)
     try:
         yield tmp
         if overwrite:
@@ -65,7 +89,7 @@ def atomic_directory(path: str | Path, *, overwrite: bool = False) -> Iterator[P
         raise OutputExistsError(path)
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: output folder does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = _reserve(path, _new_folder)
     try:
         yield tmp
         old = None
