@@ -50,6 +50,33 @@ def test_every_option_of_every_command_is_explained_with_its_default(capsys) -> 
     assert "(default: None)" not in text and "(default: False)" not in text
 
 
+def test_a_region_off_the_slide_or_without_tissue_is_an_error_naming_the_slide(
+    cmu_small: Path, tmp_path: Path, capsys
+) -> None:
+    from napari_mitosis.checkpoint import ModelCard, build_model, save_checkpoint
+
+    card = ModelCard(
+        "small_cnn",
+        {"outputs": 1, "width": 4},
+        task="classification",
+        input_size=64,
+        mpp=1.0,
+        classes=("n", "t"),
+    )
+    model = save_checkpoint(tmp_path / "m.safetensors", build_model(card), card)
+    out = tmp_path / "out"
+    command = ["classify", str(cmu_small), "--model", str(model), "--out", str(out)]
+    assert main([*command, "--region=5000,5000,6000,6000"]) == 2
+    error = capsys.readouterr().err
+    assert f"{cmu_small}: region y0,x0,y1,x1 = 5000,5000,6000,6000 (level-0 px)" in error
+    assert "outside the slide, which is 2220 × 2967 px at level 0" in error
+    assert main([*command, "--region=100,100,50,400"]) == 2  # empty
+    assert "is empty or outside the slide" in capsys.readouterr().err
+    assert main([*command, "--min-tissue", "1.01"]) == 2
+    assert f"{cmu_small}: no tile in the region holds 101% tissue" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything was written
+
+
 def test_sample_command_writes_a_slide_and_refuses_to_overwrite(tmp_path: Path, capsys) -> None:
     out = tmp_path / "s.tif"
     assert main(["sample", str(out), "--width", "1024", "--height", "768", "--seed", "1"]) == 0

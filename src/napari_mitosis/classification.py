@@ -404,7 +404,7 @@ def classify_slide(
         **where,
     )
     if tissue_only:
-        run.restrict_to_tissue(tissue or slide_tissue_mask(slide), min_tissue)
+        run.restrict_to_tissue(tissue or slide_tissue_mask(slide), min_tissue, source=slide.path)
     run.run(progress, should_stop)
     return run.result(threshold)
 

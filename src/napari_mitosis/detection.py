@@ -145,7 +145,7 @@ def detect_slide(
     if tissue_only and within is None:
         within = slide_tissue_mask(slide)
     if within is not None:
-        run.restrict_to_tissue(within, min_tissue)
+        run.restrict_to_tissue(within, min_tissue, source=slide.path)
     run.run(progress, should_stop)
     found = run.result(score_threshold)
     hotspot = None

@@ -31,4 +31,7 @@ class OutputExistsError(FileExistsError):
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        super().__init__(f"{self.path}: already exists; pass overwrite=True to replace it")
+        super().__init__(
+            f"{self.path}: already exists; pass overwrite=True (--overwrite on the command "
+            "line) to replace it"
+        )

@@ -177,7 +177,7 @@ def segment_slide(
         )
     run = SegmentationRun(where.pop("source"), predictor, **where, **options)
     if tissue_only:
-        run.restrict_to_tissue(slide_tissue_mask(slide), min_tissue)
+        run.restrict_to_tissue(slide_tissue_mask(slide), min_tissue, source=slide.path)
     run.run()
     return run.result(threshold, min_area, labels_out)
 

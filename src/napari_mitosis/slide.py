@@ -133,11 +133,20 @@ class Slide:
     def region_at_level(
         self, region: tuple[int, int, int, int] | None, level: int
     ) -> tuple[int, int, int, int] | None:
-        """A level-0 (y0, x0, y1, x1) region in ``levels[level]`` pixels (outward rounding)."""
+        """A level-0 (y0, x0, y1, x1) region in ``levels[level]`` pixels (outward rounding).
+
+        A region reaching past the slide is cut to it; one that is empty or wholly outside
+        is an error naming the file, in the level-0 pixels the user gave."""
         if region is None:
             return None
-        dy, dx = self.level_downsample(level)
         y0, x0, y1, x1 = region
+        height, width = self.levels[0].shape[:2]
+        if not (y0 < y1 and x0 < x1 and y1 > 0 and x1 > 0 and y0 < height and x0 < width):
+            raise ValueError(
+                f"{self.path}: region y0,x0,y1,x1 = {y0},{x0},{y1},{x1} (level-0 px) is empty "
+                f"or outside the slide, which is {width} × {height} px at level 0"
+            )
+        dy, dx = self.level_downsample(level)
         return int(y0 / dy), int(x0 / dx), math.ceil(y1 / dy), math.ceil(x1 / dx)
 
     def model_level(

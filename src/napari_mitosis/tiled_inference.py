@@ -196,13 +196,18 @@ class TiledRun:
     read: TileReader | None = None  # model input at a tile origin (default: the tile)
     readers: int | None = None  # tile-reading threads (default: `default_readers`)
 
-    def restrict_to_tissue(self, tissue: TissueMask, min_fraction: float = 0.05) -> int:
-        """Only tiles with at least ``min_fraction`` tissue go to the model; returns how many."""
+    def restrict_to_tissue(
+        self, tissue: TissueMask, min_fraction: float = 0.05, *, source: Any = None
+    ) -> int:
+        """Only tiles with at least ``min_fraction`` tissue go to the model; returns how many.
+        ``source`` (the slide's path) names the file when none does."""
         self.tissue = tissue
         self.origins = tissue.tissue_origins(self.grid, min_fraction)
         if len(self.origins) == 0:
+            where = f"{source}: " if source is not None else ""
             raise ValueError(
-                f"no tile in the region holds {min_fraction:.0%} tissue: nothing to run on"
+                f"{where}no tile in the region holds {min_fraction:.0%} tissue: nothing to "
+                "run on (lower the minimum tissue fraction, or run on all tiles)"
             )
         return len(self.origins)
 
