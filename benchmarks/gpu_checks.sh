@@ -9,6 +9,10 @@
 # Inception patches, minutes to write). Each step's log goes to
 # OUT_DIR/STEP.log. PYTHON names our interpreter (default python3), WSINFER_PYTHON
 # WSInfer's (default .bench/peers/bin/python); STEP_LIMIT caps each step in seconds.
+#
+# Install carried wheels the way pip normally does, with byte-code (no --no-compile): the
+# second H100 session installed without it and every process of both tools spent ≈10 s of
+# a ≈30 s run compiling modules, which no user's install does.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_checks.sh OUT_DIR [STEP ...]}
 shift
