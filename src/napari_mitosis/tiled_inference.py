@@ -117,23 +117,29 @@ def iter_tiled(
     ``read(y, x)`` gives the model input for the tile at that origin (default: the tile
     itself; classifiers read a larger patch, or a patch and its context, around it).
 
-    ``readers`` threads read the next batches' tiles while the model works on this one
-    (``readers`` + 1 batches ahead, in order). A generator, so a napari ``thread_worker``
-    can report progress and stop between batches; closing it drops the reads not started.
+    ``readers`` threads read the next batches while the model works on this one, each
+    thread a whole batch (``readers`` + 1 batches ahead, merged in order). A batch per
+    thread rather than a tile per thread: neighbouring patches share slide tiles, and threads
+    reading them at once queue for the same decodes — two threads read 299 px patches 1.5×
+    faster this way on a 2-core CPU. A generator, so a napari ``thread_worker`` can report
+    progress and stop between batches; closing it drops the batches not started.
     """
     origins = grid.origins() if origins is None else origins
     total = len(origins)
     if read is None:
         read = lambda y, x: grid.read(source, y, x)  # noqa: E731 - the default reader
     starts = iter(range(0, total, batch_size))
-    ahead: deque[tuple[np.ndarray, list[Future[np.ndarray]]]] = deque()
+    ahead: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
     pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="tile-reader")
+
+    def read_batch(chunk: np.ndarray) -> np.ndarray:
+        return np.stack([read(int(y), int(x)) for y, x in chunk])
 
     def read_ahead() -> None:
         start = next(starts, None)
         if start is not None:
             chunk = origins[start : start + batch_size]
-            ahead.append((chunk, [pool.submit(read, int(y), int(x)) for y, x in chunk]))
+            ahead.append((chunk, pool.submit(read_batch, chunk)))
 
     try:
         for _ in range(max(1, readers) + 1):
@@ -142,7 +148,7 @@ def iter_tiled(
         while ahead:
             chunk, tiles = ahead.popleft()
             read_ahead()
-            merger.add(chunk, predict(np.stack([tile.result() for tile in tiles])))
+            merger.add(chunk, predict(tiles.result()))
             done += len(chunk)
             yield done, total
     finally:
