@@ -467,3 +467,13 @@ def test_cli_evaluates_slides_against_tumour_annotations(
     )
     assert name == "slide2.tif" and 0 < int(tumour_cells) < int(cells) and lesions == "1"
     assert int(candidates) >= 1
+
+
+def test_class_folders_say_which_classes_are_there_and_which_are_not(tmp_path: Path) -> None:
+    (tmp_path / "benign").mkdir()
+    with pytest.raises(ValueError, match=r"at least two\); found \['benign'\]$"):
+        class_folders(tmp_path)
+    with pytest.raises(ValueError, match=r"found \['benign'\], but not \['malignant'\]$"):
+        class_folders(tmp_path, ("benign", "malignant"))
+    with pytest.raises(ValueError, match=r"found none$"):
+        class_folders(tmp_path / "benign")

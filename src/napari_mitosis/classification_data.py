@@ -69,9 +69,10 @@ def class_folders(root: str | Path, classes: tuple[str, ...] | None = None) -> I
     classes = tuple(classes or found)
     missing = [c for c in classes if not (root / c).is_dir()]
     if missing or len(classes) < 2:
+        lacking = f", but not {missing}" if missing else ""
         raise ValueError(
-            f"{root}: needs one sub-folder per class (at least two); found {found}, "
-            f"missing {missing}"
+            f"{root}: needs one sub-folder per class (at least two); found {found or 'none'}"
+            f"{lacking}"
         )
     paths, labels = [], []
     for index, name in enumerate(classes):
