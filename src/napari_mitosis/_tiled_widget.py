@@ -193,7 +193,7 @@ class TiledModelWidget(Container):
 
             levels = layer.data if layer.multiscale else [layer.data]
             self.tissue = tissue_mask(levels, level0_mpp=mpp[1] if mpp else None)
-            run.restrict_to_tissue(self.tissue, self._min_tissue())
+            run.restrict_to_tissue(self.tissue, self._min_tissue(), source=layer.name)
 
         @thread_worker(
             connect={"yielded": self._on_progress, "returned": lambda r: self._on_done(layer, r)}
