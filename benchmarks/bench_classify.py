@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_mitosis.checkpoint import ModelCard, build_model, save_checkpoint
-from napari_mitosis.classification import ClassificationRun, ClassifierPredictor, classify_slide
-from napari_mitosis.slide import open_slide
-from napari_mitosis.synthetic import write_synthetic_slide
-from napari_mitosis.tissue import slide_tissue_mask
+from napari_mitosis.classification.run import ClassificationRun, ClassifierPredictor, classify_slide
+from napari_mitosis.engine.tissue import slide_tissue_mask
+from napari_mitosis.io.formats import open_slide
+from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
+from napari_mitosis.samples.synthetic import write_synthetic_slide
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_reader import build_huge_sparse_slide

@@ -27,10 +27,10 @@ def main() -> None:
 
     import torch
 
-    from napari_mitosis.cohort import run_cohort, settings_from_checkpoints
-    from napari_mitosis.demo_models import demo_classifier, demo_detector
-    from napari_mitosis.slide_pipeline import PipelineModels, analyse_slide, write_analysis
-    from napari_mitosis.synthetic import write_synthetic_slide
+    from napari_mitosis.cohort.pipeline import PipelineModels, analyse_slide, write_analysis
+    from napari_mitosis.cohort.runner import run_cohort, settings_from_checkpoints
+    from napari_mitosis.demo.models import demo_classifier, demo_detector
+    from napari_mitosis.samples.synthetic import write_synthetic_slide
 
     work = Path(tempfile.mkdtemp(prefix="bench-cohort-"))
     models = list(args.models) or [

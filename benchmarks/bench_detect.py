@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_mitosis.checkpoint import ModelCard
-from napari_mitosis.detection import DetectionRun
-from napari_mitosis.detector import DetectionPredictor, faster_rcnn
-from napari_mitosis.slide import open_slide
-from napari_mitosis.synthetic import write_synthetic_slide
-from napari_mitosis.tiling import TileGrid
+from napari_mitosis.detection.run import DetectionRun
+from napari_mitosis.engine.tiling import TileGrid
+from napari_mitosis.io.formats import open_slide
+from napari_mitosis.models.checkpoint import ModelCard
+from napari_mitosis.models.detector import DetectionPredictor, faster_rcnn
+from napari_mitosis.samples.synthetic import write_synthetic_slide
 
 
 def bench(

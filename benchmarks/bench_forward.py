@@ -22,8 +22,8 @@ import warnings
 
 import torch
 
-from napari_mitosis.checkpoint import ModelCard, build_model
-from napari_mitosis.inference_model import channels_last, for_inference
+from napari_mitosis.models.checkpoint import ModelCard, build_model
+from napari_mitosis.models.inference_model import channels_last, for_inference
 
 
 def per_patch_ms(model: torch.nn.Module, batch: torch.Tensor, repeats: int) -> float:

@@ -24,10 +24,10 @@ import numpy as np
 import openslide
 
 from large_slide import write_large_slide
-from napari_mitosis.classification import PatchReader
-from napari_mitosis.slide import open_slide
-from napari_mitosis.tiled_inference import iter_tiled
-from napari_mitosis.tiling import TileGrid, strip_order
+from napari_mitosis.classification.run import PatchReader
+from napari_mitosis.engine.tiled_inference import iter_tiled
+from napari_mitosis.engine.tiling import TileGrid, strip_order
+from napari_mitosis.io.formats import open_slide
 
 
 class Discard:

@@ -22,8 +22,8 @@ import openslide
 import tifffile
 
 from napari_mitosis import open_slide
-from napari_mitosis.pyramid_tiff import write_pyramid_tiff
-from napari_mitosis.synthetic import synthetic_slide
+from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
+from napari_mitosis.samples.synthetic import synthetic_slide
 
 ROOT = Path(__file__).resolve().parents[1]
 CMU = ROOT.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_mitosis.checkpoint import ModelCard
-from napari_mitosis.segmentation import segment_array
-from napari_mitosis.slide import open_slide
-from napari_mitosis.synthetic import write_synthetic_slide
-from napari_mitosis.tiled_inference import TilePredictor
-from napari_mitosis.tiling import TileGrid
-from napari_mitosis.unet import unet
+from napari_mitosis.engine.tiled_inference import TilePredictor
+from napari_mitosis.engine.tiling import TileGrid
+from napari_mitosis.io.formats import open_slide
+from napari_mitosis.models.checkpoint import ModelCard
+from napari_mitosis.models.unet import unet
+from napari_mitosis.samples.synthetic import write_synthetic_slide
+from napari_mitosis.segmentation.run import segment_array
 
 
 def bench(

@@ -39,9 +39,9 @@ import torch
 
 from calibrated_model import calibrated_classifier, classify_args
 from large_slide import write_large_slide
-from napari_mitosis.checkpoint import ModelCard
-from napari_mitosis.slide import open_slide
-from napari_mitosis.tiled_inference import default_readers
+from napari_mitosis.engine.tiled_inference import default_readers
+from napari_mitosis.io.formats import open_slide
+from napari_mitosis.models.checkpoint import ModelCard
 
 ROOT = Path(__file__).resolve().parents[1]
 WSINFER = ROOT / ".bench" / "peers" / "bin" / "python"

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from napari_mitosis.checkpoint import ModelCard, build_model, save_checkpoint
-from napari_mitosis.slide import open_slide
+from napari_mitosis.io.formats import open_slide
+from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
 
 
 def calibrate_batch_norm(model: torch.nn.Module, slide: Path, card: ModelCard) -> torch.nn.Module:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_mitosis.pyramid_tiff import write_pyramid_tiff
-from napari_mitosis.synthetic import synthetic_slide, write_synthetic_slide
+from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
+from napari_mitosis.samples.synthetic import synthetic_slide, write_synthetic_slide
 
 
 def write_large_slide(

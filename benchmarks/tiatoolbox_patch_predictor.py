@@ -19,7 +19,7 @@ from tiatoolbox.models.engine.patch_predictor import PatchPredictor
 from tiatoolbox.models.models_abc import ModelABC
 from tiatoolbox.wsicore.wsireader import OpenSlideWSIReader
 
-from napari_mitosis.checkpoint import load_checkpoint
+from napari_mitosis.models.checkpoint import load_checkpoint
 
 
 class CheckpointModel(ModelABC):

@@ -50,7 +50,7 @@ def cmu_small() -> Path:
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory: pytest.TempPathFactory):
     """A small synthetic H&E slide with known mitoses (generated once per test run)."""
-    from napari_mitosis.synthetic import ensure_sample_slide
+    from napari_mitosis.samples.synthetic import ensure_sample_slide
 
     return ensure_sample_slide(tmp_path_factory.mktemp("sample"), height=1024, width=1536, seed=3)
 
@@ -59,7 +59,7 @@ def sample(tmp_path_factory: pytest.TempPathFactory):
 def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, tuple[int, int]]]:
     """Record every pixel read of a slide level, decoded by us or by OpenSlide, as
     (level, (width, height))."""
-    from napari_mitosis.openslide_source import OpenSlideHandle
+    from napari_mitosis.io.openslide_source import OpenSlideHandle
 
     calls: list[tuple[int, tuple[int, int]]] = []
     original = OpenSlideHandle.read_level
@@ -75,7 +75,7 @@ def count_reads(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, tuple[int, i
 @pytest.fixture(scope="session")
 def field_pairs():
     """Synthetic high-power fields (0.25 µm/px) with exact mitosis masks and look-alikes."""
-    from napari_mitosis.synthetic import synthetic_fields
+    from napari_mitosis.samples.synthetic import synthetic_fields
 
     return synthetic_fields(7)
 
@@ -83,7 +83,7 @@ def field_pairs():
 @pytest.fixture(scope="session")
 def trained_unet(field_pairs, tmp_path_factory: pytest.TempPathFactory):
     """A small U-Net trained for 150 steps on CPU (~25 s); returns (checkpoint, report)."""
-    from napari_mitosis.segmentation_training import UNetTraining, train_unet
+    from napari_mitosis.segmentation.training import UNetTraining, train_unet
 
     train = [(rgb, t.mitosis_mask) for rgb, t in field_pairs[:4]]
     val = [(rgb, t.mitosis_mask) for rgb, t in field_pairs[4:6]]
@@ -98,8 +98,8 @@ def trained_unet(field_pairs, tmp_path_factory: pytest.TempPathFactory):
 def trained_detector(field_pairs, tmp_path_factory: pytest.TempPathFactory):
     """A MobileNet Faster R-CNN trained from scratch for ≤300 steps on CPU (~4–5 min);
     returns (checkpoint, report). Shared by the accuracy, CLI and widget tests."""
-    from napari_mitosis.detection_training import DetectorTraining, train_detector
-    from napari_mitosis.detections import mask_to_boxes
+    from napari_mitosis.detection.training import DetectorTraining, train_detector
+    from napari_mitosis.io.detections import mask_to_boxes
 
     train = [(rgb, mask_to_boxes(t.mitosis_mask).boxes) for rgb, t in field_pairs[:4]]
     validation = [(rgb, t.mitoses) for rgb, t in field_pairs[4:6]]
@@ -122,7 +122,7 @@ def tumour_slides(tmp_path_factory: pytest.TempPathFactory):
     """Three synthetic slides at 1 µm/px (train, validation, test) with tumour mask PNGs."""
     from PIL import Image
 
-    from napari_mitosis.synthetic import write_synthetic_slide
+    from napari_mitosis.samples.synthetic import write_synthetic_slide
 
     folder = tmp_path_factory.mktemp("tumour")
     slides = []
@@ -138,8 +138,8 @@ def tumour_slides(tmp_path_factory: pytest.TempPathFactory):
 
 def patches_of(path: Path, per_class: int, seed: int, **options):
     """Balanced 64 px patches (32 px cells) of a synthetic slide with a mask PNG beside it."""
-    from napari_mitosis.classification_data import slide_patches, tumour_mask
-    from napari_mitosis.slide import open_slide
+    from napari_mitosis.classification.data import slide_patches, tumour_mask
+    from napari_mitosis.io.formats import open_slide
 
     slide = open_slide(path)
     mask = tumour_mask(slide, path.with_name(f"{path.stem}_mask.png"))
@@ -158,7 +158,7 @@ def patches_of(path: Path, per_class: int, seed: int, **options):
 @pytest.fixture(scope="session")
 def trained_classifier(tumour_slides, tmp_path_factory: pytest.TempPathFactory):
     """A small CNN trained for ≤4 epochs on one slide, early-stopped on another (~20 s)."""
-    from napari_mitosis.classification_training import ClassifierTraining, train_classifier
+    from napari_mitosis.classification.training import ClassifierTraining, train_classifier
 
     train = patches_of(tumour_slides[0][0], 120, 0)
     validation = patches_of(tumour_slides[1][0], 50, 1)

@@ -12,19 +12,19 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from pycocotools import mask as coco_mask
 
-from napari_mitosis.detections import (
+from napari_mitosis.io.detections import (
     Detections,
     boxes_from_labels,
     mask_to_boxes,
     read_detections_csv,
     write_detections_csv,
 )
-from napari_mitosis.mitos_annotations import (
+from napari_mitosis.io.mitos_annotations import (
     read_icpr2012_labels,
     read_icpr2014_centroids,
     write_icpr2012_csv,
 )
-from napari_mitosis.rle import decode_rle, encode_rle, labels_to_coco, rle_counts
+from napari_mitosis.io.rle import decode_rle, encode_rle, labels_to_coco, rle_counts
 
 masks = arrays(np.bool_, st.tuples(st.integers(1, 40), st.integers(1, 40)))
 
@@ -156,7 +156,7 @@ def test_zero_area_boxes_in_a_csv_are_refused(tmp_path: Path) -> None:
 def test_banded_labelling_equals_whole_image_labelling(values: np.ndarray, band: int) -> None:
     from skimage.measure import label
 
-    from napari_mitosis.components import label_components
+    from napari_mitosis.engine.components import label_components
 
     found = label_components(values, 0.6, band=band)
     reference = label(values >= 0.6, connectivity=2)

@@ -13,18 +13,14 @@ from PIL import Image
 from sklearn.metrics import recall_score, roc_auc_score
 
 from conftest import patches_of
-from napari_mitosis.checkpoint import load_checkpoint
-from napari_mitosis.classification import ClassifierPredictor, classify_slide, write_heatmap
-from napari_mitosis.classification_data import (
-    class_folders,
-    read_asap_xml,
-    split_by_group,
-    tumour_mask,
-)
-from napari_mitosis.classification_metrics import best_threshold, binary_metrics
-from napari_mitosis.classification_training import ClassifierTraining, train_classifier
+from napari_mitosis.classification.data import class_folders, split_by_group, tumour_mask
+from napari_mitosis.classification.metrics import best_threshold, binary_metrics
+from napari_mitosis.classification.run import ClassifierPredictor, classify_slide, write_heatmap
+from napari_mitosis.classification.training import ClassifierTraining, train_classifier
 from napari_mitosis.cli import main
-from napari_mitosis.slide import open_slide
+from napari_mitosis.io.asap_xml import read_asap_xml
+from napari_mitosis.io.formats import open_slide
+from napari_mitosis.models.checkpoint import load_checkpoint
 
 MITOTIC_FIGURES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mitotic-figures"
 
@@ -74,7 +70,7 @@ def test_heatmap_writers_keep_scale_and_refuse_to_overwrite(
         np.testing.assert_allclose(np.asarray(heatmap.levels[0]), result.heatmap, atol=1e-6)
     with open_slide(paths[1]) as mask:
         np.testing.assert_array_equal(np.asarray(mask.levels[0]), result.mask)
-    from napari_mitosis.geojson import read_geojson
+    from napari_mitosis.io.geojson import read_geojson
 
     regions = read_geojson(paths[2])
     assert regions and all(r.classification == "Tumor" for r in regions)
@@ -142,8 +138,8 @@ def test_asap_xml_and_geojson_polygons_become_the_tumour_mask(
 
 
 def test_bad_inputs_get_clear_messages(trained_classifier, tmp_path: Path) -> None:
-    from napari_mitosis.classification import ClassificationRun
-    from napari_mitosis.tissue import tissue_mask
+    from napari_mitosis.classification.run import ClassificationRun
+    from napari_mitosis.engine.tissue import tissue_mask
 
     path, _ = trained_classifier
     model, card = load_checkpoint(path)
@@ -192,7 +188,7 @@ def test_two_tower_model_sees_the_patch_and_its_context(tumour_slides, tmp_path:
 def test_architectures_are_built_without_weights(architecture: str, size: int) -> None:
     import torch
 
-    from napari_mitosis.classifiers import CLASSIFIERS
+    from napari_mitosis.models.classifiers import CLASSIFIERS
 
     model = CLASSIFIERS[architecture](outputs=1).eval()
     if architecture == "inception_v3":
@@ -328,7 +324,7 @@ def test_cli_trains_on_annotated_slides_and_classifies_a_slide(
     zarr_dir = tmp_path / "heat-zarr"
     argv = ["classify", str(tumour_slides[2][0]), "--model", str(path), "--out", str(zarr_dir)]
     assert main([*argv, "--stride", "32", "--device", "cpu", "--format", "ome-zarr"]) == 0
-    from napari_mitosis.ome_zarr_output import read_ome_zarr
+    from napari_mitosis.io.ome_zarr import read_ome_zarr
 
     grid = read_ome_zarr(zarr_dir / "slide2.tumour.ome.zarr")
     assert grid.levels[0].shape == (32, 48) and grid.scale == (32.0, 32.0)
@@ -338,7 +334,7 @@ def test_cli_trains_on_annotated_slides_and_classifies_a_slide(
 def test_widget_adds_an_aligned_heatmap_and_mask(
     make_napari_viewer, qtbot, trained_classifier, tumour_slides
 ) -> None:
-    from napari_mitosis._classification_widget import ClassificationWidget
+    from napari_mitosis._napari.classification_widget import ClassificationWidget
 
     path, _ = trained_classifier
     viewer = make_napari_viewer()
@@ -408,7 +404,7 @@ def test_real_mitotic_figures_classify_through_the_folder_path(tmp_path: Path) -
     assert np.isfinite(report.history[-1]["val_auc"]) and out.exists()
     assert json.loads(json.dumps(report.card.metrics))["epoch"] >= 1
     # Whole 128 px crops given to the trained model are centre-cropped as in training.
-    from napari_mitosis.classification import classify_images
+    from napari_mitosis.classification.run import classify_images
 
     model, card = load_checkpoint(out)
     predictor = ClassifierPredictor(model, card, "cpu")
@@ -420,8 +416,8 @@ def test_real_mitotic_figures_classify_through_the_folder_path(tmp_path: Path) -
 
 
 def test_froc_counts_each_lesion_once_and_ignores_isolated_tumour_cells() -> None:
-    from napari_mitosis.froc import froc, lesions_from_mask
-    from napari_mitosis.tissue import TissueMask
+    from napari_mitosis.classification.froc import froc, lesions_from_mask
+    from napari_mitosis.engine.tissue import TissueMask
 
     mask = np.zeros((1000, 1000), bool)
     mask[100:500, 100:500] = True  # a 400 µm lesion (1 µm/px)

@@ -53,7 +53,7 @@ def test_every_option_of_every_command_is_explained_with_its_default(capsys) -> 
 def test_a_region_off_the_slide_or_without_tissue_is_an_error_naming_the_slide(
     cmu_small: Path, tmp_path: Path, capsys
 ) -> None:
-    from napari_mitosis.checkpoint import ModelCard, build_model, save_checkpoint
+    from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
 
     card = ModelCard(
         "small_cnn",

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_mitosis.classification import classify_slide
-from napari_mitosis.cohort import (
+from napari_mitosis.classification.run import classify_slide
+from napari_mitosis.cohort.runner import (
     RUN_CONFIG,
     read_run_config,
     run_cohort,
@@ -19,11 +19,11 @@ from napari_mitosis.cohort import (
     slide_names,
     verified_record,
 )
-from napari_mitosis.detection import densest_area, detect_slide
-from napari_mitosis.errors import OutputExistsError
-from napari_mitosis.output_file import atomic_directory, stale_partials
-from napari_mitosis.synthetic import write_synthetic_slide
-from napari_mitosis.tissue import TissueMask
+from napari_mitosis.detection.run import densest_area, detect_slide
+from napari_mitosis.engine.tissue import TissueMask
+from napari_mitosis.io.errors import OutputExistsError
+from napari_mitosis.io.output_file import atomic_directory, stale_partials
+from napari_mitosis.samples.synthetic import write_synthetic_slide
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +156,7 @@ def test_run_config_round_trip_and_checksum_guard(settings, tmp_path: Path) -> N
 
     import yaml
 
-    from napari_mitosis.cohort import describe_run
+    from napari_mitosis.cohort.runner import describe_run
 
     description = describe_run(settings)
     model = tmp_path / "detector.safetensors"
@@ -194,7 +194,7 @@ def test_slide_lists_and_unique_names(tmp_path: Path) -> None:
         slide_list([])
     # A results "folder" that is a file is refused before anything is written.
     (tmp_path / "results").write_text("mine")
-    from napari_mitosis.slide_pipeline import PipelineSettings
+    from napari_mitosis.cohort.pipeline import PipelineSettings
 
     settings = PipelineSettings(detector="det.safetensors", detect_in="tissue")
     with pytest.raises(ValueError, match="is a file"):
@@ -244,7 +244,7 @@ def test_heatmap_as_ome_zarr_reads_back_with_ome_zarr_py(tmp_path: Path) -> None
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
-    from napari_mitosis.ome_zarr_output import write_ome_zarr
+    from napari_mitosis.io.ome_zarr import write_ome_zarr
 
     probability = np.linspace(0, 1, 300 * 400, dtype=np.float32).reshape(300, 400)
     mask = (probability > 0.5).astype(np.uint8)
@@ -276,7 +276,7 @@ def test_progress_display_counts_slides_and_ignores_late_tile_events() -> None:
 
     from rich.console import Console
 
-    from napari_mitosis.cohort_progress import cohort_progress
+    from napari_mitosis.cohort.progress import cohort_progress
 
     console = Console(file=io.StringIO(), force_terminal=False, width=100)
     with cohort_progress(console=console) as on_event:

@@ -14,17 +14,17 @@ from sklearn.metrics import roc_auc_score
 from torchvision.ops import box_iou
 
 from conftest import patches_of
-from napari_mitosis.checkpoint import ModelCard, build_model, load_checkpoint
-from napari_mitosis.classification import ClassifierPredictor, classify_slide
-from napari_mitosis.classification_training import ClassifierTraining, train_classifier
-from napari_mitosis.detection import detect_array
-from napari_mitosis.detection_training import DetectorTraining, train_detector
-from napari_mitosis.detections import mask_to_boxes
-from napari_mitosis.detector import DetectionPredictor
-from napari_mitosis.segmentation import segment_array
-from napari_mitosis.segmentation_training import UNetTraining, train_unet
-from napari_mitosis.synthetic import synthetic_fields
-from napari_mitosis.tiled_inference import TilePredictor
+from napari_mitosis.classification.run import ClassifierPredictor, classify_slide
+from napari_mitosis.classification.training import ClassifierTraining, train_classifier
+from napari_mitosis.detection.run import detect_array
+from napari_mitosis.detection.training import DetectorTraining, train_detector
+from napari_mitosis.engine.tiled_inference import TilePredictor
+from napari_mitosis.io.detections import mask_to_boxes
+from napari_mitosis.models.checkpoint import ModelCard, build_model, load_checkpoint
+from napari_mitosis.models.detector import DetectionPredictor
+from napari_mitosis.samples.synthetic import synthetic_fields
+from napari_mitosis.segmentation.run import segment_array
+from napari_mitosis.segmentation.training import UNetTraining, train_unet
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU here")
 

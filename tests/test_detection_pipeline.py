@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_mitosis.checkpoint import load_checkpoint, read_card
 from napari_mitosis.cli import main
-from napari_mitosis.detection import detect_array
-from napari_mitosis.detection_evaluation import evaluate_detections
-from napari_mitosis.detections import Detections, mask_to_boxes, write_detections_csv
-from napari_mitosis.detector import DetectionPredictor
-from napari_mitosis.geojson import Annotation, read_geojson, write_geojson
-from napari_mitosis.matching import match_detections, max_distance_px
-from napari_mitosis.synthetic import synthetic_fields
+from napari_mitosis.detection.evaluation import evaluate_detections
+from napari_mitosis.detection.matching import match_detections, max_distance_px
+from napari_mitosis.detection.run import detect_array
+from napari_mitosis.io.detections import Detections, mask_to_boxes, write_detections_csv
+from napari_mitosis.io.geojson import Annotation, read_geojson, write_geojson
+from napari_mitosis.models.checkpoint import load_checkpoint, read_card
+from napari_mitosis.models.detector import DetectionPredictor
+from napari_mitosis.samples.synthetic import synthetic_fields
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_detection_boxes_round_trip_through_geojson_and_csv(tmp_path: Path) -> N
     assert [a.measurements["score"] for a in back] == pytest.approx([0.91, 0.55])
     boxes = [(*a.coords.min(0)[::-1], *a.coords.max(0)[::-1]) for a in back]
     np.testing.assert_allclose(boxes, found.boxes)
-    from napari_mitosis.detections import read_detections_csv
+    from napari_mitosis.io.detections import read_detections_csv
 
     write_detections_csv(tmp_path / "m.csv", found)
     again = read_detections_csv(tmp_path / "m.csv")
@@ -140,7 +140,7 @@ def test_cli_detects_on_a_slide_and_writes_boxes_that_read_back(
     assert "per 10 HPF" in printed and "mm²" in printed
     stem = sample.path.stem
     shapes = read_geojson(tmp_path / "out" / f"{stem}.mitoses.geojson")
-    from napari_mitosis.detections import read_detections_csv
+    from napari_mitosis.io.detections import read_detections_csv
 
     table = read_detections_csv(tmp_path / "out" / f"{stem}.mitoses.csv")
     assert len(shapes) == len(table) == int(printed.split(": ")[1].split()[0])
@@ -189,7 +189,7 @@ def test_cli_evaluates_against_centroids_and_writes_a_pr_plot(
 
 
 def test_bad_annotations_are_named_with_the_problem(tmp_path: Path, field_pairs) -> None:
-    from napari_mitosis.mitosis_datasets import boxed_fields, coco_fields
+    from napari_mitosis.io.mitosis_datasets import boxed_fields, coco_fields
 
     rgb = field_pairs[0][0]
     Image.fromarray(rgb).save(tmp_path / "a.png")
@@ -227,9 +227,9 @@ def test_bad_annotations_are_named_with_the_problem(tmp_path: Path, field_pairs)
 
 
 def test_a_checkpoint_for_other_classes_is_refused_clearly(tmp_path: Path) -> None:
-    from napari_mitosis.checkpoint import ModelCard, save_checkpoint
-    from napari_mitosis.detection_training import DetectorTraining, train_detector
-    from napari_mitosis.detector import faster_rcnn
+    from napari_mitosis.detection.training import DetectorTraining, train_detector
+    from napari_mitosis.models.checkpoint import ModelCard, save_checkpoint
+    from napari_mitosis.models.detector import faster_rcnn
 
     options = {"backbone": "mobilenet_v3", "tile": 64, "num_classes": 3}
     card = ModelCard(
@@ -255,7 +255,7 @@ def test_backbone_weights_are_read_safely_from_a_local_file(tmp_path: Path) -> N
     import torch
     from torchvision.models import mobilenet_v3_large
 
-    from napari_mitosis.detector import faster_rcnn, load_backbone_weights
+    from napari_mitosis.models.detector import faster_rcnn, load_backbone_weights
 
     classifier = mobilenet_v3_large(weights=None)
     torch.save(classifier.state_dict(), tmp_path / "imagenet.pth")
@@ -272,7 +272,7 @@ def test_backbone_weights_are_read_safely_from_a_local_file(tmp_path: Path) -> N
 def test_vgg16_backbone_as_in_the_original_article() -> None:
     import torch
 
-    from napari_mitosis.detector import faster_rcnn
+    from napari_mitosis.models.detector import faster_rcnn
 
     model = faster_rcnn(backbone="vgg16", tile=64).eval()
     assert model.backbone.out_channels == 512
@@ -285,7 +285,7 @@ def test_vgg16_backbone_as_in_the_original_article() -> None:
 def test_widget_adds_scored_boxes_at_the_image_scale_with_a_density(
     make_napari_viewer, qtbot, trained_detector, test_fields, output: str
 ) -> None:
-    from napari_mitosis._detection_widget import DetectionWidget
+    from napari_mitosis._napari.detection_widget import DetectionWidget
 
     path, _ = trained_detector
     rgb, truth = test_fields[0]
@@ -319,7 +319,7 @@ def test_widget_adds_scored_boxes_at_the_image_scale_with_a_density(
 
 
 def test_detection_widget_refuses_a_segmentation_model(make_napari_viewer, trained_unet) -> None:
-    from napari_mitosis._detection_widget import DetectionWidget
+    from napari_mitosis._napari.detection_widget import DetectionWidget
 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((64, 64, 3), np.uint8), rgb=True)
@@ -334,9 +334,9 @@ def test_cli_choices_match_the_core_and_the_parser_imports_no_torch() -> None:
     import sys
 
     from napari_mitosis import cli
-    from napari_mitosis.classification_metrics import MONITORED
-    from napari_mitosis.classification_training import ARCHITECTURES
-    from napari_mitosis.detector import BACKBONES
+    from napari_mitosis.classification.metrics import MONITORED
+    from napari_mitosis.classification.training import ARCHITECTURES
+    from napari_mitosis.models.detector import BACKBONES
 
     assert (cli.BACKBONES, cli.ARCHITECTURES, cli.MONITORED) == (
         BACKBONES,

@@ -8,10 +8,11 @@ import pytest
 import torch
 from skimage.measure import label, regionprops
 
-from napari_mitosis.checkpoint import ModelCard, load_checkpoint, save_checkpoint
-from napari_mitosis.detector import DetectionPredictor, TileBoxMerger, faster_rcnn
-from napari_mitosis.tiled_inference import run_tiled
-from napari_mitosis.tiling import TileGrid
+from napari_mitosis.engine.mergers import TileBoxMerger
+from napari_mitosis.engine.tiled_inference import run_tiled
+from napari_mitosis.engine.tiling import TileGrid
+from napari_mitosis.models.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from napari_mitosis.models.detector import DetectionPredictor, faster_rcnn
 
 
 def dark_blob_detector(tiles: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -97,9 +98,9 @@ def test_detector_checkpoint_round_trip_and_prediction_format(tmp_path) -> None:
 
 
 def test_crops_and_boxes_are_transformed_together() -> None:
-    from napari_mitosis.detection_training import BoxCropSampler, DetectorTraining
-    from napari_mitosis.detections import boxes_from_labels
-    from napari_mitosis.synthetic import synthetic_slide
+    from napari_mitosis.detection.training import BoxCropSampler, DetectorTraining
+    from napari_mitosis.io.detections import boxes_from_labels
+    from napari_mitosis.samples.synthetic import synthetic_slide
 
     rgb, truth = synthetic_slide(384, 384, field=True, n_mitoses=3, seed=2)
     boxes = boxes_from_labels(label(truth.mitosis_mask)).boxes
@@ -145,11 +146,11 @@ class KnownAnswerPredictor:
 
 
 def test_detection_over_a_slide_level_reports_each_mitosis_once_in_level0_pixels(tmp_path) -> None:
-    from napari_mitosis.detection import DetectionRun, mitotic_density
-    from napari_mitosis.matching import match_detections, max_distance_px
-    from napari_mitosis.slide import open_slide
-    from napari_mitosis.synthetic import write_synthetic_slide
-    from napari_mitosis.tissue import tissue_mask
+    from napari_mitosis.detection.matching import match_detections, max_distance_px
+    from napari_mitosis.detection.run import DetectionRun, mitotic_density
+    from napari_mitosis.engine.tissue import tissue_mask
+    from napari_mitosis.io.formats import open_slide
+    from napari_mitosis.samples.synthetic import write_synthetic_slide
 
     truth = write_synthetic_slide(tmp_path / "s.tif", 1024, 1536, n_mitoses=6, seed=4)
     slide = open_slide(tmp_path / "s.tif")
@@ -176,7 +177,7 @@ def test_detection_over_a_slide_level_reports_each_mitosis_once_in_level0_pixels
 
 
 def test_detection_refuses_greyscale_images() -> None:
-    from napari_mitosis.detection import DetectionRun
+    from napari_mitosis.detection.run import DetectionRun
 
     with pytest.raises(ValueError, match="needs an RGB image"):
         DetectionRun(np.zeros((64, 64), np.uint8), KnownAnswerPredictor(64))

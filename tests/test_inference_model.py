@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from napari_mitosis.checkpoint import ModelCard, build_model
-from napari_mitosis.classification import ClassifierPredictor
-from napari_mitosis.inference_model import for_inference
-from napari_mitosis.unet import unet
+from napari_mitosis.classification.run import ClassifierPredictor
+from napari_mitosis.models.checkpoint import ModelCard, build_model
+from napari_mitosis.models.inference_model import for_inference
+from napari_mitosis.models.unet import unet
 
 
 def _with_running_stats(model: nn.Module, seed: int = 0) -> nn.Module:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_mitosis.matching import (
+from napari_mitosis.detection.matching import (
     f1_optimal_threshold,
     match_detections,
     max_distance_px,

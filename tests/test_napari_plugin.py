@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_mitosis._reader import get_reader
+from napari_mitosis._napari.reader import get_reader
 
 PLUGIN = "napari-mitosis"
 
@@ -134,8 +134,8 @@ def test_image_and_labels_layers_save_as_pyramidal_tiff(make_napari_viewer, tmp_
 
 
 def test_heatmap_ome_zarr_opens_as_layers_on_the_slide(make_napari_viewer, tmp_path: Path) -> None:
-    from napari_mitosis._reader import get_reader
-    from napari_mitosis.ome_zarr_output import write_ome_zarr
+    from napari_mitosis._napari.reader import get_reader
+    from napari_mitosis.io.ome_zarr import write_ome_zarr
 
     heat = np.random.default_rng(0).random((40, 60)).astype(np.float32)
     mask = (heat > 0.5).astype(np.uint8)

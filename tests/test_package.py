@@ -1,10 +1,125 @@
-"""Given an installed package, napari finds a valid manifest and scripts get a Qt-free core."""
+"""Given an installed package, napari finds a valid manifest and scripts get a Qt-free core
+whose public names stay put and whose stages import only the stages below them."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import subprocess
 import sys
+from pathlib import Path
+
+import napari_mitosis
+
+PACKAGE = Path(napari_mitosis.__file__).parent
+#: Which subpackages each stage may import (its own included); the napari layer, the demo
+#: and the CLI sit on top and may import any stage below them.
+ALLOWED = {
+    "io": {"io"},
+    "models": {"io", "models"},
+    "engine": {"io", "models", "engine"},
+    "samples": {"io", "samples"},
+    "segmentation": {"io", "models", "engine", "segmentation"},
+    "detection": {"io", "models", "engine", "segmentation", "detection"},
+    "classification": {"io", "models", "engine", "classification"},
+    "cohort": {"io", "models", "engine", "segmentation", "detection", "classification", "cohort"},
+}
+BELOW_TOP = set(ALLOWED)
+ALLOWED["_napari"] = BELOW_TOP | {"_napari"}
+ALLOWED["demo"] = BELOW_TOP | {"_napari", "demo"}
+ALLOWED["cli"] = BELOW_TOP | {"_napari", "demo", "cli"}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """(line, module) for every napari_mitosis import in ``path``, in functions too."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "napari_mitosis":
+                found += [(node.lineno, f"napari_mitosis.{a.name}") for a in node.names]
+            elif node.module.startswith("napari_mitosis."):
+                # `from package import submodule` depends on the submodule
+                found += [(node.lineno, f"{node.module}.{a.name}") for a in node.names]
+        elif isinstance(node, ast.Import):
+            found += [
+                (node.lineno, a.name) for a in node.names if a.name.startswith("napari_mitosis")
+            ]
+    return found
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.parent != PACKAGE)
+
+
+def test_every_stage_imports_only_the_stages_below_it() -> None:
+    assert {p.relative_to(PACKAGE).parts[0] for p in _modules()} == set(ALLOWED)
+    wrong = []
+    for path in _modules():
+        stage = path.relative_to(PACKAGE).parts[0]
+        for line, module in _imports(path):
+            target = module.split(".")[1]
+            if target != "__version__" and target not in ALLOWED[stage]:
+                wrong.append(f"{path.relative_to(PACKAGE)}:{line} imports {module}")
+    assert not wrong, wrong
+
+
+def test_no_module_imports_itself_back_through_others() -> None:
+    graph: dict[str, set[str]] = {}
+    for path in _modules():
+        name = ".".join(("napari_mitosis", *path.relative_to(PACKAGE).with_suffix("").parts))
+        graph[name.removesuffix(".__init__")] = {m for _, m in _imports(path)}
+    for name, targets in graph.items():  # `a.b.name` is module `a.b` unless `name` is a module
+        graph[name] = {t if t in graph else t.rpartition(".")[0] for t in targets}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph.get(node, ()):
+            assert state.get(nxt) != 1, f"import cycle: {' → '.join([*trail, node, nxt])}"
+            if nxt not in state:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for node in graph:
+        if node not in state:
+            visit(node, [])
+
+
+def test_no_module_is_over_500_lines() -> None:
+    sizes = {p.relative_to(PACKAGE): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert max(sizes.values()) <= 500, {str(p): n for p, n in sizes.items() if n > 500}
+
+
+def test_the_public_api_resolves_every_name_lazily() -> None:
+    code = (
+        "import sys, napari_mitosis as nm;"
+        "heavy = [m for m in ('torch', 'napari', 'openslide') if m in sys.modules];"
+        "names = [n for n in nm.__all__ if getattr(nm, n, None) is None];"
+        "print(heavy, names); sys.exit(1 if heavy or names else 0)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # the names the README's script quick start uses
+    assert {
+        "open_slide",
+        "segment_slide",
+        "detect_slide",
+        "classify_slide",
+        "analyse_slide",
+    } <= set(napari_mitosis.__all__)
+    assert {"run_cohort", "load_checkpoint", "write_geojson", "read_geojson"} <= set(
+        napari_mitosis.__all__
+    )
+    from napari_mitosis.detection.run import detect_slide
+
+    assert napari_mitosis.detect_slide is detect_slide
+    assert "detect_slide" in dir(napari_mitosis)
+    try:
+        napari_mitosis.no_such_name  # noqa: B018
+    except AttributeError as err:
+        assert "no_such_name" in str(err)
+    else:
+        raise AssertionError("an unknown name must raise AttributeError")
 
 
 def test_manifest_is_valid_and_every_command_imports() -> None:
@@ -35,8 +150,8 @@ def test_the_core_imports_without_napari_or_qt() -> None:
 def test_small_models_start_without_torchvision(tmp_path) -> None:
     """torchvision costs ≈2 s of start-up; classifying with a small CNN or segmenting with
     the U-Net never imports it (models are built from `checkpoint.FACTORIES` on use)."""
-    from napari_mitosis.checkpoint import FACTORIES, ModelCard, build_model, save_checkpoint
-    from napari_mitosis.classifiers import CLASSIFIERS
+    from napari_mitosis.models.checkpoint import FACTORIES, ModelCard, build_model, save_checkpoint
+    from napari_mitosis.models.classifiers import CLASSIFIERS
 
     listed = {name for name, (module, _) in FACTORIES.items() if module.endswith(".classifiers")}
     assert listed == set(CLASSIFIERS)
@@ -46,8 +161,9 @@ def test_small_models_start_without_torchvision(tmp_path) -> None:
     card = ModelCard("small_cnn", {"outputs": 1}, task="classification", input_size=32)
     path = save_checkpoint(tmp_path / "small.safetensors", build_model(card), card)
     code = (
-        "import sys; from napari_mitosis import cli, classification, segmentation;"
-        "from napari_mitosis.checkpoint import load_checkpoint;"
+        "import sys, napari_mitosis.cli, napari_mitosis.classification.run,"
+        " napari_mitosis.segmentation.run;"
+        "from napari_mitosis.models.checkpoint import load_checkpoint;"
         f"load_checkpoint({str(path)!r}, task='classification');"
         "sys.exit(1 if 'torchvision' in sys.modules else 0)"
     )

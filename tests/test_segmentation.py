@@ -10,18 +10,18 @@ import pytest
 import torch
 import zarr
 
-from napari_mitosis.checkpoint import ModelCard, load_checkpoint, read_card, save_checkpoint
-from napari_mitosis.errors import OutputExistsError
-from napari_mitosis.segmentation import (
-    lazy_probability,
+from napari_mitosis.engine.mergers import lazy_probability
+from napari_mitosis.engine.tiled_inference import Cancelled, TilePredictor
+from napari_mitosis.io.errors import OutputExistsError
+from napari_mitosis.models.checkpoint import ModelCard, load_checkpoint, read_card, save_checkpoint
+from napari_mitosis.models.unet import unet
+from napari_mitosis.segmentation.run import (
     pseudo_masks,
     segment_array,
     segment_slide,
     write_segmentation,
 )
-from napari_mitosis.segmentation_training import UNetTraining, dice_score, train_unet
-from napari_mitosis.tiled_inference import Cancelled, TilePredictor
-from napari_mitosis.unet import unet
+from napari_mitosis.segmentation.training import UNetTraining, dice_score, train_unet
 
 
 def test_default_unet_is_about_8m_parameters_and_keeps_the_size() -> None:
@@ -133,7 +133,7 @@ def test_trained_unet_finds_held_out_mitoses_but_not_look_alikes(trained_unet, f
 
 
 def test_segment_slide_reports_boxes_in_level0_pixels(trained_unet, tmp_path: Path) -> None:
-    from napari_mitosis.synthetic import write_synthetic_slide
+    from napari_mitosis.samples.synthetic import write_synthetic_slide
 
     truth = write_synthetic_slide(tmp_path / "slide.tif", 1024, 1536, n_mitoses=4, seed=8)
     path, _ = trained_unet

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_mitosis._segmentation_widget import SegmentationWidget
+from napari_mitosis._napari.segmentation_widget import SegmentationWidget
 from napari_mitosis.cli import main
-from napari_mitosis.mitos_annotations import write_icpr2012_csv
+from napari_mitosis.io.mitos_annotations import write_icpr2012_csv
 
 
 def configured_widget(viewer, model, image, *, tile: int, overlap: int) -> SegmentationWidget:

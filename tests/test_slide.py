@@ -16,12 +16,7 @@ import tifffile
 from PIL import Image
 
 from conftest import gradient_rgb
-from napari_mitosis import (
-    CorruptSlideError,
-    SlideNotFoundError,
-    UnsupportedFormatError,
-    open_slide,
-)
+from napari_mitosis import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError, open_slide
 
 
 def test_pyramid_opens_as_lazy_tile_aligned_levels_in_micrometres(pyramid_path: Path) -> None:
@@ -291,7 +286,7 @@ def test_our_tile_decoding_gives_openslides_own_pixels(pyramid_path: Path, cmu_s
 
 
 def test_decoded_tiles_are_cached_within_a_bound(pyramid_path: Path, monkeypatch) -> None:
-    import napari_mitosis.tiff_tiles as tiff_tiles
+    import napari_mitosis.io.tiff_tiles as tiff_tiles
 
     monkeypatch.setattr(tiff_tiles, "CACHE_BYTES", 3 * 256 * 256 * 3)  # three tiles
     slide = open_slide(pyramid_path)

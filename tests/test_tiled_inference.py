@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from napari_mitosis.tiled_inference import default_readers, iter_tiled
-from napari_mitosis.tiling import TileGrid
+from napari_mitosis.engine.tiled_inference import default_readers, iter_tiled
+from napari_mitosis.engine.tiling import TileGrid
 
 
 class Collect:
@@ -88,8 +88,8 @@ def test_default_readers_leave_the_cpu_to_a_cpu_model() -> None:
 
 
 def test_a_classification_run_sizes_its_readers_by_the_patch_it_reads() -> None:
-    from napari_mitosis.checkpoint import ModelCard, build_model
-    from napari_mitosis.classification import ClassificationRun, ClassifierPredictor
+    from napari_mitosis.classification.run import ClassificationRun, ClassifierPredictor
+    from napari_mitosis.models.checkpoint import ModelCard, build_model
 
     card = ModelCard("small_cnn", {"outputs": 1}, input_size=96, classes=("normal", "tumour"))
     predictor = ClassifierPredictor(build_model(card), card, "cpu")
@@ -98,7 +98,7 @@ def test_a_classification_run_sizes_its_readers_by_the_patch_it_reads() -> None:
 
 
 def test_an_unreadable_tile_stops_the_run_with_its_own_error() -> None:
-    from napari_mitosis.errors import CorruptSlideError
+    from napari_mitosis.io.errors import CorruptSlideError
 
     image = np.zeros((320, 320, 3), np.uint8)
     grid = TileGrid.over(image.shape, 32, 0)  # 100 tiles
@@ -119,7 +119,7 @@ def test_an_unreadable_tile_stops_the_run_with_its_own_error() -> None:
 
 
 def test_strip_order_visits_every_cell_once_strip_by_strip() -> None:
-    from napari_mitosis.tiling import strip_order
+    from napari_mitosis.engine.tiling import strip_order
 
     grid = TileGrid.over((960, 2000), 96, 0, uniform=True)  # 10 × 21 cells
     keep = np.random.default_rng(0).random(len(grid)) > 0.3  # tissue cells only
@@ -136,8 +136,8 @@ def test_strip_order_visits_every_cell_once_strip_by_strip() -> None:
 
 
 def test_a_classification_run_reads_in_strips_and_scores_each_cell_in_place() -> None:
-    from napari_mitosis.checkpoint import ModelCard, build_model
-    from napari_mitosis.classification import ClassificationRun, ClassifierPredictor
+    from napari_mitosis.classification.run import ClassificationRun, ClassifierPredictor
+    from napari_mitosis.models.checkpoint import ModelCard, build_model
 
     card = ModelCard("small_cnn", {"outputs": 1}, input_size=32, classes=("normal", "tumour"))
     predictor = ClassifierPredictor(build_model(card), card, "cpu")

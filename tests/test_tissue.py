@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from napari_mitosis import open_slide, synthetic_slide
-from napari_mitosis.checkpoint import ModelCard
-from napari_mitosis.segmentation import SegmentationRun
-from napari_mitosis.tiled_inference import TilePredictor
-from napari_mitosis.tiling import TileGrid
-from napari_mitosis.tissue import CROSS, TissueMask, hsv_saturation, tissue_mask
-from napari_mitosis.unet import unet
+from napari_mitosis.engine.tiled_inference import TilePredictor
+from napari_mitosis.engine.tiling import TileGrid
+from napari_mitosis.engine.tissue import CROSS, TissueMask, hsv_saturation, tissue_mask
+from napari_mitosis.models.checkpoint import ModelCard
+from napari_mitosis.models.unet import unet
+from napari_mitosis.segmentation.run import SegmentationRun
 
 
 def test_tissue_mask_matches_the_synthetic_truth() -> None:

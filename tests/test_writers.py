@@ -15,8 +15,8 @@ import pytest
 
 from conftest import gradient_rgb
 from napari_mitosis import Annotation, OutputExistsError, open_slide, read_geojson, write_geojson
-from napari_mitosis.ome_zarr_output import write_ome_zarr
-from napari_mitosis.pyramid_tiff import write_pyramid_tiff
+from napari_mitosis.io.ome_zarr import write_ome_zarr
+from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
 
 
 def test_image_round_trips_losslessly_as_an_openslide_pyramid(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ class CountingRows:
 def test_levels_too_large_for_memory_cost_one_pass_over_the_image_each(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import napari_mitosis.pyramid_tiff as pyramid_tiff
+    import napari_mitosis.io.pyramid_tiff as pyramid_tiff
 
     monkeypatch.setattr(pyramid_tiff, "IN_MEMORY_LEVEL", 0)  # every reduced level stays lazy
     image = gradient_rgb(1024, 1280)

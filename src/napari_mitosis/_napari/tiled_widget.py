@@ -1,0 +1,224 @@
+"""What the model widgets share: an RGB image layer, a checkpoint, a region, a worker.
+
+A subclass says which task its checkpoints must be, builds the core's run object for the
+chosen level and region, and turns the result into layers. The work runs in a napari
+``thread_worker`` (the Qt thread never blocks); the engine yields after each batch, which
+drives the progress bar and lets Cancel stop between batches. Loaded models are cached per
+(path, device) for the widget's lifetime.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    Widget,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+REGIONS = ("whole image", "whole tissue", "current view", "shapes layer box")
+
+
+class TiledModelWidget(Container):
+    """Base of the segmentation and detection widgets."""
+
+    task = ""  # the model card task this widget runs
+    model_label = "model"
+
+    def __init__(self, viewer: napari.viewer.Viewer, extra: list[Widget]) -> None:
+        from napari.layers import Image, Shapes
+
+        self.viewer = viewer
+        self.image = ComboBox(label="image", choices=self._layers_of(Image))
+        self.model_path = FileEdit(label=self.model_label, filter="*.safetensors")
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.level = SpinBox(label="pyramid level (-1: the model's µm/px)", value=-1, min=-1)
+        self.overlap = SpinBox(label="overlap (px)", value=64, min=0, max=1024, step=16)
+        self.region = ComboBox(label="region", choices=REGIONS, value=REGIONS[0])
+        self.shapes = ComboBox(label="shapes layer", choices=self._layers_of(Shapes))
+        self.run_button = PushButton(text="Run")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(value=0, min=0, max=1, label="tiles")
+        self.status = Label(value="")
+        super().__init__(
+            widgets=[
+                self.image,
+                self.model_path,
+                self.device,
+                self.level,
+                *extra,
+                self.overlap,
+                self.region,
+                self.shapes,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+            ]
+        )
+        self._models: dict[tuple[str, str], Any] = {}
+        self.tissue: Any = None  # the last run's tissue mask, when one was computed
+        self._worker: Any = None
+        self.run_button.changed.connect(self.run)
+        self.cancel_button.changed.connect(self.cancel)
+        viewer.layers.events.inserted.connect(self._refresh)
+        viewer.layers.events.removed.connect(self._refresh)
+
+    # --- what subclasses provide ------------------------------------------------------
+    def _make_predictor(self, model: Any, card: Any, device: str) -> Any:
+        raise NotImplementedError
+
+    def _make_run(self, data: Any, predictor: Any, **where: Any) -> Any:
+        raise NotImplementedError
+
+    def _finish(self, layer: Any, run: Any) -> Any:
+        """Runs in the worker after the last tile: the result handed to `_on_done`."""
+        raise NotImplementedError
+
+    def _on_done(self, layer: Any, result: Any) -> None:
+        raise NotImplementedError
+
+    def _min_tissue(self) -> float:
+        """Tiles with less tissue are skipped (0: tissue is not looked at)."""
+        return 0.05 if self.region.value == "whole tissue" else 0.0
+
+    # --- shared machinery -------------------------------------------------------------
+    def _layers_of(self, kind: type) -> Any:
+        return lambda _widget: [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+
+    def _refresh(self, _event: Any = None) -> None:
+        self.image.reset_choices()
+        self.shapes.reset_choices()
+
+    def _predictor(self) -> Any:
+        from napari_mitosis.models.checkpoint import load_checkpoint
+
+        key = (str(self.model_path.value), self.device.value)
+        if key not in self._models:
+            model, card = load_checkpoint(Path(key[0]), task=self.task)
+            self._models[key] = self._make_predictor(model, card, key[1])
+        return self._models[key]
+
+    @staticmethod
+    def layer_mpp(layer: Any) -> tuple[float, float] | None:
+        """Level-0 µm/pixel from the reader's metadata (None: pixel units)."""
+        mpp = (layer.metadata or {}).get("mpp")
+        return (float(mpp[0]), float(mpp[1])) if mpp else None
+
+    def _level(self, layer: Any, target_mpp: float | None) -> int:
+        """The chosen level, else the one matching the model's µm/pixel when the layer
+        knows its own."""
+        if self.level.value >= 0:
+            count = len(layer.data) if layer.multiscale else 1
+            if self.level.value >= count:
+                raise ValueError(f"{layer.name} has {count} pyramid levels; choose 0–{count - 1}")
+            return int(self.level.value)
+        mpp = self.layer_mpp(layer)
+        if not layer.multiscale or not mpp or target_mpp is None:
+            return 0
+        h0 = layer.data[0].shape[0]
+        errors = [abs(np.log(mpp[0] * h0 / level.shape[0] / target_mpp)) for level in layer.data]
+        return int(np.argmin(errors))
+
+    def _region(self, layer: Any, downsample: float) -> tuple[int, int, int, int] | None:
+        """The chosen region in pixels of the level being analysed."""
+        if self.region.value == "current view":
+            corners = np.asarray(layer.corner_pixels, float)[:, -2:]
+            if layer.multiscale:  # corner_pixels are in the displayed level's pixels
+                corners *= layer.data[0].shape[0] / layer.data[layer.data_level].shape[0]
+            corners /= downsample
+            return (
+                int(corners[0, 0]),
+                int(corners[0, 1]),
+                int(np.ceil(corners[1, 0])) + 1,
+                int(np.ceil(corners[1, 1])) + 1,
+            )
+        if self.region.value == "shapes layer box":
+            shapes = self.shapes.value
+            if shapes is None or len(shapes.data) == 0:
+                raise ValueError("choose a shapes layer holding a rectangle around the region")
+            index = next(iter(shapes.selected_data), 0)
+            world = (
+                np.asarray(shapes.data[index])[:, -2:] * shapes.scale[-2:] + shapes.translate[-2:]
+            )
+            pixels = (world - layer.translate[-2:]) / layer.scale[-2:] / downsample
+            return (
+                int(pixels[:, 0].min()),
+                int(pixels[:, 1].min()),
+                int(np.ceil(pixels[:, 0].max())),
+                int(np.ceil(pixels[:, 1].max())),
+            )
+        return None
+
+    def run(self) -> Any:
+        """Start the model in a worker thread; returns the worker (tests wait on it)."""
+        from napari.qt.threading import thread_worker
+
+        layer = self.image.value
+        if layer is None:
+            raise ValueError("open an image first")
+        if not layer.rgb:
+            raise ValueError(f"{layer.name}: the {self.model_label} needs an RGB image")
+        if not self.model_path.value or not Path(self.model_path.value).is_file():
+            raise ValueError(
+                f"{self.model_path.value}: choose a {self.model_label} checkpoint (.safetensors)"
+            )
+        predictor = self._predictor()
+        level = self._level(layer, predictor.card.mpp)
+        data = layer.data[level] if layer.multiscale else layer.data
+        downsample = layer.data[0].shape[0] / data.shape[0] if layer.multiscale else 1.0
+        mpp = self.layer_mpp(layer)
+        run = self._make_run(
+            data,
+            predictor,
+            overlap=self.overlap.value,
+            region=self._region(layer, downsample),
+            level=level,
+            downsample=downsample,
+            level_mpp=(mpp[0] * downsample, mpp[1] * downsample) if mpp else None,
+        )
+        if self._min_tissue() > 0:
+            from napari_mitosis.engine.tissue import tissue_mask
+
+            levels = layer.data if layer.multiscale else [layer.data]
+            self.tissue = tissue_mask(levels, level0_mpp=mpp[1] if mpp else None)
+            run.restrict_to_tissue(self.tissue, self._min_tissue(), source=layer.name)
+
+        @thread_worker(
+            connect={"yielded": self._on_progress, "returned": lambda r: self._on_done(layer, r)}
+        )
+        def work() -> Any:
+            yield from run.steps()
+            return self._finish(layer, run)
+
+        self._worker = work()
+        self._worker.finished.connect(self._on_finished)
+        self.progress.max = len(run.origins)
+        self.progress.value = 0
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = f"level {level}: {len(run.origins)} of {len(run.grid)} tiles"
+        return self._worker
+
+    def cancel(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+            self.status.value = "cancelled: no layer added"
+
+    def _on_progress(self, step: tuple[int, int]) -> None:
+        self.progress.value = step[0]
+
+    def _on_finished(self) -> None:
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False

@@ -1,0 +1,94 @@
+"""napari writers: image/labels → pyramidal TIFF, shapes/points → QuPath GeoJSON.
+
+napari's save dialog has no "replace" switch that reaches a plugin, so these writers never
+replace an existing file: the user picks a new name (scripts pass ``overwrite=True`` to the
+core writers). Coordinates go out in slide level-0 pixels: world coordinates divided by
+the µm/pixel in the layer's metadata, or by its scale (napari gives layers drawn over a
+slide the slide's scale).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_mitosis.io.geojson import Annotation, write_geojson
+from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
+
+
+def _level0(data: Any, attributes: dict[str, Any]) -> Any:
+    return data[0] if attributes.get("multiscale") else data
+
+
+def _mpp(attributes: dict[str, Any]) -> tuple[float, float] | None:
+    mpp = (attributes.get("metadata") or {}).get("mpp")
+    if mpp:
+        return float(mpp[-2]), float(mpp[-1])
+    scale = attributes.get("scale")
+    units = [str(u) for u in (attributes.get("units") or ())]
+    if scale is not None and units and all(u in ("micrometer", "µm", "um") for u in units[-2:]):
+        return float(scale[-2]), float(scale[-1])
+    return None
+
+
+def write_image_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """An image layer (multiscale or not) as a tiled pyramidal TIFF with its µm/pixel."""
+    write_pyramid_tiff(path, _level0(data, attributes), mpp=_mpp(attributes))
+    return [path]
+
+
+def write_labels_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """A labels layer as a lossless tiled pyramidal TIFF (nearest-neighbour levels)."""
+    write_pyramid_tiff(path, _level0(data, attributes), mpp=_mpp(attributes), layer_type="labels")
+    return [path]
+
+
+def _to_level0(coords: np.ndarray, attributes: dict[str, Any]) -> np.ndarray:
+    coords = np.asarray(coords, float)[:, -2:]
+    scale = np.asarray(attributes.get("scale", (1.0, 1.0)), float)[-2:]
+    translate = np.asarray(attributes.get("translate", (0.0, 0.0)), float)[-2:]
+    world = coords * scale + translate
+    mpp = (attributes.get("metadata") or {}).get("mpp") or scale
+    return world / np.asarray(mpp, float)[-2:]
+
+
+def _feature_rows(attributes: dict[str, Any], n: int) -> list[tuple[str | None, dict[str, float]]]:
+    table = attributes.get("features")
+    columns = {} if table is None else {k: list(table[k]) for k in table}
+    names = columns.pop("classification", None) or columns.pop("class", None)
+    columns.pop("object_type", None)
+    rows = []
+    for i in range(n):
+        measurements = {}
+        for key, values in columns.items():
+            value = values[i]
+            if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
+                measurements[key] = float(value)
+        name = str(names[i]) if names is not None and names[i] not in (None, "") else None
+        rows.append((name, measurements))
+    return rows
+
+
+def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """A shapes layer as QuPath annotations (rectangles, polygons, ellipses, paths)."""
+    types = attributes.get("shape_type") or ["polygon"] * len(data)
+    rows = _feature_rows(attributes, len(data))
+    annotations = [
+        Annotation(_to_level0(shape, attributes), kind, name or attributes.get("name"), meas)
+        for shape, kind, (name, meas) in zip(data, types, rows, strict=True)
+    ]
+    write_geojson(path, annotations)
+    return [path]
+
+
+def write_points_geojson(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """A points layer as QuPath point annotations."""
+    coords = _to_level0(np.asarray(data).reshape(-1, np.asarray(data).shape[-1] or 2), attributes)
+    rows = _feature_rows(attributes, len(coords))
+    annotations = [
+        Annotation(point[None], "point", name or attributes.get("name"), meas)
+        for point, (name, meas) in zip(coords, rows, strict=True)
+    ]
+    write_geojson(path, annotations)
+    return [path]

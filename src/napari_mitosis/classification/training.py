@@ -1,0 +1,238 @@
+"""Train a patch/image classifier; keep the best checkpoint by a chosen validation metric.
+
+Each epoch shows every training image once, augmented with the 8 orthogonal
+rotations/flips and colour jitter (torchvision transforms v2, the same parameters for a
+two-tower model's patch and context); the loss carries class weights; after each epoch the
+validation set is scored with scikit-learn (AUC, F1, F_med, loss), the best epoch's weights
+and card (with the F_med- or F1-optimal threshold) are saved, and training stops after
+``patience`` epochs without improvement. Images of another size are resized to the input.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+
+from napari_mitosis.classification.metrics import MONITORED, best_threshold, binary_metrics
+from napari_mitosis.classification.run import ClassifierPredictor
+from napari_mitosis.engine.training_log import EarlyStopping, write_history
+from napari_mitosis.io.output_file import refuse_existing
+from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
+from napari_mitosis.models.inference_model import pick_device
+
+ARCHITECTURES = ("small_cnn", "wide_resnet", "inception_v3", "two_tower")
+Labelled = tuple[np.ndarray, np.ndarray]  # images (N, H, W, C) uint8, labels (N,) 0/1
+
+
+@dataclass
+class ClassifierTraining:
+    architecture: str = "small_cnn"
+    tower: str = "small_cnn"  # two_tower only
+    width: int = 32  # small_cnn (and small towers) channel width
+    input_size: int = 96  # inception_v3 wants 299
+    classes: tuple[str, str] = ("normal", "tumour")
+    epochs: int = 30
+    batch_size: int = 32
+    optimiser: str = "adam"  # or "sgd" (Nesterov momentum 0.9)
+    learning_rate: float = 1e-3
+    weight_decay: float = 1e-4
+    class_weights: bool = True
+    monitor: str = "auc"  # auc, f1, f_med or loss
+    patience: int = 5
+    brightness: float = 64 / 255
+    contrast: float = 0.75
+    saturation: float = 0.25
+    hue: float = 0.04
+    mpp: float | None = None  # µm/pixel of the patches (None: whole images, pixel units)
+    context: float | None = None  # two_tower: context patch covers this × the patch side
+    centre_crop: int | None = None  # whole images were cropped to their central N px
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.25, 0.25, 0.25)
+    seed: int = 0
+    device: str = "auto"
+    notes: str = ""
+
+
+@dataclass
+class ClassifierReport:
+    card: ModelCard
+    best_epoch: int
+    best_value: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Augmenter:
+    """Dihedral + colour jitter per sample; patch and context share the parameters."""
+
+    def __init__(self, config: ClassifierTraining, channels: int) -> None:
+        self.group = 1 if channels == 1 else 3
+        jitter = (
+            v2.ColorJitter(config.brightness, config.contrast, config.saturation, config.hue)
+            if self.group == 3
+            else v2.ColorJitter(config.brightness, config.contrast)
+        )
+        self.transform = v2.Compose(
+            [
+                v2.RandomHorizontalFlip(),
+                v2.RandomVerticalFlip(),
+                v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
+                jitter,
+            ]
+        )
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        parts = [tv_tensors.Image(p) for p in tensor.split(self.group, dim=0)]
+        out = self.transform(*parts) if len(parts) > 1 else (self.transform(parts[0]),)
+        return torch.cat([o.as_subclass(torch.Tensor) for o in out], 0).permute(1, 2, 0).numpy()
+
+
+def _check(data: Labelled, what: str) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = np.asarray(data[0]), np.asarray(data[1]).astype(int)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or len(images) != len(labels):
+        raise ValueError(f"{what}: expected N images (N, H, W, C) and N labels")
+    if not len(labels) or set(np.unique(labels)) - {0, 1}:
+        raise ValueError(f"{what}: labels must be 0/1 and not empty")
+    return images, labels
+
+
+def _options(config: ClassifierTraining, channels: int) -> dict[str, Any]:
+    if config.architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {config.architecture!r}; choose {ARCHITECTURES}")
+    in_channels = channels // 2 if config.architecture == "two_tower" else channels
+    options: dict[str, Any] = {"outputs": 1, "in_channels": in_channels}
+    if config.architecture in ("small_cnn", "two_tower"):
+        options["width"] = config.width
+    if config.architecture == "two_tower":
+        options["tower"] = config.tower
+    return options
+
+
+def train_classifier(
+    train: Labelled,
+    validation: Labelled,
+    out: str | Path,
+    config: ClassifierTraining | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> ClassifierReport:
+    """Train on (images, labels); validate each epoch; save the best to ``out`` (+ ``.csv``)."""
+    config = config or ClassifierTraining()
+    if config.monitor not in MONITORED:
+        raise ValueError(f"monitor must be one of {MONITORED}, got {config.monitor!r}")
+    out = Path(out)
+    log_path = out.with_suffix(".csv")
+    refuse_existing((out, log_path), overwrite=overwrite)
+    images, labels = _check(train, "training set")
+    val_images, val_labels = _check(validation, "validation set")
+    if len(np.unique(labels)) < 2:
+        raise ValueError("training set: needs examples of both classes")
+    if images.shape[3] != val_images.shape[3]:
+        raise ValueError("training and validation images have different channel counts")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = pick_device(config.device)
+    channels = images.shape[3]
+    if config.architecture == "two_tower" and (channels % 2 or not config.context):
+        raise ValueError("two_tower trains on patch + context channels and needs `context`")
+    options = _options(config, channels)
+    group = options["in_channels"]
+    card = ModelCard(
+        config.architecture,
+        options,
+        task="classification",
+        input_size=config.input_size,
+        mpp=config.mpp,
+        mean=tuple(config.mean[:group]) if group in (1, 3) else config.mean,
+        std=tuple(config.std[:group]) if group in (1, 3) else config.std,
+        classes=tuple(config.classes),
+        threshold=0.5,
+        notes=config.notes,
+        context=config.context,
+        centre_crop=config.centre_crop,
+    )
+    model = build_model(card).to(device)
+    if config.optimiser == "sgd":
+        optimiser: torch.optim.Optimizer = torch.optim.SGD(
+            model.parameters(),
+            lr=config.learning_rate,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=config.weight_decay,
+        )
+    elif config.optimiser == "adam":
+        optimiser = torch.optim.Adam(
+            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+    else:
+        raise ValueError(f"optimiser must be adam or sgd, got {config.optimiser!r}")
+    positives = labels.sum()
+    weight = (len(labels) - positives) / positives if config.class_weights else 1.0
+    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(weight), device=device))
+    augment = Augmenter(config, channels)
+    predictor = ClassifierPredictor(model, card, device, optimise=False)
+    stopping = EarlyStopping(config.patience)
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        losses = []
+        order = rng.permutation(len(images))
+        for start in range(0, len(order), config.batch_size):
+            index = order[start : start + config.batch_size]
+            if len(index) < 2:  # batch norm needs two samples
+                continue
+            batch = np.stack([augment(images[i]) for i in index])
+            x = predictor.prepare(batch)
+            y = torch.from_numpy(labels[index].astype(np.float32)).to(device)
+            loss = loss_fn(model(x)[:, 0], y)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        scores = _scores(predictor, val_images)
+        with torch.no_grad():
+            logits = torch.logit(torch.from_numpy(scores).clamp(1e-6, 1 - 1e-6)).to(device)
+            val_loss = float(
+                loss_fn(logits, torch.from_numpy(val_labels.astype(np.float32)).to(device))
+            )
+        threshold = best_threshold(val_labels, scores, "f1" if config.monitor == "f1" else "f_med")
+        metrics = binary_metrics(val_labels, scores, threshold)
+        record = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "val_loss": val_loss,
+            **{f"val_{k}": v for k, v in metrics.as_dict().items() if k != "n"},
+            "seconds": time.perf_counter() - started,
+        }
+        history.append(record)
+        if progress is not None:
+            progress(epoch, config.epochs, record)
+        value = -val_loss if config.monitor == "loss" else record[f"val_{config.monitor}"]
+        if stopping.improved(value, epoch):
+            card.threshold = threshold
+            card.metrics = {k: float(v) for k, v in record.items() if k.startswith("val_")}
+            card.metrics["epoch"] = float(epoch)
+            save_checkpoint(out, model, card, overwrite=True)
+        elif stopping.should_stop:
+            break
+    write_history(log_path, history)
+    best = stopping.best if config.monitor != "loss" else -stopping.best
+    return ClassifierReport(card, stopping.best_step, best, history)
+
+
+def _scores(predictor: ClassifierPredictor, images: np.ndarray, batch: int = 64) -> np.ndarray:
+    predictor.model.eval()
+    return np.concatenate([predictor(images[i : i + batch]) for i in range(0, len(images), batch)])

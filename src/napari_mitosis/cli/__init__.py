@@ -1,0 +1,46 @@
+"""The ``napari-mitosis`` command line: every step works without a napari window.
+
+One module per command group, each adding its commands with ``register``; ``options``
+holds what they share. ``main`` is the console entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from napari_mitosis.cli import classification, cohort, demo, detection, segmentation, slides
+from napari_mitosis.cli.options import HelpFormatter
+from napari_mitosis.io.errors import OutputExistsError, SlideError
+
+#: Command groups in the order ``--help`` lists them.
+GROUPS = (slides, demo, segmentation, detection, classification, cohort)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line: every group's commands under one parser."""
+    parser = argparse.ArgumentParser(
+        prog="napari-mitosis",
+        description="Whole-slide breast-cancer histopathology: slides, mitoses, tumour maps.",
+        formatter_class=HelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name, help=summary, description=summary, formatter_class=HelpFormatter
+        )
+
+    for group in GROUPS:
+        group.register(command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except (SlideError, OutputExistsError, FileNotFoundError, ValueError) as err:
+        print(f"napari-mitosis: error: {err}", file=sys.stderr)
+        return 2

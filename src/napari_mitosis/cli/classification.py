@@ -1,0 +1,437 @@
+"""Tumour classification commands: training, evaluation (class folders or annotated slides), ``classify``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from napari_mitosis.cli.options import (
+    ARCHITECTURES,
+    IMAGE_HELP,
+    MONITORED,
+    CommandAdder,
+    add_device,
+    add_model,
+    add_overwrite,
+    add_training,
+    parse_region,
+)
+from napari_mitosis.io.output_file import atomic_output, refuse_existing
+
+
+def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
+    from napari_mitosis.classification.training import ClassifierTraining
+
+    return ClassifierTraining(
+        architecture=args.architecture,
+        tower=args.tower,
+        width=args.width,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimiser=args.optimiser,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        class_weights=not args.no_class_weights,
+        monitor=args.monitor,
+        patience=args.patience,
+        brightness=args.brightness,
+        contrast=args.contrast,
+        saturation=args.saturation,
+        hue=args.hue,
+        seed=args.seed,
+        device=args.device,
+        notes=args.notes,
+        **fixed,
+    )
+
+
+def _print_epoch(epoch: int, total: int, r: dict[str, float]) -> None:
+    print(
+        f"epoch {epoch}/{total}: loss {r['train_loss']:.3f}  validation AUC {r['val_auc']:.3f}  "
+        f"F1 {r['val_f1']:.3f}  F_med {r['val_f_med']:.3f}  ({r['seconds']:.0f} s)",
+        flush=True,
+    )
+
+
+def _train_classifier(args: argparse.Namespace) -> int:
+    if args.annotations is not None:
+        return _train_classifier_on_slides(args)
+    if len(args.data) != 1 or not args.data[0].is_dir():
+        raise ValueError(
+            "give one folder with a sub-folder per class, or slides with --annotations"
+        )
+    import numpy as np
+
+    from napari_mitosis.classification.data import class_folders, describe, split_by_group
+    from napari_mitosis.classification.training import train_classifier
+
+    folder = class_folders(args.data[0], tuple(args.classes) if args.classes else None)
+    if len(folder.classes) != 2:
+        raise ValueError(
+            f"{args.data[0]}: training needs exactly two classes, found {folder.classes}"
+        )
+    test_path, roc_path = args.out.with_suffix(".test.csv"), args.out.with_suffix(".roc.png")
+    refuse_existing(
+        (args.out, args.out.with_suffix(".csv"), test_path, roc_path), overwrite=args.overwrite
+    )
+    print(f"{args.data[0]}: {describe(folder)}")
+    everything = np.arange(len(folder.paths))
+    rest, test = (everything, everything[:0])
+    if args.test_fraction > 0:
+        rest, test = split_by_group(
+            folder.labels, folder.groups, fraction=args.test_fraction, seed=args.seed
+        )
+        rest, test = everything[rest], everything[test]
+    fit, val = split_by_group(
+        folder.labels[rest], folder.groups[rest], fraction=args.val_fraction, seed=args.seed + 1
+    )
+    fit, val = rest[fit], rest[val]
+    images = folder.load(args.input_size, centre_crop=args.centre_crop)
+    size = images.shape[1]
+    print(
+        f"{len(fit)} training, {len(val)} validation, {len(test)} test images ({size} px), "
+        f"split by {'slide' if len(np.unique(folder.groups)) < len(folder.paths) else 'image'}"
+    )
+    config = _classifier_config(
+        args, input_size=size, classes=folder.classes, mpp=args.mpp, centre_crop=args.centre_crop
+    )
+    report = train_classifier(
+        (images[fit], folder.labels[fit]),
+        (images[val], folder.labels[val]),
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        progress=_print_epoch,
+    )
+    print(f"best validation {args.monitor} {report.best_value:.3f} at epoch {report.best_epoch}")
+    if len(test):
+        _evaluate_folder_subset(args, args.out, folder, images, test, test_path, roc_path)
+    return 0
+
+
+def _evaluate_folder_subset(
+    args: argparse.Namespace,
+    model_path: Path,
+    folder: Any,
+    images: Any,
+    subset: Any,
+    table: Path,
+    plot: Path,
+) -> None:
+    """Score ``subset`` of a class-folder data set; print metrics, write scores + ROC."""
+    import numpy as np
+
+    from napari_mitosis.classification.metrics import binary_metrics, write_roc_plot
+    from napari_mitosis.classification.run import ClassifierPredictor, classify_images
+    from napari_mitosis.models.checkpoint import load_checkpoint
+
+    model, card = load_checkpoint(model_path, task="classification")
+    predictor = ClassifierPredictor(model, card, args.device, tta=getattr(args, "tta", False))
+    scores = classify_images(images[subset], predictor)
+    threshold = getattr(args, "threshold", None)
+    threshold = card.threshold if threshold is None else threshold
+    labels = folder.labels[subset]
+    metrics = binary_metrics(labels, scores, threshold)
+    groups = len(np.unique(folder.groups[subset]))
+    print(f"held-out: {len(subset)} images from {groups} groups\n{metrics.summary()}")
+    with atomic_output(table, overwrite=args.overwrite) as tmp, tmp.open("w", newline="") as f:
+        f.write("file,group,label,score\n")
+        for i, score in zip(subset, scores, strict=True):
+            label = folder.classes[folder.labels[i]]
+            f.write(f"{folder.paths[i]},{folder.groups[i]},{label},{score:.6f}\n")
+    title = f"{card.architecture}: {' vs '.join(card.classes)}"
+    write_roc_plot(plot, labels, scores, metrics, title=title, overwrite=args.overwrite)
+    print(f"  {table}\n  {plot}")
+
+
+def _train_classifier_on_slides(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_mitosis.classification.data import annotation_for, slide_patches, tumour_mask
+    from napari_mitosis.classification.training import train_classifier
+    from napari_mitosis.io.formats import open_slide
+
+    pairs = [(path, annotation_for(path, args.annotations)) for path in args.data]
+    if len(pairs) < 2:
+        raise ValueError("slide training needs at least two annotated slides (split by slide)")
+    refuse_existing((args.out, args.out.with_suffix(".csv")), overwrite=args.overwrite)
+    rng = np.random.default_rng(args.seed)
+    size = args.input_size or 96
+    order = rng.permutation(len(pairs))
+    n_val = max(1, round(len(pairs) * args.val_fraction))
+    sets: dict[str, list] = {"train": [], "val": []}
+    mpp = None
+    for rank, index in enumerate(order):
+        slide_path, annotation = pairs[index]
+        slide = open_slide(slide_path)
+        level = slide.level_for_mpp(args.mpp) if args.level is None else args.level
+        mpp = slide.level_mpp(level)[1] if slide.mpp else None
+        patches = slide_patches(
+            slide,
+            tumour_mask(slide, annotation),
+            level=level,
+            patch=size,
+            window=args.window or size // 2,
+            per_class=args.per_class,
+            min_tissue=args.min_tissue,
+            context=args.context,
+            rng=rng,
+        )
+        sets["val" if rank < n_val else "train"].append(patches)
+        print(f"{slide_path.name}: {len(patches[1])} patches at level {level}")
+    joined = {
+        k: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v]))
+        for k, v in sets.items()
+    }
+    config = _classifier_config(
+        args,
+        input_size=args.input_size,
+        classes=("normal", "tumour"),
+        mpp=mpp,
+        context=args.context,
+    )
+    report = train_classifier(
+        joined["train"],
+        joined["val"],
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        progress=_print_epoch,
+    )
+    print(
+        f"best validation {args.monitor} {report.best_value:.3f} at epoch {report.best_epoch} → {args.out}"
+    )
+    return 0
+
+
+def _evaluate_on_slides(args: argparse.Namespace) -> int:
+    """Cell-level metrics against the tumour annotations, and the Camelyon16 FROC."""
+    import numpy as np
+
+    from napari_mitosis.classification.data import annotation_for, tumour_mask
+    from napari_mitosis.classification.froc import froc, heatmap_candidates, lesions_from_mask
+    from napari_mitosis.classification.metrics import binary_metrics, write_roc_plot
+    from napari_mitosis.classification.run import classify_slide
+    from napari_mitosis.io.formats import open_slide
+
+    table, plot = args.out / "evaluation.csv", args.out / "roc.png"
+    refuse_existing((table, plot), overwrite=args.overwrite)
+    labels, scores, per_slide, rows = [], [], [], ["slide,cells,tumour_cells,lesions,candidates"]
+    for path in args.data:
+        slide = open_slide(path)
+        tumour = tumour_mask(slide, annotation_for(path, args.annotations))
+        result = classify_slide(path, args.model, device=args.device, tta=args.tta)
+        cells = np.argwhere(result.visited)
+        centres = (cells + 0.5) * result.cell_level0 + np.asarray(result.origin_level0)
+        truth = tumour.mask[
+            np.clip(
+                (centres[:, 0] / tumour.downsample[0]).astype(int), 0, tumour.mask.shape[0] - 1
+            ),
+            np.clip(
+                (centres[:, 1] / tumour.downsample[1]).astype(int), 0, tumour.mask.shape[1] - 1
+            ),
+        ]
+        labels.append(truth)
+        scores.append(np.asarray(result.heatmap)[result.visited])
+        lesions = lesions_from_mask(tumour, slide.mpp[1] if slide.mpp else None)
+        points, probs = heatmap_candidates(result)
+        per_slide.append((points, probs, lesions))
+        rows.append(f"{path.name},{len(cells)},{int(truth.sum())},{lesions.counted},{len(probs)}")
+    threshold = args.threshold if args.threshold is not None else result.threshold
+    y, p = np.concatenate(labels).astype(int), np.concatenate(scores)
+    metrics = binary_metrics(y, p, threshold)
+    curve = froc(per_slide)
+    print(f"cells of {len(args.data)} slides: {metrics.summary()}")
+    rates = "  ".join(
+        f"{r:g}: {s:.3f}" for r, s in zip((0.25, 0.5, 1, 2, 4, 8), curve.at_rates, strict=True)
+    )
+    print(f"FROC {curve.score:.3f} (sensitivity at FPs per slide {rates})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(table, overwrite=args.overwrite) as tmp:
+        tmp.write_text("\n".join(rows) + "\n")
+    write_roc_plot(plot, y, p, metrics, title="tumour cells", overwrite=args.overwrite)
+    print(f"  {table}\n  {plot}")
+    return 0
+
+
+def _evaluate_classifier(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_mitosis.classification.data import class_folders
+    from napari_mitosis.models.checkpoint import read_card
+
+    if args.annotations is not None:
+        return _evaluate_on_slides(args)
+    if len(args.data) != 1:
+        raise ValueError("give one class folder, or slides with --annotations")
+    args.data = args.data[0]
+    card = read_card(args.model)
+    folder = class_folders(args.data, tuple(card.classes))
+    subset = np.arange(len(folder.paths))
+    if args.split_file is not None:
+        with args.split_file.open() as handle:
+            listed = {line.split(",")[0] for line in handle.read().splitlines()[1:]}
+        subset = np.asarray([i for i, p in enumerate(folder.paths) if str(p) in listed])
+        if not len(subset):
+            raise ValueError(f"{args.split_file}: lists none of the images in {args.data}")
+    table, plot = args.out / "evaluation.csv", args.out / "roc.png"
+    refuse_existing((table, plot), overwrite=args.overwrite)
+    args.out.mkdir(parents=True, exist_ok=True)
+    images = folder.load(card.input_size, centre_crop=card.centre_crop)
+    _evaluate_folder_subset(args, args.model, folder, images, subset, table, plot)
+    return 0
+
+
+def _classify(args: argparse.Namespace) -> int:
+    from napari_mitosis.classification.run import classify_slide, heatmap_paths, write_heatmap
+
+    stem = args.image.stem
+    refuse_existing(heatmap_paths(args.out, stem, args.format), overwrite=args.overwrite)
+    result = classify_slide(
+        args.image,
+        args.model,
+        region=parse_region(args.region),
+        stride=args.stride,
+        device=args.device,
+        tissue_only=not args.all_tiles,
+        min_tissue=args.min_tissue,
+        threshold=args.threshold,
+        tta=args.tta,
+        amp=not args.no_amp,
+        batch_size=args.batch_size,
+    )
+    paths = write_heatmap(result, args.out, stem, fmt=args.format, overwrite=args.overwrite)
+    area = result.tumour_area_mm2()
+    print(
+        f"{args.image}: {int(result.visited.sum())} of {result.visited.size} cells classified at "
+        f"level {result.level}; tumour {int(result.mask.sum())} cells"
+        + (f" = {area:.3f} mm²" if area is not None else "")
+    )
+    for path in paths:
+        print(f"  {path}")
+    return 0
+
+
+def register(command: CommandAdder) -> None:
+    """Add ``train-classifier``, ``evaluate-classifier`` and ``classify``."""
+    tc = command(
+        "train-classifier", "train a tumour/patch classifier on class folders or annotated slides"
+    )
+    tc.add_argument(
+        "data", type=Path, nargs="+", help="a folder with one sub-folder per class, or slides"
+    )
+    tc.add_argument(
+        "--annotations",
+        type=Path,
+        help="with slides: folder of <slide stem>.xml (ASAP) / .geojson / _mask.png tumour annotations",
+    )
+    tc.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
+    tc.add_argument(
+        "--architecture",
+        choices=ARCHITECTURES,
+        default="small_cnn",
+        help="two_tower: the patch and a same-size context patch at lower magnification",
+    )
+    tc.add_argument(
+        "--tower",
+        choices=("small_cnn", "wide_resnet", "inception_v3"),
+        default="small_cnn",
+        help="two_tower: the network in each tower",
+    )
+    tc.add_argument("--width", type=int, default=32, help="small_cnn channel width")
+    tc.add_argument(
+        "--input-size", type=int, default=None, help="px (folders: the images' own; slides: 96)"
+    )
+    tc.add_argument("--classes", nargs=2, help="class folder names, negative first")
+    tc.add_argument("--level", type=int, default=None, help="slides: pyramid level of the patches")
+    tc.add_argument(
+        "--mpp", type=float, default=None, help="slides: µm/px of the patches (picks the level)"
+    )
+    tc.add_argument(
+        "--window", type=int, default=None, help="slides: centre window px (default: input/2)"
+    )
+    tc.add_argument(
+        "--per-class", type=int, default=500, help="slides: patches per class per slide"
+    )
+    tc.add_argument(
+        "--min-tissue", type=float, default=0.3, help="slides: least tissue in a sampled patch"
+    )
+    tc.add_argument(
+        "--context", type=float, default=None, help="two_tower: context magnification factor"
+    )
+    tc.add_argument(
+        "--centre-crop", type=int, default=None, help="folders: keep the central N px of each image"
+    )
+    tc.add_argument(
+        "--brightness", type=float, default=64 / 255, help="colour jitter (default: 64/255)"
+    )
+    tc.add_argument("--contrast", type=float, default=0.75, help="colour jitter")
+    tc.add_argument("--saturation", type=float, default=0.25, help="colour jitter")
+    tc.add_argument("--hue", type=float, default=0.04, help="colour jitter")
+    tc.add_argument("--epochs", type=int, default=30, help="most epochs")
+    tc.add_argument(
+        "--optimiser", choices=("adam", "sgd"), default="adam", help="sgd: with Nesterov momentum"
+    )
+    tc.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty")
+    tc.add_argument(
+        "--no-class-weights",
+        action="store_true",
+        help="weigh every example alike (default: inverse class frequency)",
+    )
+    tc.add_argument("--monitor", choices=MONITORED, default="auc", help="early-stopping metric")
+    tc.add_argument(
+        "--patience", type=int, default=5, help="stop after this many epochs without improvement"
+    )
+    tc.add_argument("--test-fraction", type=float, default=0.2, help="folders: held-out test share")
+    tc.add_argument("--notes", default="", help="provenance written into the model card")
+    add_training(tc, batch=32, lr=1e-3)
+    tc.set_defaults(run=_train_classifier)
+
+    ec = command("evaluate-classifier", "AUC, sensitivity, specificity, F_med, ROC plot")
+    ec.add_argument(
+        "data", type=Path, nargs="+", help="a folder with one sub-folder per class, or slides"
+    )
+    ec.add_argument(
+        "--annotations", type=Path, help="with slides: tumour annotations (as train-classifier)"
+    )
+    add_model(ec, "classifier")
+    ec.add_argument("--out", type=Path, required=True, help="folder for the metrics and ROC plot")
+    ec.add_argument(
+        "--split-file", type=Path, help="only the images listed (e.g. <model>.test.csv)"
+    )
+    ec.add_argument("--threshold", type=float, default=None, help="default: the card's")
+    ec.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
+    add_device(ec)
+    add_overwrite(ec)
+    ec.set_defaults(run=_evaluate_classifier)
+
+    cl = command("classify", "tumour heatmap, mask and regions of a slide")
+    cl.add_argument("image", type=Path, help=IMAGE_HELP)
+    add_model(cl, "classifier")
+    cl.add_argument("--out", type=Path, required=True, help="output folder")
+    cl.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels (default: whole image)")
+    cl.add_argument(
+        "--stride", type=int, default=None, help="cell size in level px (default: patch/2)"
+    )
+    cl.add_argument("--min-tissue", type=float, default=0.3, help="skip cells with less tissue")
+    cl.add_argument("--all-tiles", action="store_true", help="classify cells without tissue too")
+    cl.add_argument(
+        "--threshold", type=float, default=None, help="tumour probability (default: the card's)"
+    )
+    cl.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
+    cl.add_argument(
+        "--format",
+        choices=("tiff", "ome-zarr"),
+        default="tiff",
+        help="heatmap + mask as two pyramidal TIFFs or one OME-Zarr (mask as its label image)",
+    )
+    cl.add_argument("--batch-size", type=int, default=16, help="patches per forward pass")
+    add_device(cl)
+    cl.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="float32 on CUDA too (slower; the CPU's heatmap within 1e-4, no float16 rounding)",
+    )
+    add_overwrite(cl)
+    cl.set_defaults(run=_classify)

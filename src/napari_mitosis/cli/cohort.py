@@ -1,0 +1,101 @@
+"""``run``: the whole pipeline over many slides on Dask."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from napari_mitosis.cli.options import CommandAdder
+
+
+def _run(args: argparse.Namespace) -> int:
+    from napari_mitosis.cohort.runner import read_run_config, run_cohort, settings_from_checkpoints
+
+    options = {
+        "detect_in": args.detect_in,
+        "detect_tile": args.detect_tile,
+        "heatmap_format": args.heatmap_format,
+        "device": args.device,
+    }
+    configs = [m for m in args.models if m.suffix.lower() in (".yaml", ".yml", ".toml")]
+    if configs and len(args.models) > 1:
+        raise ValueError("give either one run config or model checkpoints, not both")
+    if configs:
+        settings = read_run_config(configs[0], **options)
+    else:
+        settings = settings_from_checkpoints(
+            args.models, **{k: v for k, v in options.items() if v is not None}
+        )
+    from napari_mitosis.cohort.progress import cohort_progress
+
+    with cohort_progress(quiet=args.no_progress) as on_event:
+        report = run_cohort(
+            args.slides,
+            settings,
+            args.out,
+            scheduler=args.scheduler,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            on_event=on_event,
+        )
+    done = len(report.rows) - len(report.failed)
+    print(f"{done} of {len(report.rows)} slides done ({len(report.skipped)} from an earlier run)")
+    for row in report.failed:
+        print(f"  failed: {row['path']}: {row.get('error')}", file=sys.stderr)
+    print(f"summary: {report.summary}")
+    return 1 if report.failed else 0
+
+
+# Choices spelled out here so `--help` and every command start without importing torch
+# (tests check they equal the core's own lists).
+BACKBONES = ("mobilenet_v3", "resnet50_v2", "vgg16")
+ARCHITECTURES = ("small_cnn", "wide_resnet", "inception_v3", "two_tower")
+MONITORED = ("auc", "f1", "f_med", "loss")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` gives each option's default after its help, except where there is none to
+    give (None, off flags, empty lists) or the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        nothing = default is None or default is False or default in ((), "")
+        if nothing or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+IMAGE_HELP = "a slide (SVS, NDPI, MRXS, pyramidal TIFF…) or a plain image (PNG, JPEG, TIFF)"
+
+
+def register(command: CommandAdder) -> None:
+    """Add ``run``."""
+    rn = command("run", "the whole pipeline on many slides (Dask, local or a cluster), resumable")
+    rn.add_argument("slides", nargs="+", type=Path, help="slides, or .txt/.csv lists of them")
+    rn.add_argument(
+        "--models",
+        nargs="+",
+        type=Path,
+        required=True,
+        help="classifier and/or detector checkpoints, or one run config (.yaml/.toml)",
+    )
+    rn.add_argument("--out", type=Path, required=True, help="results folder")
+    rn.add_argument("--scheduler", help="a running Dask scheduler, e.g. tcp://host:8786")
+    rn.add_argument("--workers", type=int, help="local cluster processes (default: up to 2)")
+    rn.add_argument(
+        "--detect-in", choices=("tumour", "tissue"), help="where mitoses are looked for"
+    )
+    rn.add_argument("--detect-tile", type=int, help="detector tile px (default: its crop)")
+    rn.add_argument(
+        "--heatmap-format",
+        choices=("ome-zarr", "tiff"),
+        help="tumour heatmap files (default: the run config's, else OME-Zarr)",
+    )
+    rn.add_argument(
+        "--device",
+        help="auto, cuda, cuda:N or cpu, on every worker (default: the run config's, else auto)",
+    )
+    rn.add_argument("--overwrite", action="store_true", help="redo every slide")
+    rn.add_argument("--no-progress", action="store_true", help="no progress bar (logs, batch jobs)")
+    rn.set_defaults(run=_run)

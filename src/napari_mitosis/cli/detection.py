@@ -1,0 +1,247 @@
+"""Mitosis detection commands: ICPR 2014 conversion, detector training, ``detect``, challenge scoring."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from napari_mitosis.cli.options import (
+    BACKBONES,
+    IMAGE_HELP,
+    CommandAdder,
+    add_device,
+    add_model,
+    add_overwrite,
+    add_steps,
+    add_tiling,
+    add_training,
+    parse_region,
+)
+from napari_mitosis.io.output_file import refuse_existing
+
+
+def _convert_icpr2014(args: argparse.Namespace) -> int:
+    from napari_mitosis.io.geojson import Annotation, write_geojson
+    from napari_mitosis.io.mitosis_datasets import icpr2014_fields
+
+    fields = icpr2014_fields(args.folder)
+    refuse_existing(
+        (args.out / f"{f.image_path.stem}.geojson" for f, _, _ in fields), overwrite=args.overwrite
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    for field, centroids, confidence in fields:
+        points = [
+            Annotation(c[None], "point", "Mitosis", {"confidence": float(p)})
+            for c, p in zip(centroids, confidence, strict=True)
+        ]
+        write_geojson(
+            args.out / f"{field.image_path.stem}.geojson", points, overwrite=args.overwrite
+        )
+        print(f"{field.image_path.name}: {len(points)} centroids")
+    return 0
+
+
+def _detection_fields(args: argparse.Namespace) -> list[Any]:
+    from napari_mitosis.io.mitosis_datasets import boxed_fields, coco_fields
+
+    if args.coco is not None:
+        return coco_fields(args.coco, args.images)
+    return boxed_fields(args.images, args.annotations)
+
+
+def _train_detector(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_mitosis.detection.training import DetectorTraining, train_detector
+    from napari_mitosis.io.detections import Detections
+    from napari_mitosis.models.inference_model import pick_device
+
+    fields = _detection_fields(args)
+    if len(fields) < 2:
+        raise ValueError(f"{args.images}: need at least 2 annotated images (train + validation)")
+    order = np.random.default_rng(args.seed).permutation(len(fields))
+    n_val = max(1, round(len(fields) * args.val_fraction))
+    known = [f.mpp[1] for f, _ in fields if f.mpp]
+    mpp = float(np.median(known)) if known else args.mpp
+    backbone = args.backbone
+    if backbone == "auto":  # ResNet-50 where a GPU makes it affordable
+        backbone = "resnet50_v2" if pick_device(args.device).type == "cuda" else "mobilenet_v3"
+    config = DetectorTraining(
+        backbone=backbone,
+        crop=args.crop,
+        batch_size=args.batch_size,
+        max_steps=args.steps,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        learning_rate=args.lr,
+        distance_um=args.distance_um,
+        mpp=mpp,
+        seed=args.seed,
+        device=args.device,
+        init=args.init,
+        backbone_weights=args.backbone_weights,
+        notes=args.notes,
+    )
+    train = [(fields[i][0].image, fields[i][1]) for i in order[n_val:]]
+    validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in order[:n_val]]
+    print(
+        f"{len(train)} training and {len(validation)} validation images at {mpp:g} µm/px; "
+        f"{backbone} backbone"
+    )
+    report = train_detector(
+        train,
+        validation,
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        progress=lambda s, n, r: print(
+            f"step {s}/{n}: loss {r['train_loss']:.3f}  validation F1 {r['val_f1']:.3f} "
+            f"(P {r['val_precision']:.3f}, R {r['val_recall']:.3f})",
+            flush=True,
+        ),
+    )
+    print(f"best validation F1 {report.best_f1:.3f} at step {report.best_step} → {args.out}")
+    return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from napari_mitosis.detection.run import detect_slide
+
+    outputs = [args.out / f"{args.image.stem}.mitoses{x}" for x in (".geojson", ".csv")]
+    refuse_existing(outputs, overwrite=args.overwrite)
+    result = detect_slide(
+        args.image,
+        args.model,
+        region=parse_region(args.region),
+        device=args.device,
+        tissue_only=args.tissue_only,
+        min_tissue=args.min_tissue,
+        score_threshold=args.threshold,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+    )
+    _write_boxes(result.detections, outputs, args.overwrite)
+    print(f"{args.image}: {result.summary()}")
+    for path in outputs:
+        print(f"  {path}")
+    return 0
+
+
+def _write_boxes(detections: Any, outputs: list[Path], overwrite: bool) -> None:
+    from napari_mitosis.io.detections import write_detections_csv
+    from napari_mitosis.io.geojson import write_geojson
+
+    outputs[0].parent.mkdir(parents=True, exist_ok=True)
+    write_geojson(outputs[0], detections.to_annotations(), overwrite=overwrite)
+    write_detections_csv(outputs[1], detections, overwrite=overwrite)
+
+
+def _evaluate_detector(args: argparse.Namespace) -> int:
+    from napari_mitosis.detection.evaluation import (
+        evaluate_detections,
+        write_evaluation_csv,
+        write_pr_plot,
+    )
+    from napari_mitosis.detection.run import detect_array
+    from napari_mitosis.io.mitosis_datasets import centroid_fields
+    from napari_mitosis.models.checkpoint import load_checkpoint
+    from napari_mitosis.models.detector import DetectionPredictor
+
+    table, plot = args.out / "evaluation.csv", args.out / "precision_recall.png"
+    refuse_existing((table, plot), overwrite=args.overwrite)
+    model, card = load_checkpoint(args.model, task="detection")
+    predictor = DetectionPredictor(model, card, args.device)
+    fields = centroid_fields(args.images, args.annotations)
+    scored = []
+    for field, truth in fields:
+        mpp = field.mpp or ((card.mpp, card.mpp) if card.mpp else None)
+        found = detect_array(
+            field.image,
+            predictor,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            mpp=mpp,
+            score_threshold=0.0,
+        )
+        scored.append((field.image_path.name, found, truth, mpp[1] if mpp else None))
+    threshold = card.threshold if args.threshold is None else args.threshold
+    evaluation = evaluate_detections(scored, threshold=threshold, distance_um=args.distance_um)
+    for f in evaluation.fields:
+        print(f"{f.name}: TP {f.tp}  FP {f.fp}  FN {f.fn}")
+    print(evaluation.summary())
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_evaluation_csv(table, evaluation, overwrite=args.overwrite)
+    write_pr_plot(plot, evaluation, overwrite=args.overwrite)
+    print(f"  {table}\n  {plot}")
+    return 0
+
+
+def register(command: CommandAdder) -> None:
+    """Add ``convert-icpr2014``, ``train-detector``, ``detect`` and ``evaluate-detector``."""
+    c14 = command("convert-icpr2014", "ICPR 2014 centroid CSVs → QuPath GeoJSON points")
+    c14.add_argument("folder", type=Path, help="images with a same-name centroid .csv beside each")
+    c14.add_argument("--out", type=Path, required=True, help="output folder")
+    add_overwrite(c14)
+    c14.set_defaults(run=_convert_icpr2014)
+
+    td = command("train-detector", "train the Faster R-CNN mitosis detector on images + boxes")
+    td.add_argument("images", type=Path, help="folder of high-power fields")
+    where = td.add_mutually_exclusive_group()
+    where.add_argument(
+        "--annotations",
+        type=Path,
+        help="folder of <image stem>.boxes.csv or .geojson (default: beside the images)",
+    )
+    where.add_argument("--coco", type=Path, help="one COCO detection JSON for the folder")
+    td.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
+    td.add_argument(
+        "--backbone",
+        choices=("auto", *BACKBONES),
+        default="auto",
+        help="auto: resnet50_v2 on a GPU, mobilenet_v3 on CPU",
+    )
+    add_steps(td, crop=256)
+    td.add_argument("--distance-um", type=float, default=8.0, help="hit radius for validation")
+    td.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
+    td.add_argument("--init", type=Path, help="a detector checkpoint to fine-tune")
+    td.add_argument("--backbone-weights", type=Path, help="classification weights (local file)")
+    td.add_argument("--notes", default="", help="provenance written into the model card")
+    add_training(td, batch=4, lr=2e-4)
+    td.set_defaults(run=_train_detector)
+
+    dt = command("detect", "detect mitoses in an image or slide (boxes + scores)")
+    dt.add_argument("image", type=Path, help=IMAGE_HELP)
+    add_model(dt, "detector")
+    dt.add_argument("--out", type=Path, required=True, help="output folder")
+    dt.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels (default: whole image)")
+    dt.add_argument("--tissue-only", action="store_true", help="skip tiles without tissue")
+    dt.add_argument(
+        "--min-tissue", type=float, default=0.05, help="with --tissue-only: tissue fraction"
+    )
+    dt.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
+    add_tiling(dt, batch=4)
+    add_device(dt)
+    add_overwrite(dt)
+    dt.set_defaults(run=_detect)
+
+    ed = command("evaluate-detector", "score a detector against true centroids (MITOS/MIDOG rule)")
+    ed.add_argument("images", type=Path, help="folder of test images")
+    ed.add_argument(
+        "--annotations",
+        type=Path,
+        help="folder of <stem>.boxes.csv / .geojson / ICPR 2014 .csv (default: beside)",
+    )
+    add_model(ed, "detector")
+    ed.add_argument("--out", type=Path, required=True, help="folder for the table and PR plot")
+    ed.add_argument(
+        "--distance-um",
+        type=float,
+        default=8.0,
+        help="a detection within this distance of a true centroid is a hit",
+    )
+    ed.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
+    add_tiling(ed, batch=4)
+    add_device(ed)
+    add_overwrite(ed)
+    ed.set_defaults(run=_evaluate_detector)

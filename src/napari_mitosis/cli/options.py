@@ -1,0 +1,104 @@
+"""What the commands share: the help format, common options and their parsing.
+
+Choices are spelled out here so ``--help`` and every command start without importing torch
+(tests check they equal the core's own lists).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+#: ``command(name, summary)`` → a sub-parser with our help format; each group registers with it.
+CommandAdder = Callable[[str, str], argparse.ArgumentParser]
+
+BACKBONES = ("mobilenet_v3", "resnet50_v2", "vgg16")
+ARCHITECTURES = ("small_cnn", "wide_resnet", "inception_v3", "two_tower")
+MONITORED = ("auc", "f1", "f_med", "loss")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` gives each option's default after its help, except where there is none to
+    give (None, off flags, empty lists) or the help already says what the default is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        default = action.default
+        nothing = default is None or default is False or default in ((), "")
+        if nothing or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+IMAGE_HELP = "a slide (SVS, NDPI, MRXS, pyramidal TIFF…) or a plain image (PNG, JPEG, TIFF)"
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="auto (the GPU when PyTorch sees one, else the CPU), cuda, cuda:N or cpu",
+    )
+
+
+def add_overwrite(parser: argparse.ArgumentParser, what: str = "existing outputs") -> None:
+    parser.add_argument(
+        "--overwrite", action="store_true", help=f"replace {what} (default: stop, touch nothing)"
+    )
+
+
+def add_model(parser: argparse.ArgumentParser, task: str) -> None:
+    parser.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help=f"{task} checkpoint (.safetensors); its model card gives the input size and µm/px",
+    )
+
+
+def add_training(parser: argparse.ArgumentParser, *, batch: int, lr: float) -> None:
+    """Options every trainer shares (seeded split, batch, learning rate, device, overwrite)."""
+    parser.add_argument("--batch-size", type=int, default=batch, help="examples per step")
+    parser.add_argument("--lr", type=float, default=lr, help="learning rate")
+    parser.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="share of the data held out for validation (early stopping, the kept checkpoint)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seeds the split, sampling and initial weights"
+    )
+    add_device(parser)
+    add_overwrite(parser, "an existing checkpoint")
+
+
+def add_steps(parser: argparse.ArgumentParser, *, crop: int) -> None:
+    """Step-based training (U-Net, detector): how long, how often to validate, when to stop."""
+    parser.add_argument("--steps", type=int, default=2000, help="most training steps")
+    parser.add_argument(
+        "--eval-every", type=int, default=100, help="validate every N steps, keep the best"
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=5,
+        help="stop after this many validations without improvement",
+    )
+    parser.add_argument("--crop", type=int, default=crop, help="training crop side (px)")
+
+
+def add_tiling(parser: argparse.ArgumentParser, *, batch: int) -> None:
+    parser.add_argument(
+        "--overlap", type=int, default=64, help="px shared by neighbouring tiles (stitched)"
+    )
+    parser.add_argument("--batch-size", type=int, default=batch, help="tiles per forward pass")
+
+
+def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
+    if text is None:
+        return None
+    values = [int(v) for v in text.split(",")]
+    if len(values) != 4:
+        raise ValueError(f"--region takes y0,x0,y1,x1 in level-0 pixels, got {text!r}")
+    return values[0], values[1], values[2], values[3]

@@ -1,0 +1,246 @@
+"""The whole pipeline on one slide: tissue → tumour heatmap and mask → mitoses inside
+tumour (or tissue) → the numbers a cohort table reports, and the files behind them.
+
+It is made of the single-slide API (`classify_slide`, `detect_slide`) with the models
+loaded once (`PipelineModels`), so a cohort worker runs exactly what a script would.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from napari_mitosis.classification.run import (
+    ClassifierPredictor,
+    HeatmapFormat,
+    HeatmapResult,
+    classify_slide,
+    write_heatmap,
+)
+from napari_mitosis.detection.run import DetectionResult, detect_slide
+from napari_mitosis.engine.tissue import TissueMask, slide_tissue_mask
+from napari_mitosis.io.formats import open_slide
+from napari_mitosis.models.detector import DetectionPredictor
+
+#: ``progress(stage, done, total)``: stage is "classify" or "detect".
+StageProgress = Callable[[str, int, int], None]
+
+
+@dataclass
+class PipelineSettings:
+    """Everything that decides a slide's results besides the slide and the weights."""
+
+    classifier: str | None = None  # checkpoint path; None skips the tumour heatmap
+    detector: str | None = None  # checkpoint path; None skips mitosis detection
+    detect_in: Literal["tumour", "tissue"] = "tumour"  # "tumour" needs a classifier
+    device: str = "auto"
+    classify_min_tissue: float = 0.3
+    classify_stride: int | None = None  # level px per heatmap cell (None: patch / 2)
+    classify_threshold: float | None = None  # None: the card's
+    tta: bool = False
+    classify_batch_size: int = 16
+    detect_min_tissue: float = 0.05  # tiles need this much of the tumour/tissue mask
+    detect_tile: int | None = None  # px per detector tile (None: its training crop)
+    detect_overlap: int = 64
+    score_threshold: float | None = None  # None: the card's F1-optimal threshold
+    detect_batch_size: int = 4
+    heatmap_format: HeatmapFormat = "ome-zarr"
+
+    def __post_init__(self) -> None:
+        if self.classifier is None and self.detector is None:
+            raise ValueError("the pipeline needs a classifier, a detector or both")
+        if self.detect_in not in ("tumour", "tissue"):
+            raise ValueError(f"detect_in must be 'tumour' or 'tissue', not {self.detect_in!r}")
+        if self.detect_in == "tumour" and self.detector and not self.classifier:
+            raise ValueError("detecting inside tumour needs a classifier; use detect_in='tissue'")
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> PipelineSettings:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(record) - known)
+        if unknown:
+            raise ValueError(f"unknown pipeline settings {unknown}; known: {sorted(known)}")
+        return cls(**record)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PipelineModels:
+    """The loaded models of a pipeline; load once per process (or Dask worker)."""
+
+    classifier: ClassifierPredictor | None = None
+    detector: DetectionPredictor | None = None
+
+    @classmethod
+    def load(cls, settings: PipelineSettings) -> PipelineModels:
+        from napari_mitosis.models.checkpoint import load_checkpoint
+
+        classifier = detector = None
+        if settings.classifier:
+            model, card = load_checkpoint(settings.classifier, task="classification")
+            classifier = ClassifierPredictor(model, card, settings.device, tta=settings.tta)
+        if settings.detector:
+            model, card = load_checkpoint(settings.detector, task="detection")
+            detector = DetectionPredictor(model, card, settings.device, tile=settings.detect_tile)
+        return cls(classifier, detector)
+
+
+@dataclass
+class SlideAnalysis:
+    """One slide's results and the numbers of its summary line."""
+
+    path: Path
+    mpp: tuple[float, float] | None
+    tissue: TissueMask
+    heatmap: HeatmapResult | None
+    detection: DetectionResult | None
+    detect_in: str
+    seconds: float = 0.0
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def summarise(self) -> dict[str, Any]:
+        """tissue/tumour area (mm²), mitosis count, mitoses per mm² of the analysed area,
+        and the densest 10-HPF area's count, per mm² and per 10 HPF (None if unknown)."""
+        row: dict[str, Any] = {
+            "tissue_area_mm2": None,
+            "tumour_area_mm2": None,
+            "mitosis_count": None,
+            "mitoses_in": self.detect_in if self.detection else None,
+            "mitoses_per_mm2": None,
+            "hotspot_mitoses": None,
+            "hotspot_per_mm2": None,
+            "hotspot_per_10_hpf": None,
+        }
+        if self.mpp is not None:
+            ds = self.tissue.downsample
+            row["tissue_area_mm2"] = float(self.tissue.mask.sum()) * ds[0] * ds[1]
+            row["tissue_area_mm2"] *= self.mpp[0] * self.mpp[1] / 1e6
+        if self.heatmap is not None:
+            row["tumour_area_mm2"] = self.heatmap.tumour_area_mm2()
+        if self.detection is not None:
+            row["mitosis_count"] = len(self.detection.detections)
+            density = self.detection.density()
+            if density is not None:
+                row["mitoses_per_mm2"] = density["per_mm2"]
+            if self.detection.hotspot is not None:
+                row["hotspot_mitoses"] = int(self.detection.hotspot["count"])
+                row["hotspot_per_mm2"] = self.detection.hotspot["per_mm2"]
+                row["hotspot_per_10_hpf"] = self.detection.hotspot["per_10_hpf"]
+        return row
+
+
+def analyse_slide(
+    path: str | Path,
+    models: PipelineModels,
+    settings: PipelineSettings,
+    *,
+    progress: StageProgress | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> SlideAnalysis:
+    """Run the pipeline on one slide (nothing is written; see `write_analysis`).
+
+    An empty tumour mask is a result (no mitoses are looked for), not an error.
+    """
+    started = time.perf_counter()
+    path = Path(path)
+    with open_slide(path) as slide:
+        tissue = slide_tissue_mask(slide)
+        heatmap = detection = None
+        if models.classifier is not None:
+            heatmap = classify_slide(
+                slide,
+                models.classifier,
+                tissue=tissue,
+                min_tissue=settings.classify_min_tissue,
+                stride=settings.classify_stride,
+                threshold=settings.classify_threshold,
+                batch_size=settings.classify_batch_size,
+                progress=_stage(progress, "classify"),
+                should_stop=should_stop,
+            )
+        if models.detector is not None:
+            within = tissue
+            if settings.detect_in == "tumour" and heatmap is not None:
+                within = heatmap.tumour_region()
+            if within.mask.any():
+                detection = detect_slide(
+                    slide,
+                    models.detector,
+                    within=within,
+                    min_tissue=settings.detect_min_tissue,
+                    score_threshold=settings.score_threshold,
+                    overlap=settings.detect_overlap,
+                    batch_size=settings.detect_batch_size,
+                    progress=_stage(progress, "detect"),
+                    should_stop=should_stop,
+                )
+            else:
+                detection = _nothing_found(slide)
+        mpp = slide.mpp
+    analysis = SlideAnalysis(
+        path, mpp, tissue, heatmap, detection, settings.detect_in if detection else ""
+    )
+    analysis.seconds = time.perf_counter() - started
+    analysis.numbers = analysis.summarise()
+    return analysis
+
+
+def _stage(progress: StageProgress | None, stage: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
+
+
+def _nothing_found(slide: Any) -> DetectionResult:
+    from napari_mitosis.io.detections import Detections
+
+    return DetectionResult(Detections([], mpp=slide.mpp), 0, None, 0, None)
+
+
+def analysis_paths(
+    folder: str | Path, stem: str, settings: PipelineSettings
+) -> dict[str, list[Path]]:
+    """The files `write_analysis` writes, by kind."""
+    from napari_mitosis.classification.run import heatmap_paths
+
+    folder = Path(folder)
+    paths: dict[str, list[Path]] = {}
+    if settings.classifier:
+        paths["tumour"] = heatmap_paths(folder, stem, settings.heatmap_format)
+    if settings.detector:
+        paths["mitoses"] = [folder / f"{stem}.mitoses{x}" for x in (".geojson", ".csv")]
+    return paths
+
+
+def write_analysis(
+    analysis: SlideAnalysis,
+    folder: str | Path,
+    stem: str,
+    settings: PipelineSettings,
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Heatmap + mask (OME-Zarr or TIFF) + tumour GeoJSON, mitosis boxes as QuPath
+    GeoJSON + CSV, all in level-0 pixels / µm; each written atomically."""
+    from napari_mitosis.io.detections import write_detections_csv
+    from napari_mitosis.io.geojson import write_geojson
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    planned = analysis_paths(folder, stem, settings)
+    if analysis.heatmap is not None:
+        written += write_heatmap(
+            analysis.heatmap, folder, stem, fmt=settings.heatmap_format, overwrite=overwrite
+        )
+    if analysis.detection is not None:
+        geojson, table = planned["mitoses"]
+        found = analysis.detection.detections
+        written.append(write_geojson(geojson, found.to_annotations(), overwrite=overwrite))
+        written.append(write_detections_csv(table, found, overwrite=overwrite))
+    return written

@@ -1,0 +1,497 @@
+"""Cohort runs: the slide pipeline over many slides on Dask, resumable, one table at the end.
+
+Each slide is one ``dask.distributed`` task. The worker that runs it loads the models
+once (a worker plugin keeps them), writes the slide's outputs into a hidden folder and
+renames it into ``results/<slide>/`` only when everything, including ``slide.json`` (the
+summary line and a checksum of every output), is written. So a resumed run skips slides
+whose folder is there and verifies, redoes the rest, and never meets a half-written one.
+The client only writes ``summary.csv`` and ``run-config.yaml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import os
+import shutil
+import time
+import traceback
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from distributed import WorkerPlugin
+
+from napari_mitosis.cohort.pipeline import (
+    PipelineModels,
+    PipelineSettings,
+    analyse_slide,
+    write_analysis,
+)
+from napari_mitosis.io.output_file import atomic_directory, atomic_output, stale_partials
+
+SUMMARY = "summary.csv"
+RUN_CONFIG = "run-config.yaml"
+RECORD = "slide.json"
+PLUGIN = "napari-mitosis-models"
+PROGRESS_TOPIC = "napari-mitosis-progress"
+SUMMARY_COLUMNS = (
+    "slide",
+    "status",
+    "tissue_area_mm2",
+    "tumour_area_mm2",
+    "mitosis_count",
+    "mitoses_in",
+    "mitoses_per_mm2",
+    "hotspot_mitoses",
+    "hotspot_per_mm2",
+    "hotspot_per_10_hpf",
+    "runtime_s",
+    "outputs",
+    "error",
+    "path",
+)
+#: Settings that do not change results; a resumed run may differ in them.
+RUN_ONLY = ("device", "classify_batch_size", "detect_batch_size")
+Event = Callable[[dict[str, Any]], None]
+
+
+# --- run configuration --------------------------------------------------------------------
+
+
+def sha256_of(path: str | Path) -> str:
+    """Checksum of a file, or of a folder's files and their relative names (OME-Zarr)."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0")
+        with file.open("rb") as handle:
+            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def settings_from_checkpoints(paths: Sequence[str | Path], **options: Any) -> PipelineSettings:
+    """Pipeline settings from model checkpoints: each card says whether it is the
+    classifier or the detector."""
+    from napari_mitosis.models.checkpoint import read_card
+
+    models: dict[str, str] = {}
+    for path in paths:
+        card = read_card(path)
+        role = {"classification": "classifier", "detection": "detector"}.get(card.task)
+        if role is None:
+            raise ValueError(f"{path}: a {card.task} model has no step in a cohort run")
+        if role in models:
+            raise ValueError(f"{path}: a second {role} (first: {models[role]})")
+        models[role] = str(Path(path).resolve())
+    if "detector" in models and "classifier" not in models:
+        options.setdefault("detect_in", "tissue")
+    return PipelineSettings.from_dict({**models, **options})
+
+
+def read_run_config(path: str | Path, **overrides: Any) -> PipelineSettings:
+    """Settings from a run config (YAML or TOML; `write_run_config` writes one). Model
+    paths are relative to the file; recorded checksums must match the checkpoints."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if path.suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                raise ValueError("TOML run configs need Python ≥ 3.11; use YAML") from None
+            record = tomllib.loads(text)
+        else:
+            import yaml
+
+            record = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such run config") from None
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable run config ({err})") from err
+    if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
+        raise ValueError(f"{path}: a run config needs a 'settings' table")
+    settings = dict(record["settings"])
+    for role in ("classifier", "detector"):
+        if settings.get(role):
+            model = Path(settings[role]).expanduser()
+            settings[role] = str(model if model.is_absolute() else (path.parent / model).resolve())
+            expected = (record.get("models") or {}).get(role, {}).get("sha256")
+            if expected and Path(settings[role]).is_file():
+                actual = sha256_of(settings[role])
+                if actual != expected:
+                    raise ValueError(
+                        f"{path}: {role} {settings[role]} has checksum {actual[:12]}…, "
+                        f"the config records {expected[:12]}… (another model)"
+                    )
+    settings.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return PipelineSettings.from_dict(settings)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def describe_run(settings: PipelineSettings) -> dict[str, Any]:
+    """What reproduces a run: settings, each model's checksum and card, package versions."""
+    from napari_mitosis import __version__
+    from napari_mitosis.models.checkpoint import read_card
+
+    models = {}
+    for role in ("classifier", "detector"):
+        path = getattr(settings, role)
+        if path:
+            card = read_card(path)
+            models[role] = {
+                "path": path,
+                "sha256": sha256_of(path),
+                "architecture": card.architecture,
+                "mpp": card.mpp,
+                "notes": card.notes,
+            }
+    import torch
+
+    return {
+        "napari_mitosis_run": 1,
+        "package_version": __version__,
+        "torch_version": str(torch.__version__),
+        "settings": settings.as_dict(),
+        "models": models,
+    }
+
+
+def _comparable(description: dict[str, Any]) -> dict[str, Any]:
+    settings = {
+        k: v
+        for k, v in description.get("settings", {}).items()
+        if k not in RUN_ONLY and k not in ("classifier", "detector")
+    }
+    models = {k: v.get("sha256") for k, v in (description.get("models") or {}).items()}
+    return {"settings": settings, "models": models}
+
+
+def write_run_config(out: Path, description: dict[str, Any], *, overwrite: bool) -> Path:
+    """Record the run in ``out/run-config.yaml``; a different earlier run there is an error
+    (its results would be mixed with these) unless ``overwrite``."""
+    import yaml
+
+    path = out / RUN_CONFIG
+    if path.exists() and not overwrite:
+        earlier = yaml.safe_load(path.read_text()) or {}
+        before, now = _comparable(earlier), _comparable(description)
+        if before != now:
+            changed = sorted(
+                k
+                for part in ("settings", "models")
+                for k in set(before[part]) | set(now[part])
+                if before[part].get(k) != now[part].get(k)
+            )
+            raise ValueError(
+                f"{out}: holds results of a run with other settings or models "
+                f"({', '.join(changed)}); use a new --out, or --overwrite to redo every slide"
+            )
+    with atomic_output(path, overwrite=True) as tmp:
+        tmp.write_text(yaml.safe_dump(description, sort_keys=False, allow_unicode=True))
+    return path
+
+
+# --- slides -------------------------------------------------------------------------------
+
+
+def slide_list(items: Sequence[str | Path]) -> list[Path]:
+    """Slide paths; a ``.txt`` (one per line) or ``.csv`` (a ``slide`` or ``path`` column,
+    else the first) entry is a list of slides, relative to its own folder."""
+    slides: list[Path] = []
+    for item in items:
+        item = Path(item)
+        if item.suffix.lower() == ".txt":
+            lines = [ln.strip() for ln in item.read_text().splitlines()]
+            entries = [ln for ln in lines if ln and not ln.startswith("#")]
+        elif item.suffix.lower() == ".csv":
+            with item.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+            if not rows:
+                raise ValueError(f"{item}: an empty slide list")
+            column = next((c for c in ("slide", "path") if c in rows[0]), next(iter(rows[0])))
+            entries = [row[column] for row in rows if row[column]]
+        else:
+            slides.append(item)
+            continue
+        slides += [p if p.is_absolute() else item.parent / p for p in map(Path, entries)]
+    if not slides:
+        raise ValueError("no slides given")
+    return [p.absolute() for p in slides]
+
+
+def slide_names(paths: Sequence[Path]) -> list[str]:
+    """A results folder name per slide: its stem, made unique with a hash of its path
+    when two slides share a stem."""
+    stems = [p.name.split(".")[0] or p.name for p in paths]
+    names = []
+    for path, stem in zip(paths, stems, strict=True):
+        if stems.count(stem) > 1:
+            stem = f"{stem}-{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:8]}"
+        names.append(stem)
+    if len(set(names)) != len(names):
+        raise ValueError("a slide is listed twice")
+    return names
+
+
+# --- one slide ----------------------------------------------------------------------------
+
+
+def verified_record(folder: Path) -> dict[str, Any] | None:
+    """A finished slide's record if its folder holds every output unchanged, else None."""
+    try:
+        record = json.loads((folder / RECORD).read_text())
+        files = record["files"]
+        if all(sha256_of(folder / name) == digest for name, digest in files.items()):
+            return record
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def process_slide(
+    path: str | Path,
+    name: str,
+    out: str | Path,
+    settings: PipelineSettings,
+    models: PipelineModels,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Analyse one slide and publish ``out/<name>/`` atomically; return its summary line.
+
+    Any error becomes the line's ``status``/``error`` (the cohort goes on); nothing of a
+    failed slide is left behind.
+    """
+    started = time.perf_counter()
+    folder = Path(out) / name
+    row: dict[str, Any] = {"slide": name, "path": str(path)}
+    try:
+        analysis = analyse_slide(path, models, settings, progress=progress)
+        with atomic_directory(folder, overwrite=True) as tmp:
+            written = write_analysis(analysis, tmp, name, settings)
+            row.update(analysis.numbers)
+            row.update(
+                status="ok",
+                runtime_s=round(time.perf_counter() - started, 3),
+                outputs=str(folder),
+                error="",
+            )
+            files = {p.name: sha256_of(p) for p in written}
+            record = {"row": row, "files": files, "settings": settings.as_dict()}
+            (tmp / RECORD).write_text(json.dumps(record, indent=1))
+    except Exception as err:  # reported in the summary; the run goes on
+        row.update(
+            status="failed",
+            error=f"{type(err).__name__}: {err}",
+            runtime_s=round(time.perf_counter() - started, 3),
+        )
+        row["traceback"] = traceback.format_exc(limit=8)
+    return row
+
+
+# --- on Dask ------------------------------------------------------------------------------
+
+
+class ModelCache(WorkerPlugin):
+    """Dask worker plugin: the pipeline's models, loaded once per worker on first use.
+
+    ``torch_threads`` (local clusters) shares the machine's cores among the workers.
+    """
+
+    name = PLUGIN
+
+    def __init__(self, settings: PipelineSettings, torch_threads: int | None = None) -> None:
+        self.settings = settings
+        self.torch_threads = torch_threads
+        self._models: PipelineModels | None = None
+
+    def use_threads(self) -> None:
+        """Apply ``torch_threads`` in the calling thread: OpenMP's thread count is per
+        thread, and Dask's nanny starts workers with OMP_NUM_THREADS=1, so a setting made
+        in `setup` (another thread) would leave the task thread with one core."""
+        if self.torch_threads:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)
+
+    def teardown(self, worker: Any) -> None:
+        self._models = None
+
+    def models(self) -> PipelineModels:
+        if self._models is None:
+            self._models = PipelineModels.load(self.settings)
+        return self._models
+
+
+def _slide_task(path: str, name: str, out: str, settings: PipelineSettings) -> dict[str, Any]:
+    """What a worker runs per slide: its cached models, progress as worker events."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    cache = worker.plugins[PLUGIN]
+    cache.use_threads()
+    models = cache.models()
+    last = [0.0]
+
+    def progress(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last[0] > 0.5:
+            last[0] = now
+            worker.log_event(
+                PROGRESS_TOPIC, {"slide": name, "stage": stage, "done": done, "total": total}
+            )
+
+    return process_slide(path, name, out, settings, models, progress=progress)
+
+
+@contextlib.contextmanager
+def dask_client(
+    client: Any = None, scheduler: str | None = None, workers: int | None = None
+) -> Iterator[tuple[Any, int | None]]:
+    """The given client, one connected to ``scheduler``, or a local cluster of
+    ``workers`` processes (default: up to 2); yields (client, torch threads per worker)."""
+    if client is not None:
+        yield client, None
+        return
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        with Client(scheduler) as connected:
+            yield connected, None
+        return
+    import dask
+
+    cores = os.cpu_count() or 1
+    workers = workers or min(2, cores)
+    threads = max(cores // workers, 1)
+    # Dask's nanny starts workers with OMP_NUM_THREADS=1 and MALLOC_TRIM_THRESHOLD_=64 KiB
+    # (made for many small NumPy tasks): the one cost 2× in torch, the other ~11 % per slide
+    # here (every freed tile buffer goes back to the OS). One slide per worker wants neither.
+    environ = "distributed.nanny.pre-spawn-environ"
+    spawn: dict[str, Any] = {f"{environ}.MALLOC_TRIM_THRESHOLD_": None}
+    # The statistical profiler walks every thread's stack each 10 ms, holding the GIL.
+    spawn["distributed.worker.profile.enabled"] = False
+    spawn.update({f"{environ}.{k}_NUM_THREADS": str(threads) for k in ("OMP", "MKL", "OPENBLAS")})
+    with (
+        dask.config.set(spawn),
+        LocalCluster(
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=":0",  # a free port: two runs never clash
+            silence_logs=40,  # logging.ERROR
+        ) as cluster,
+        Client(cluster) as local,
+    ):
+        yield local, threads
+
+
+@dataclass
+class CohortReport:
+    """The summary lines (input order) and where they are."""
+
+    rows: list[dict[str, Any]]
+    summary: Path
+    skipped: list[str]  # finished before this run and verified
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("status") != "ok"]
+
+
+def write_summary(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    with atomic_output(path, overwrite=True) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, SUMMARY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in SUMMARY_COLUMNS})
+
+
+def run_cohort(
+    slides: Sequence[str | Path],
+    settings: PipelineSettings,
+    out: str | Path,
+    *,
+    client: Any = None,
+    scheduler: str | None = None,
+    workers: int | None = None,
+    overwrite: bool = False,
+    on_event: Event | None = None,
+) -> CohortReport:
+    """Run the pipeline on every slide; skip slides a previous run finished.
+
+    ``client`` (a ``distributed.Client``) or ``scheduler`` (its address) uses an existing
+    cluster; otherwise a local one with ``workers`` processes is started and closed.
+    ``on_event`` gets ``{"kind": "start"|"tiles"|"slide", …}`` dicts for progress displays.
+    Raises only for problems with the run itself (bad config, unusable ``out``); a
+    failing slide is a line in the summary.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: is a file; --out needs a results folder")
+    paths = slide_list(slides)
+    out.mkdir(parents=True, exist_ok=True)
+    names = slide_names(paths)
+    write_run_config(
+        out, {**describe_run(settings), "slides": list(map(str, paths))}, overwrite=overwrite
+    )
+    for stale in stale_partials(out):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+    emit = on_event or (lambda event: None)
+    rows: dict[str, dict[str, Any]] = {}
+    skipped, todo = [], []
+    for path, name in zip(paths, names, strict=True):
+        record = None if overwrite else verified_record(out / name)
+        if record is not None:
+            rows[name] = record["row"]
+            skipped.append(name)
+        else:
+            todo.append((path, name))
+    summary = out / SUMMARY
+
+    def ordered() -> list[dict[str, Any]]:
+        return [rows[n] for n in names if n in rows]
+
+    write_summary(summary, ordered())
+    emit({"kind": "start", "slides": len(paths), "skipped": len(skipped), "todo": len(todo)})
+    if todo:
+        from distributed import as_completed
+
+        with dask_client(client, scheduler, workers) as (dask, threads):
+            dask.register_plugin(ModelCache(settings, threads), name=PLUGIN)
+            dask.subscribe_topic(PROGRESS_TOPIC, lambda event: emit({"kind": "tiles", **event[1]}))
+            futures = {
+                dask.submit(_slide_task, str(p), n, str(out), settings, pure=False): (p, n)
+                for p, n in todo
+            }
+            try:
+                for future in as_completed(futures):
+                    path, name = futures[future]
+                    try:
+                        row = future.result()
+                    except Exception as err:  # the worker died (e.g. a crashing decoder)
+                        row = {
+                            "slide": name,
+                            "path": str(path),
+                            "status": "failed",
+                            "error": f"{type(err).__name__}: {err}",
+                        }
+                    rows[name] = row
+                    write_summary(summary, ordered())
+                    emit({"kind": "slide", **row})
+            finally:
+                pending = [f for f in futures if not f.done()]
+                if pending:
+                    dask.cancel(pending)
+                with contextlib.suppress(Exception):
+                    dask.unsubscribe_topic(PROGRESS_TOPIC)
+    return CohortReport(ordered(), summary, skipped)

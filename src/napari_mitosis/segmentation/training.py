@@ -1,0 +1,234 @@
+"""Train a U-Net on image + mask pairs; keep the best checkpoint by validation Dice.
+
+Crops are sampled half around mitoses, half anywhere (mitoses cover ~1 % of a field);
+each gets a random dihedral transform (rot90 × flip) and colour jitter. Dice is scikit-learn's
+F1 over pixels (the same number), never hand-written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torchvision.ops import sigmoid_focal_loss
+from torchvision.transforms import v2
+
+from napari_mitosis.engine.tiling import crop_origin
+from napari_mitosis.engine.training_log import EarlyStopping, write_history
+from napari_mitosis.io.output_file import refuse_existing
+from napari_mitosis.models.checkpoint import ModelCard, save_checkpoint
+from napari_mitosis.models.inference_model import pick_device
+from napari_mitosis.models.unet import unet
+
+Pair = tuple[np.ndarray, np.ndarray]  # (image (h, w, c) uint8, mask (h, w) bool)
+
+
+@dataclass
+class UNetTraining:
+    """Everything that decides a training run (recorded in the model card's notes)."""
+
+    crop: int = 128
+    batch_size: int = 8
+    max_steps: int = 2000
+    eval_every: int = 100
+    patience: int = 5  # evaluations without a better validation Dice before stopping
+    learning_rate: float = 1e-3
+    loss: Literal["dice+bce", "bce", "focal"] = "dice+bce"
+    base_width: int = 32
+    depth: int = 4
+    positive_fraction: float = 0.5
+    brightness: float = 64 / 255
+    contrast: float = 0.75
+    saturation: float = 0.25
+    hue: float = 0.04
+    mpp: float | None = 0.25
+    threshold: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    notes: str = ""
+
+    @classmethod
+    def small(cls, **overrides: object) -> UNetTraining:
+        """A small, fast set-up (base width 8, depth 3, 96 px crops, 150 steps, ~30 s on a
+        CPU) for demos and tests on synthetic fields, not for real data."""
+        settings = {"crop": 96, "max_steps": 150, "eval_every": 50, "base_width": 8, "depth": 3}
+        return cls(**{**settings, **overrides})  # type: ignore[arg-type]
+
+
+@dataclass
+class TrainingReport:
+    card: ModelCard
+    best_step: int
+    best_dice: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _check_pairs(pairs: Sequence[Pair], what: str, crop: int) -> None:
+    if not pairs:
+        raise ValueError(f"no {what} images")
+    for i, (image, mask) in enumerate(pairs):
+        if image.ndim != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"{what} image {i}: expected (h, w, c) uint8, got {image.shape} {image.dtype}"
+            )
+        if mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"{what} image {i}: mask {mask.shape} does not match image {image.shape[:2]}"
+            )
+        if min(mask.shape) < crop:
+            raise ValueError(f"{what} image {i}: {mask.shape} is smaller than the {crop} px crop")
+
+
+class CropSampler:
+    """Random augmented crops, half of them containing mitosis pixels."""
+
+    def __init__(
+        self, pairs: Sequence[Pair], config: UNetTraining, rng: np.random.Generator
+    ) -> None:
+        self.pairs = pairs
+        self.config = config
+        self.rng = rng
+        self.positives = [np.argwhere(mask) for _, mask in pairs]
+        self.jitter = v2.ColorJitter(
+            config.brightness, config.contrast, config.saturation, config.hue
+        )
+
+    def _crop(self) -> Pair:
+        c = self.config.crop
+        index = int(self.rng.integers(len(self.pairs)))
+        image, mask = self.pairs[index]
+        pos = self.positives[index]
+        centre = None
+        if len(pos) and self.rng.random() < self.config.positive_fraction:
+            centre = tuple(pos[self.rng.integers(len(pos))])
+        y, x = crop_origin(self.rng, mask.shape, c, centre)
+        image, mask = image[y : y + c, x : x + c], mask[y : y + c, x : x + c]
+        k = int(self.rng.integers(4))  # orthogonal rotations and flips: the dihedral group
+        image, mask = np.rot90(image, k), np.rot90(mask, k)
+        if self.rng.random() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        crops = [self._crop() for _ in range(self.config.batch_size)]
+        images = [self.jitter(torch.from_numpy(im).permute(2, 0, 1)) for im, _ in crops]
+        masks = torch.from_numpy(np.stack([m for _, m in crops])).float()[:, None]
+        return torch.stack(images).float() / 255.0, masks
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "focal":
+        return sigmoid_focal_loss(logits, target, reduction="mean")
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    if kind == "bce":
+        return bce
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).sum(dim=(1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum(dim=(1, 2, 3)) + target.sum(dim=(1, 2, 3)) + 1)
+    return bce + dice.mean()
+
+
+@torch.inference_mode()
+def predict_image(
+    model: torch.nn.Module, image: np.ndarray, card: ModelCard, device: torch.device
+) -> np.ndarray:
+    """Whole-image probability (reflect-padded to the U-Net's size multiple)."""
+    factor = 2 ** int(card.options.get("depth", 4))
+    h, w = image.shape[:2]
+    pad = ((0, -h % factor), (0, -w % factor), (0, 0))
+    tensor = (
+        torch.from_numpy(np.pad(image, pad, mode="reflect")).permute(2, 0, 1)[None].float() / 255.0
+    )
+    mean = torch.tensor(card.mean).view(1, -1, 1, 1)
+    std = torch.tensor(card.std).view(1, -1, 1, 1)
+    out = torch.sigmoid(model(((tensor - mean) / std).to(device)))
+    return out[0, 0, :h, :w].cpu().numpy()
+
+
+def dice_score(truth: np.ndarray, predicted: np.ndarray) -> float:
+    """Pixel Dice = F1 of the foreground class; 1.0 when both are empty."""
+    return float(f1_score(truth.ravel(), predicted.ravel(), zero_division=1.0))
+
+
+def train_unet(
+    train: Sequence[Pair],
+    validation: Sequence[Pair],
+    out: str | Path,
+    config: UNetTraining | None = None,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> TrainingReport:
+    """Train, evaluating every ``eval_every`` steps; the best model is saved to ``out``
+    (safetensors + card) and the per-evaluation log to ``out`` with suffix ``.csv``."""
+    config = config or UNetTraining()
+    out = Path(out)
+    log_path = out.with_suffix(".csv")
+    refuse_existing((out, log_path), overwrite=overwrite)
+    _check_pairs(train, "training", config.crop)
+    _check_pairs(validation, "validation", 0)
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    device = pick_device(config.device)
+    channels = train[0][0].shape[2]
+    options = {"in_channels": channels, "base_width": config.base_width, "depth": config.depth}
+    model = unet(**options).to(device)
+    card = ModelCard(
+        architecture="unet",
+        options=options,
+        task="segmentation",
+        input_size=config.crop * 2,
+        mpp=config.mpp,
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        threshold=config.threshold,
+        notes=config.notes,
+    )
+    mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)
+    std = torch.tensor(card.std, device=device).view(1, -1, 1, 1)
+    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    sampler = CropSampler(train, config, rng)
+    history: list[dict[str, float]] = []
+    stopping = EarlyStopping(config.patience)
+    losses: list[float] = []
+    started = time.perf_counter()
+    for step in range(1, config.max_steps + 1):
+        model.train()
+        images, masks = sampler.batch()
+        logits = model((images.to(device) - mean) / std)
+        loss = _loss(logits, masks.to(device), config.loss)
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        optimiser.step()
+        losses.append(float(loss.detach()))
+        if step % config.eval_every and step != config.max_steps:
+            continue
+        model.eval()
+        dices = [
+            dice_score(mask, predict_image(model, image, card, device) >= config.threshold)
+            for image, mask in validation
+        ]
+        record = {
+            "step": step,
+            "train_loss": float(np.mean(losses)),
+            "val_dice": float(np.mean(dices)),
+            "seconds": time.perf_counter() - started,
+        }
+        losses.clear()
+        history.append(record)
+        if progress is not None:
+            progress(step, config.max_steps, record)
+        if stopping.improved(record["val_dice"], step):
+            card.metrics = {"val_dice": stopping.best, "step": float(step)}
+            save_checkpoint(out, model, card, overwrite=True)
+        elif stopping.should_stop:
+            break
+    write_history(log_path, history)
+    return TrainingReport(card, stopping.best_step, stopping.best, history)
