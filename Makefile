@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test setup lint bench bench-peers clean
+.PHONY: demo test docs setup lint bench bench-peers clean
 
 # With a display, the demo opens a napari window; without one it runs under Xvfb and
 # saves a screenshot instead.
@@ -17,6 +17,11 @@ endif
 test: setup
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(PY) -m pytest -q
 	$(PY) -m ruff check .
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir .docs-site
+
+# The docs/ pages and the API reference as a site in site/ (mkdocs, Material theme).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 setup:
 	@VENV=$(VENV) bash tools/setup.sh
@@ -64,4 +69,4 @@ bench-peers: $(PEERS_VENV)/.installed $(TIA_VENV)/.installed setup
 	$(PY) benchmarks/bench_vs_peers.py
 
 clean:
-	rm -rf $(VENV) demo-output .bench .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo-output .bench .pytest_cache .ruff_cache site .docs-site

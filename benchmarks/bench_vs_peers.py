@@ -48,7 +48,7 @@ WSINFER = ROOT / ".bench" / "peers" / "bin" / "python"
 TIATOOLBOX = ROOT / ".bench" / "tiatoolbox" / "bin" / "python"
 
 # WSInfer's CLI downloads its model-zoo registry at import; we pass a local model, so an
-# empty registry stands in for it (this machine has no network).
+# empty registry stands in for it, so the benchmark runs offline.
 OFFLINE_WSINFER = (
     "import sys, wsinfer_zoo.client as c; "
     "c.load_registry = lambda *a, **k: c.ModelRegistry(models={}); "

@@ -10,9 +10,9 @@
 # OUT_DIR/STEP.log. PYTHON names our interpreter (default python3), WSINFER_PYTHON
 # WSInfer's (default .bench/peers/bin/python); STEP_LIMIT caps each step in seconds.
 #
-# Install carried wheels the way pip normally does, with byte-code (no --no-compile): the
-# second H100 session installed without it and every process of both tools spent ≈10 s of
-# a ≈30 s run compiling modules, which no user's install does.
+# Install carried wheels the way pip normally does, with byte-code (no --no-compile):
+# without it every process of both tools spends ≈10 s of a ≈30 s run compiling modules,
+# which no user's install does.
 set -uo pipefail
 out=${1:?usage: benchmarks/gpu_checks.sh OUT_DIR [STEP ...]}
 shift

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -104,3 +105,10 @@ def test_synthetic_slide_has_its_biology_where_the_truth_says() -> None:
     again, _ = synthetic_slide(1024, 1536, seed=5, n_mitoses=6)
     np.testing.assert_array_equal(rgb, again)
     assert not np.array_equal(rgb, synthetic_slide(1024, 1536, seed=6, n_mitoses=6)[0])
+
+
+def test_the_cli_reference_lists_every_command_and_nothing_else() -> None:
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    reference = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
+    listed = set(re.findall(r"^\| \w+ \| `([a-z0-9-]+)` \|", reference, flags=re.MULTILINE))
+    assert listed == set(commands.choices)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Shared, idempotent set-up for `make demo` and `make test`.
+# Shared, idempotent set-up for `make demo`, `make test` and `make docs`.
 # 1. System libraries for a headless napari (Xvfb, Mesa GL, the xcb libraries Qt loads),
 #    installed with apt-get only when one is missing.
-# 2. A virtual environment in .venv with the package (editable) and its test extras,
-#    rebuilt only when pyproject.toml changes.
+# 2. A virtual environment in .venv with the package (editable) and its test and docs
+#    extras, rebuilt only when pyproject.toml changes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,16 +29,17 @@ fi
 
 stamp="$VENV/.installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "setup: creating $VENV and installing napari-mitosis with its test extras"
+  echo "setup: creating $VENV and installing napari-mitosis with its test and docs extras"
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   # pip's notices about local index folders are noise; real errors still fail the step.
   if [ -f /etc/xdg/pip/constraints.txt ]; then
-    # This workplace keeps torch/torchvision on local disk: take exactly those (an unpinned
-    # torch would download a multi-GB build). Elsewhere pyproject's ranges decide.
+    # A pip constraints file caps torch/torchvision: install the capped versions first, so
+    # that resolving the extras never reaches for another (multi-GB) torch build. Without
+    # one, pyproject's ranges decide.
     "$VENV/bin/python" -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>&1 | grep -v "^WARNING: Location" || true
   fi
-  "$VENV/bin/python" -m pip install -q -e ".[testing]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/python" -m pip install -q -e ".[testing,docs]" 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/python" -c "import napari_mitosis, napari, openslide, torch, torchvision" # fail loudly if the install did
   touch "$stamp"
 fi
