@@ -55,7 +55,7 @@ def speed(
     model = calibrate_batch_norm(build_model(card), slide_path, card)  # no float16 overflow
     predictor = ClassifierPredictor(model, card, device)
     slide = open_slide(slide_path)
-    level = slide.viewer_levels[0]
+    level = slide.sources[0]
     tissue = slide_tissue_mask(slide)
 
     def tiled() -> ClassificationRun:

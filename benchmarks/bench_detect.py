@@ -87,7 +87,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "bench-detect.tif"
         write_synthetic_slide(path, args.size, args.size, seed=5)
-        level = open_slide(path).viewer_levels[0]
+        level = open_slide(path).sources[0]
         for device in args.devices:
             for backbone in args.backbones:
                 bench(backbone, device, level, args.tile, args.overlap, args.batch, args.repeats)

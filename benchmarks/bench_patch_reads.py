@@ -55,7 +55,7 @@ def main() -> int:
         path = Path(tmp) / "reads.tif"
         write_large_slide(path, args.size, args.copies)
         slide = open_slide(path)
-        level = slide.viewer_levels[0]
+        level = slide.sources[0]
         grid = TileGrid.over(level.shape, args.patch, 0, uniform=True)
         origins = grid.origins()
         reader = PatchReader(level, patch=args.patch, cell=args.patch)

@@ -31,7 +31,7 @@ def bench(
     slide_path = workdir / f"bench-seg-{size}.tif"
     if not slide_path.exists():
         write_synthetic_slide(slide_path, size, size, seed=2)
-    level = open_slide(slide_path).viewer_levels[0]
+    level = open_slide(slide_path).sources[0]
     torch.manual_seed(0)
     card = ModelCard("unet", {}, input_size=tile)  # the default 7.8 M-parameter U-Net
     predictor = TilePredictor(unet(), card, device)

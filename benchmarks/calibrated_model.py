@@ -15,7 +15,7 @@ def calibrate_batch_norm(model: torch.nn.Module, slide: Path, card: ModelCard) -
     """Batch-norm statistics from the slide's own patches, as training would leave them, and
     a last layer scaled to give logits of s.d. 1: an untrained deep model's sigmoid would
     otherwise give exactly 0 or 1 everywhere, and such heatmaps compare nothing."""
-    level = open_slide(slide).viewer_levels[0]
+    level = open_slide(slide).sources[0]
     rng = np.random.default_rng(0)
     size = card.input_size
     corners = rng.integers(0, min(level.shape[:2]) - size, (4, 16, 2))

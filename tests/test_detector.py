@@ -155,14 +155,14 @@ def test_detection_over_a_slide_level_reports_each_mitosis_once_in_level0_pixels
     truth = write_synthetic_slide(tmp_path / "s.tif", 1024, 1536, n_mitoses=6, seed=4)
     slide = open_slide(tmp_path / "s.tif")
     run = DetectionRun(
-        slide.viewer_levels[1],
+        slide.sources[1],
         KnownAnswerPredictor(128),
         overlap=32,
         level=1,
         downsample=2.0,
         level_mpp=slide.level_mpp(1),
     )
-    kept = run.restrict_to_tissue(tissue_mask(slide.viewer_levels, level0_mpp=0.25), 0.05)
+    kept = run.restrict_to_tissue(tissue_mask(slide.sources, level0_mpp=0.25), 0.05)
     assert kept < len(run.grid)
     progress = list(run.steps())
     assert progress[-1] == (kept, kept)

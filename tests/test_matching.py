@@ -11,6 +11,7 @@ from napari_mitosis.detection.matching import (
     match_detections,
     max_distance_px,
     precision_recall_curve,
+    threshold_with_margin,
 )
 
 
@@ -80,6 +81,10 @@ def test_f1_optimal_threshold_and_precision_recall_curve() -> None:
     threshold, result = f1_optimal_threshold(detections, scores, truths, max_distance=8)
     # ≥0.9: F1 = 2/3; ≥0.7: 0.5; ≥0.6: 0.8 (2 TP, 1 FP); ≥0.2: 2/3.
     assert threshold == 0.6 and result.f1 == pytest.approx(0.8)
+    # The card keeps a margin: halfway to the next lower score, the same detections kept.
+    assert threshold_with_margin(scores, threshold) == pytest.approx(0.4)
+    assert threshold_with_margin(scores, 0.2) == pytest.approx(0.1)  # nothing lower: half way to 0
+    assert threshold_with_margin(scores, np.inf) == np.inf  # nothing to keep stays so
     thresholds, precision, recall = precision_recall_curve(
         detections, scores, truths, max_distance=8
     )

@@ -41,6 +41,32 @@ def test_real_slide_opens_as_one_multiscale_rgb_layer_in_micrometres(
     assert extent[1][1] - extent[0][1] == pytest.approx(2220 * 0.499, rel=1e-3)
 
 
+def test_every_layer_level_is_a_dask_array_a_worker_can_compute(
+    make_napari_viewer, cmu_small, pyramid_path
+) -> None:
+    """Scripts do `layer.data[0].map_blocks(...)`, `dask.compute` or send a level to a
+    distributed worker: every level, the finest included, is a real Dask array."""
+    import pickle
+
+    import dask
+    import dask.array as da
+
+    from napari_mitosis import open_slide
+
+    viewer = make_napari_viewer()
+    for path in (cmu_small, pyramid_path):
+        layer = viewer.open(path, plugin=PLUGIN)[0]
+        assert all(isinstance(level, da.Array) for level in layer.data)
+        finest = layer.data[0]
+        assert finest.chunksize[:2] == open_slide(path).sources[0].tile  # the slide's tiles
+        truth = np.asarray(open_slide(path).sources[0][100:612, 50:818])
+        halved = finest.map_blocks(lambda block: block // 2, dtype=np.uint8)
+        (got,) = dask.compute(halved[100:612, 50:818], scheduler="processes", num_workers=1)
+        np.testing.assert_array_equal(got, truth // 2)  # computed in another process
+        unpickled = pickle.loads(pickle.dumps(finest))
+        np.testing.assert_array_equal(np.asarray(unpickled[100:612, 50:818]), truth)
+
+
 def test_panning_and_zooming_reads_only_tiles_on_screen(
     make_napari_viewer, qtbot, pyramid_path, count_reads
 ) -> None:

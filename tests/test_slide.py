@@ -243,16 +243,16 @@ def test_other_openslide_extensions_are_recognised(cmu_small: Path, tmp_path: Pa
     assert open_slide(copy).metadata.vendor == "aperio"
 
 
-def test_viewer_levels_read_big_regions_in_few_parallel_calls(pyramid_path, count_reads) -> None:
+def test_sources_read_big_regions_in_few_parallel_calls(pyramid_path, count_reads) -> None:
     slide = open_slide(pyramid_path)
-    view = slide.viewer_levels[0]
+    view = slide.sources[0]
     assert not isinstance(view, da.Array) and view.shape == (1000, 1500, 3)
     truth = gradient_rgb(1000, 1500)
     np.testing.assert_array_equal(view[100:900, 50:1400], truth[100:900, 50:1400])
     # 4 tile rows × 6 tile columns, read as at most one band per worker thread.
     assert 1 <= len(count_reads) <= slide._closer.workers
     np.testing.assert_array_equal(view[::4, 7:300:3], truth[::4, 7:300:3])
-    np.testing.assert_array_equal(np.asarray(slide.viewer_levels[2]), truth[::4, ::4])
+    np.testing.assert_array_equal(np.asarray(slide.sources[2]), truth[::4, ::4])
     assert view[5:5, :].shape == (0, 1500, 3)
 
 
@@ -274,9 +274,9 @@ def test_our_tile_decoding_gives_openslides_own_pixels(pyramid_path: Path, cmu_s
                 expected = np.asarray(
                     raw.read_region((round(x * down), round(y * down)), level, (w, h))
                 )
-                got = slide.viewer_levels[level][y : y + h, x : x + w]
+                got = slide.sources[level][y : y + h, x : x + w]
                 np.testing.assert_array_equal(got, expected[..., :3])
-            corner = slide.viewer_levels[level][height - 5 :, width - 7 :]
+            corner = slide.sources[level][height - 5 :, width - 7 :]
             expected = np.asarray(
                 raw.read_region(
                     (round((width - 7) * down), round((height - 5) * down)), level, (7, 5)
@@ -302,7 +302,7 @@ def test_decoded_tiles_are_cached_within_a_bound(pyramid_path: Path, monkeypatch
             )
         },
     )
-    view = slide.viewer_levels[0]
+    view = slide.sources[0]
     view[10:20, 10:20]
     view[30:40, 100:200]  # the same tile: no second decode
     assert len(decoded) == 1
@@ -328,7 +328,7 @@ def test_threads_wanting_one_tile_decode_it_once(pyramid_path: Path, monkeypatch
         return original(*args, **kwargs)
 
     monkeypatch.setattr(tiles, "levels", {0: replace(tiles.levels[0], decode=slow_decode)})
-    view = slide.viewer_levels[0]
+    view = slide.sources[0]
     with ThreadPoolExecutor(6) as pool:
         patches = list(pool.map(lambda x: view[10:100, x : x + 90], range(0, 120, 20)))
     assert decoded == [0]  # six patches of tile 0, one decode
@@ -345,6 +345,47 @@ def test_a_tile_the_scanner_never_wrote_reads_as_background(
     page = tiles.levels[0]
     sparse = replace(page, byte_counts=(0, *page.byte_counts[1:]))
     monkeypatch.setattr(tiles, "levels", {0: sparse})
-    view = slide.viewer_levels[0]
+    view = slide.sources[0]
     np.testing.assert_array_equal(view[:256, :256], np.full((256, 256, 3), 255, np.uint8))
     np.testing.assert_array_equal(view[:256, 256:512], gradient_rgb(1000, 1500)[:256, 256:512])
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        (slice(0, 256), slice(0, 256)),  # one whole tile
+        (slice(100, 700), slice(37, 1000)),  # unaligned, many tiles
+        (slice(-300, None), slice(None, 90)),  # negative and open ends
+        (Ellipsis, slice(0, 2)),  # channels through an ellipsis
+        (slice(5, 6), slice(7, 8), slice(1, 2)),  # one pixel, one channel
+        (slice(0, 512, 2), slice(0, 512)),  # a step: Dask's own slicing
+        (3, slice(0, 100)),  # an integer: Dask's own slicing
+        (slice(600, 100), slice(0, 10)),  # empty
+    ],
+)
+def test_layer_reads_equal_dask_slicing_with_the_same_chunks(pyramid_path, key) -> None:
+    """The direct read path of a level gives exactly what Dask's own slicing gives."""
+    import dask.array as da
+
+    slide = open_slide(pyramid_path)
+    level = slide.levels[0]
+    ours, theirs = level[key], da.Array.__getitem__(level, key)
+    assert isinstance(ours, da.Array) and ours.chunks == theirs.chunks
+    expected = theirs.compute()
+    np.testing.assert_array_equal(np.asarray(ours), expected)
+    np.testing.assert_array_equal(ours.compute(), expected)
+    np.testing.assert_array_equal(expected, np.asarray(slide.sources[0])[key])
+
+
+def test_napari_style_reads_go_straight_to_the_source(pyramid_path, count_reads) -> None:
+    """``np.asarray(level[slices])`` (what napari does) skips Dask's scheduler: one source
+    read (split into bands of tile rows only when large), where ``compute`` reads a chunk
+    at a time."""
+    slide = open_slide(pyramid_path)
+    region = slide.levels[0][200:900, 300:1100]
+    assert region.npartitions == 16
+    np.asarray(region)
+    direct = len(count_reads)
+    count_reads.clear()
+    region.compute()
+    assert direct == 1 and len(count_reads) == 16

@@ -69,7 +69,7 @@ def test_closing_by_two_crosses_is_closing_by_a_radius_2_disk() -> None:
 
 def test_real_slide_tissue_fraction_is_sensible(cmu_small) -> None:
     slide = open_slide(cmu_small)
-    mask = tissue_mask(slide.viewer_levels, level0_mpp=slide.mpp[1])
+    mask = tissue_mask(slide.sources, level0_mpp=slide.mpp[1])
     # CMU-1-Small-Region: a strip of skin on white glass, about a third of the field.
     assert 0.25 < mask.fraction < 0.5
     assert mask.mask.shape == (1483, 1110)  # computed on the ×2 level, never level 0

@@ -69,7 +69,7 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> LayerData:
         "units": slide.units(),
         "metadata": meta.as_dict(),
     }
-    data = slide.viewer_levels if slide.multiscale else slide.viewer_levels[0]
+    data = slide.levels if slide.multiscale else slide.levels[0]
     if slide.multiscale:
         kwargs["multiscale"] = True
     if meta.layer_type == "labels":

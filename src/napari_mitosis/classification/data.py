@@ -199,7 +199,7 @@ def slide_patches(
     a cell is tumour when any of it is, normal when none is and it holds ``min_tissue``
     tissue; each patch is centred on its cell (``PatchReader``, as at inference).
     """
-    source = slide.viewer_levels[level]
+    source = slide.sources[level]
     grid = TileGrid.over(
         source.shape,
         window,

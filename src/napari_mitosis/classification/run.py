@@ -339,10 +339,10 @@ def context_level(slide: Any, level: int, factor: float | None) -> tuple[Any, fl
         return None, 1.0
     base = slide.level_downsample(level)[1]
     best = level
-    for index in range(level, len(slide.viewer_levels)):
+    for index in range(level, len(slide.sources)):
         if slide.level_downsample(index)[1] / base <= factor * 1.01:
             best = index
-    return slide.viewer_levels[best], base / slide.level_downsample(best)[1]
+    return slide.sources[best], base / slide.level_downsample(best)[1]
 
 
 def classify_slide(

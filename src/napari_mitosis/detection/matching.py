@@ -121,6 +121,21 @@ def f1_optimal_threshold(
     )
 
 
+def threshold_with_margin(scores: np.ndarray, threshold: float) -> float:
+    """Halfway between ``threshold`` and the highest score below it (or 0).
+
+    Keeping scores ≥ the result keeps exactly what ``threshold`` keeps on these scores, so
+    the validation F1 is unchanged; but a figure on new data that scores a little below
+    the weakest validation hit is no longer lost, which an F1-optimal threshold (the score
+    of that weakest hit itself) invites. Non-finite thresholds are returned as they are.
+    """
+    if not np.isfinite(threshold):
+        return threshold
+    below = np.asarray(scores, float)
+    below = below[below < threshold]
+    return float((threshold + (below.max() if len(below) else 0.0)) / 2)
+
+
 def precision_recall_curve(
     detections: np.ndarray, scores: np.ndarray, truths: np.ndarray, *, max_distance: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -20,7 +20,11 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from napari_mitosis.detection.matching import f1_optimal_threshold, pool_fields
+from napari_mitosis.detection.matching import (
+    f1_optimal_threshold,
+    pool_fields,
+    threshold_with_margin,
+)
 from napari_mitosis.detection.run import detect_array
 from napari_mitosis.engine.tiling import crop_origin
 from napari_mitosis.engine.training_log import EarlyStopping, write_history
@@ -215,6 +219,7 @@ def train_detector(
             config.distance_um,
         )
         threshold, result = f1_optimal_threshold(centres, scores, truths, max_distance=radius)
+        threshold = threshold_with_margin(scores, threshold)  # same F1, room for new data
         record = {
             "step": step,
             "train_loss": float(np.mean(losses)),

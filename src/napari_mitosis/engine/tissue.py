@@ -114,6 +114,4 @@ def tissue_mask(
 
 def slide_tissue_mask(slide: Any, **options: Any) -> TissueMask:
     """`tissue_mask` of a `Slide`, with its µm/pixel for the size rules."""
-    return tissue_mask(
-        slide.viewer_levels, level0_mpp=slide.mpp[1] if slide.mpp else None, **options
-    )
+    return tissue_mask(slide.sources, level0_mpp=slide.mpp[1] if slide.mpp else None, **options)

@@ -68,7 +68,7 @@ def open_slide(
         raise UnsupportedFormatError(path, "OpenSlide does not recognise this file as a slide")
     extra = display_levels(slide.levels, display_size, labels=slide.metadata.layer_type == "labels")
     slide.levels.extend(extra)
-    slide.viewer_levels.extend(extra)
+    slide.sources.extend(extra)
     return slide
 
 

@@ -18,12 +18,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import dask.array as da
 import numpy as np
 import openslide
 from PIL import ImageCms
 
 from napari_mitosis.io.errors import CorruptSlideError, UnsupportedFormatError
+from napari_mitosis.io.level_array import level_array
 from napari_mitosis.io.slide import ColorMode, Slide, SlideMetadata
 from napari_mitosis.io.tiff_tiles import TiffTiles
 
@@ -183,11 +183,10 @@ class OpenSlideHandle:
 class OpenSlideLevel:
     """Array-like ``(height, width, 3)`` uint8 view of one level, read on indexing.
 
-    This is what napari displays: a request for the visible region costs one
-    ``read_region`` per band of tile rows (bands read in parallel; OpenSlide decodes in C
-    without the GIL), with no task graph to build. Dask's per-compute cost grows with the
-    number of chunks (≈33 ms per tile on a 50k × 50k level), which would tax every pan.
-    Scripts and Dask workers use the tile-aligned Dask arrays built on top of this view.
+    A request for a region costs one read per band of tile rows (bands read in parallel;
+    decoding releases the GIL), with no task graph to build. The tiled engine reads
+    through it directly (`Slide.sources`); napari, scripts and Dask workers get the
+    level's `LevelArray` (a Dask array) over it, whose viewer-sized reads come here too.
     """
 
     dtype = np.dtype(np.uint8)
@@ -313,15 +312,5 @@ def open_openslide(path: Path, *, color: ColorMode = "raw") -> Slide:
         tw, th = tile_sizes[i]
         source = OpenSlideLevel(handle, i, w, h, float(down), (th, tw))
         views.append(source)
-        levels.append(
-            da.from_array(
-                source,
-                chunks=(th, tw, 3),
-                name=f"openslide-{token}-level{i}",
-                asarray=False,
-                fancy=False,
-                lock=False,
-                meta=np.empty((0, 0, 3), np.uint8),
-            )
-        )
-    return Slide(metadata=metadata, levels=levels, viewer_levels=views, _closer=handle)
+        levels.append(level_array(source, tile=(th, tw), name=f"openslide-{token}-level{i}"))
+    return Slide(metadata=metadata, levels=levels, sources=views, _closer=handle)

@@ -59,15 +59,15 @@ class Slide:
     """
 
     metadata: SlideMetadata
-    levels: list[Any]  # da.Array, or np.ndarray for small plain images
-    #: The same pyramid as direct lazy arrays for viewers (napari): no Dask graph per
-    #: request. Defaults to ``levels`` where there is nothing to gain (plain images).
-    viewer_levels: list[Any] = field(default_factory=list)
+    levels: list[Any]  # da.Array, or np.ndarray for small plain images held in memory
+    #: The same pyramid as direct array-likes for the tiled engine: reads with no Dask
+    #: graph at all. Defaults to ``levels`` where there is nothing to gain (plain images).
+    sources: list[Any] = field(default_factory=list)
     _closer: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if not self.viewer_levels:
-            self.viewer_levels = list(self.levels)
+        if not self.sources:
+            self.sources = list(self.levels)
 
     @property
     def path(self) -> Path:
@@ -138,7 +138,7 @@ class Slide:
         keyword arguments every tiled run takes, plus ``source`` (the level's array)."""
         level = self.level_for_mpp(target_mpp) if level is None else level
         return {
-            "source": self.viewer_levels[level],
+            "source": self.sources[level],
             "region": self.region_at_level(region, level),
             "level": level,
             "downsample": self.level_downsample(level)[1],
