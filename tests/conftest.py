@@ -173,3 +173,22 @@ def trained_classifier(tumour_slides, tmp_path_factory: pytest.TempPathFactory):
     )
     path = tmp_path_factory.mktemp("classifier") / "tumour.safetensors"
     return path, train_classifier(train, validation, path, config)
+
+
+@pytest.fixture(scope="session")
+def dicom_series(pyramid_path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic pyramid as a multi-level DICOM WSI series folder (one file a level),
+    written by wsidicomizer (a test-only dependency) through its tiffslide source."""
+    from wsidicomizer import WsiDicomizer
+    from wsidicomizer.sources.tiffslide.tiffslide_source import TiffSlideSource
+
+    folder = tmp_path_factory.mktemp("dicom") / "series"
+    WsiDicomizer.convert(
+        pyramid_path,
+        folder,
+        preferred_source=TiffSlideSource,
+        include_label=False,
+        include_overview=False,
+        include_thumbnail=False,
+    )
+    return folder

@@ -367,13 +367,19 @@ def test_layer_reads_equal_dask_slicing_with_the_same_chunks(pyramid_path, key) 
     """The direct read path of a level gives exactly what Dask's own slicing gives."""
     import dask.array as da
 
+    import pickle
+
     slide = open_slide(pyramid_path)
     level = slide.levels[0]
-    ours, theirs = level[key], da.Array.__getitem__(level, key)
-    assert isinstance(ours, da.Array) and ours.chunks == theirs.chunks
+    theirs = da.Array.__getitem__(level, key)
     expected = theirs.compute()
-    np.testing.assert_array_equal(np.asarray(ours), expected)
+    np.testing.assert_array_equal(np.asarray(level[key]), expected)  # napari's read
+    ours = level[key]
+    assert isinstance(ours, da.Array) and ours.chunks == theirs.chunks
+    assert (ours.shape, ours.dtype) == (theirs.shape, theirs.dtype)
     np.testing.assert_array_equal(ours.compute(), expected)
+    np.testing.assert_array_equal((ours // 2).compute(), expected // 2)  # Dask ops on it
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(level[key])).compute(), expected)
     np.testing.assert_array_equal(expected, np.asarray(slide.sources[0])[key])
 
 
@@ -389,3 +395,35 @@ def test_napari_style_reads_go_straight_to_the_source(pyramid_path, count_reads)
     count_reads.clear()
     region.compute()
     assert direct == 1 and len(count_reads) == 16
+
+
+def test_a_dicom_wsi_opens_from_any_file_of_its_series_or_its_folder(
+    dicom_series, pyramid_path
+) -> None:
+    """DICOM WSI (one instance per level) through OpenSlide: levels and µm/px from the
+    DICOM, pixels as OpenSlide reads them and close to the slide it was made from."""
+    import openslide
+
+    files = sorted(dicom_series.glob("*.dcm"))
+    assert len(files) == 3
+    source = open_slide(pyramid_path)
+    for path in (dicom_series, files[-1]):
+        with open_slide(path) as slide:
+            assert slide.metadata.vendor == "dicom"
+            assert slide.mpp == pytest.approx((0.5, 0.5))
+            assert slide.metadata.level_dimensions == ((1500, 1000), (750, 500), (375, 250))
+            for level in range(3):
+                ours = np.asarray(slide.levels[level][40:240, 100:360])
+                down = round(slide.metadata.level_downsamples[level])
+                reference = openslide.OpenSlide(str(files[0])).read_region(
+                    (100 * down, 40 * down), level, (260, 200)
+                )
+                np.testing.assert_array_equal(ours, np.asarray(reference)[..., :3])
+                original = np.asarray(source.levels[level][40:240, 100:360]).astype(int)
+                assert np.abs(ours.astype(int) - original).mean() < 8  # JPEG-encoded frames
+
+
+def test_a_folder_without_dicom_files_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(SlideNotFoundError, match=f"{tmp_path}: is a directory without DICOM"):
+        open_slide(tmp_path)

@@ -1,8 +1,8 @@
 """napari reader: slides, plain images, QuPath GeoJSON and our OME-Zarr heatmaps become
 layers.
 
-Only converts: opening is `napari_mitosis.io.slide.open_slide`, GeoJSON parsing is
-`napari_mitosis.io.geojson.read_geojson`, OME-Zarr is `ome_zarr_output.read_ome_zarr`.
+Only converts: opening is `napari_mitosis.io.formats.open_slide` (DICOM WSI series folders
+included), GeoJSON parsing is `io.geojson.read_geojson`, OME-Zarr is `io.ome_zarr.read_ome_zarr`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_mitosis.io.formats import SUPPORTED_SUFFIXES, open_slide
+from napari_mitosis.io.formats import SUPPORTED_SUFFIXES, is_dicom, open_slide
 from napari_mitosis.io.geojson import Annotation, read_geojson
 from napari_mitosis.io.slide import Slide
 
@@ -29,7 +29,7 @@ def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerD
     for p in map(Path, paths):
         suffix = p.suffix.lower()
         if p.is_dir():
-            if not is_our_ome_zarr(p):
+            if not (is_our_ome_zarr(p) or is_dicom_series(p)):
                 return None
         elif suffix not in SUPPORTED_SUFFIXES + GEOJSON_SUFFIXES:
             return None
@@ -47,13 +47,18 @@ def is_our_ome_zarr(path: Path) -> bool:
     return "multiscales" in attrs and "napari_mitosis" in attrs
 
 
+def is_dicom_series(path: Path) -> bool:
+    """A folder holding DICOM files (a DICOM WSI series that OpenSlide opens whole)."""
+    return any(p.is_file() and is_dicom(p) for p in path.iterdir())
+
+
 def read_paths(path: str | list[str]) -> list[LayerData]:
     paths = [path] if isinstance(path, str) else list(path)
     layers: list[LayerData] = []
     for p in map(Path, paths):
         if p.suffix.lower() in GEOJSON_SUFFIXES:
             layers.extend(annotation_layer_data(read_geojson(p), name=p.stem))
-        elif p.is_dir():
+        elif p.is_dir() and is_our_ome_zarr(p):
             layers.extend(grid_layer_data(p))
         else:
             layers.append(slide_layer_data(open_slide(p)))

@@ -17,6 +17,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Label,
     ProgressBar,
     PushButton,
@@ -44,6 +45,13 @@ class TiledModelWidget(Container):
         self.model_path = FileEdit(label=self.model_label, filter="*.safetensors")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.level = SpinBox(label="pyramid level (-1: the model's µm/px)", value=-1, min=-1)
+        self.mpp = FloatSpinBox(
+            label="µm/px if the image does not say (0: unknown)",
+            value=0.0,
+            min=0.0,
+            max=100.0,
+            step=0.001,
+        )
         self.overlap = SpinBox(label="overlap (px)", value=64, min=0, max=1024, step=16)
         self.region = ComboBox(label="region", choices=REGIONS, value=REGIONS[0])
         self.shapes = ComboBox(label="shapes layer", choices=self._layers_of(Shapes))
@@ -57,6 +65,7 @@ class TiledModelWidget(Container):
                 self.model_path,
                 self.device,
                 self.level,
+                self.mpp,
                 *extra,
                 self.overlap,
                 self.region,
@@ -116,6 +125,25 @@ class TiledModelWidget(Container):
         mpp = (layer.metadata or {}).get("mpp")
         return (float(mpp[0]), float(mpp[1])) if mpp else None
 
+    def image_mpp(self, layer: Any, target_mpp: float | None) -> tuple[float, float] | None:
+        """The layer's µm/pixel, else the widget's field; an error when the model needs
+        one and neither gives it (the same rule as `Slide.model_level`)."""
+        own, given = self.layer_mpp(layer), float(self.mpp.value)
+        if own is not None:
+            if given > 0 and not np.isclose(own[1], given, rtol=0.01):
+                self.status.value = (
+                    f"{layer.name} says {own[1]:g} µm/px; the {given:g} µm/px given is ignored"
+                )
+            return own
+        if given > 0:
+            return (given, given)
+        if target_mpp is not None and self.level.value < 0:
+            raise ValueError(
+                f"{layer.name}: does not say its µm/pixel, and the {self.model_label} reads "
+                f"{target_mpp:g} µm/px: enter the image's in the µm/px field"
+            )
+        return None
+
     def _level(self, layer: Any, target_mpp: float | None) -> int:
         """The chosen level, else the one matching the model's µm/pixel when the layer
         knows its own."""
@@ -124,7 +152,7 @@ class TiledModelWidget(Container):
             if self.level.value >= count:
                 raise ValueError(f"{layer.name} has {count} pyramid levels; choose 0–{count - 1}")
             return int(self.level.value)
-        mpp = self.layer_mpp(layer)
+        mpp = self.image_mpp(layer, target_mpp)
         if not layer.multiscale or not mpp or target_mpp is None:
             return 0
         h0 = layer.data[0].shape[0]
@@ -178,7 +206,7 @@ class TiledModelWidget(Container):
         level = self._level(layer, predictor.card.mpp)
         data = layer.data[level] if layer.multiscale else layer.data
         downsample = layer.data[0].shape[0] / data.shape[0] if layer.multiscale else 1.0
-        mpp = self.layer_mpp(layer)
+        mpp = self.image_mpp(layer, predictor.card.mpp)
         run = self._make_run(
             data,
             predictor,

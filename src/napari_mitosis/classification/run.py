@@ -361,6 +361,7 @@ def classify_slide(
     batch_size: int = 16,
     out: Any = None,
     tissue: TissueMask | None = None,
+    mpp: float | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> HeatmapResult:
@@ -370,7 +371,8 @@ def classify_slide(
     tissue reach the model when ``tissue_only`` (``tissue``: a mask already computed).
     A loaded `ClassifierPredictor` may stand for the checkpoint (cohort workers load
     each model once); ``progress(done, total)`` counts patches. ``amp=False``: float32
-    on CUDA too (slower; the CPU's heatmap within 1e-4).
+    on CUDA too (slower; the CPU's heatmap within 1e-4). ``mpp`` is the image's µm/pixel
+    when the file does not say.
     """
     if isinstance(checkpoint, ClassifierPredictor):
         predictor = checkpoint
@@ -378,7 +380,7 @@ def classify_slide(
         model, card = load_checkpoint(checkpoint, task="classification")
         predictor = ClassifierPredictor(model, card, device, tta=tta, amp=amp)
     card = predictor.card
-    slide = path if isinstance(path, Slide) else open_slide(path)
+    slide = path if isinstance(path, Slide) else open_slide(path, mpp=mpp)
     where = slide.model_level(card.mpp, level=level, region=region)
     context_source, context_scale = context_level(slide, where["level"], card.context)
     run = ClassificationRun(

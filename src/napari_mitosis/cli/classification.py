@@ -13,6 +13,7 @@ from napari_mitosis.cli.options import (
     CommandAdder,
     add_device,
     add_model,
+    add_mpp,
     add_overwrite,
     add_training,
     parse_region,
@@ -219,9 +220,9 @@ def _evaluate_on_slides(args: argparse.Namespace) -> int:
     refuse_existing((table, plot), overwrite=args.overwrite)
     labels, scores, per_slide, rows = [], [], [], ["slide,cells,tumour_cells,lesions,candidates"]
     for path in args.data:
-        slide = open_slide(path)
+        slide = open_slide(path, mpp=args.mpp)
         tumour = tumour_mask(slide, annotation_for(path, args.annotations))
-        result = classify_slide(path, args.model, device=args.device, tta=args.tta)
+        result = classify_slide(slide, args.model, device=args.device, tta=args.tta)
         cells = np.argwhere(result.visited)
         centres = (cells + 0.5) * result.cell_level0 + np.asarray(result.origin_level0)
         truth = tumour.mask[
@@ -300,6 +301,7 @@ def _classify(args: argparse.Namespace) -> int:
         tta=args.tta,
         amp=not args.no_amp,
         batch_size=args.batch_size,
+        mpp=args.mpp,
     )
     paths = write_heatmap(result, args.out, stem, fmt=args.format, overwrite=args.overwrite)
     area = result.tumour_area_mm2()
@@ -402,6 +404,7 @@ def register(command: CommandAdder) -> None:
     )
     ec.add_argument("--threshold", type=float, default=None, help="default: the card's")
     ec.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
+    add_mpp(ec)
     add_device(ec)
     add_overwrite(ec)
     ec.set_defaults(run=_evaluate_classifier)
@@ -427,6 +430,7 @@ def register(command: CommandAdder) -> None:
         help="heatmap + mask as two pyramidal TIFFs or one OME-Zarr (mask as its label image)",
     )
     cl.add_argument("--batch-size", type=int, default=16, help="patches per forward pass")
+    add_mpp(cl)
     add_device(cl)
     cl.add_argument(
         "--no-amp",

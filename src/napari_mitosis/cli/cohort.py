@@ -37,6 +37,7 @@ def _run(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
             workers=args.workers,
             overwrite=args.overwrite,
+            mpp=args.mpp,
             on_event=on_event,
         )
     done = len(report.rows) - len(report.failed)
@@ -95,6 +96,12 @@ def register(command: CommandAdder) -> None:
     rn.add_argument(
         "--device",
         help="auto, cuda, cuda:N or cpu, on every worker (default: the run config's, else auto)",
+    )
+    rn.add_argument(
+        "--mpp",
+        type=float,
+        help="µm per pixel of slides whose file does not say and whose slide list has no "
+        "mpp column value",
     )
     rn.add_argument("--overwrite", action="store_true", help="redo every slide")
     rn.add_argument("--no-progress", action="store_true", help="no progress bar (logs, batch jobs)")

@@ -12,6 +12,7 @@ from napari_mitosis.cli.options import (
     CommandAdder,
     add_device,
     add_model,
+    add_mpp,
     add_overwrite,
     add_steps,
     add_tiling,
@@ -120,6 +121,7 @@ def _detect(args: argparse.Namespace) -> int:
         score_threshold=args.threshold,
         overlap=args.overlap,
         batch_size=args.batch_size,
+        mpp=args.mpp,
     )
     _write_boxes(result.detections, outputs, args.overwrite)
     print(f"{args.image}: {result.summary()}")
@@ -220,6 +222,7 @@ def register(command: CommandAdder) -> None:
         "--min-tissue", type=float, default=0.05, help="with --tissue-only: tissue fraction"
     )
     dt.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
+    add_mpp(dt)
     add_tiling(dt, batch=4)
     add_device(dt)
     add_overwrite(dt)

@@ -41,6 +41,15 @@ def add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_mpp(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        help="µm per pixel of the image, used only when its file does not say "
+        "(one that says keeps its own, with a warning)",
+    )
+
+
 def add_overwrite(parser: argparse.ArgumentParser, what: str = "existing outputs") -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help=f"replace {what} (default: stop, touch nothing)"

@@ -11,6 +11,7 @@ from napari_mitosis.cli.options import (
     CommandAdder,
     add_device,
     add_model,
+    add_mpp,
     add_overwrite,
     add_steps,
     add_tiling,
@@ -107,6 +108,7 @@ def _segment(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         tissue_only=args.tissue_only,
         min_tissue=args.min_tissue,
+        mpp=args.mpp,
     )
     paths = write_segmentation(result, args.out, Path(args.image).stem, overwrite=args.overwrite)
     print(f"{args.image}: {len(result.detections)} mitotic figures at level {result.level}")
@@ -193,6 +195,7 @@ def register(command: CommandAdder) -> None:
         "--threshold", type=float, default=None, help="mitosis probability (default: the card's)"
     )
     sg.add_argument("--min-area", type=int, default=0, help="smallest figure kept (level px)")
+    add_mpp(sg)
     add_tiling(sg, batch=4)
     add_device(sg)
     add_overwrite(sg)

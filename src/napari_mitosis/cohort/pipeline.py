@@ -139,16 +139,18 @@ def analyse_slide(
     models: PipelineModels,
     settings: PipelineSettings,
     *,
+    mpp: float | None = None,
     progress: StageProgress | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> SlideAnalysis:
     """Run the pipeline on one slide (nothing is written; see `write_analysis`).
 
-    An empty tumour mask is a result (no mitoses are looked for), not an error.
+    An empty tumour mask is a result (no mitoses are looked for), not an error. ``mpp``
+    is the slide's µm/pixel when the file does not say.
     """
     started = time.perf_counter()
     path = Path(path)
-    with open_slide(path) as slide:
+    with open_slide(path, mpp=mpp) as slide:
         tissue = slide_tissue_mask(slide)
         heatmap = detection = None
         if models.classifier is not None:

@@ -203,29 +203,45 @@ def write_run_config(out: Path, description: dict[str, Any], *, overwrite: bool)
 # --- slides -------------------------------------------------------------------------------
 
 
-def slide_list(items: Sequence[str | Path]) -> list[Path]:
-    """Slide paths; a ``.txt`` (one per line) or ``.csv`` (a ``slide`` or ``path`` column,
-    else the first) entry is a list of slides, relative to its own folder."""
-    slides: list[Path] = []
+def slide_entries(items: Sequence[str | Path]) -> list[tuple[Path, float | None]]:
+    """(slide, µm/px or None) per slide. A ``.txt`` (one per line) or ``.csv`` (a ``slide``
+    or ``path`` column, else the first; an optional ``mpp`` column for slides that do not
+    say theirs) entry is a list of slides, relative to its own folder. A folder is a DICOM
+    WSI series."""
+    entries: list[tuple[Path, float | None]] = []
     for item in items:
         item = Path(item)
+        listed: list[tuple[str, str]] = []
         if item.suffix.lower() == ".txt":
             lines = [ln.strip() for ln in item.read_text().splitlines()]
-            entries = [ln for ln in lines if ln and not ln.startswith("#")]
+            listed = [(ln, "") for ln in lines if ln and not ln.startswith("#")]
         elif item.suffix.lower() == ".csv":
             with item.open(newline="") as handle:
                 rows = list(csv.DictReader(handle))
             if not rows:
                 raise ValueError(f"{item}: an empty slide list")
             column = next((c for c in ("slide", "path") if c in rows[0]), next(iter(rows[0])))
-            entries = [row[column] for row in rows if row[column]]
+            listed = [(row[column], row.get("mpp") or "") for row in rows if row[column]]
         else:
-            slides.append(item)
+            entries.append((item.absolute(), None))
             continue
-        slides += [p if p.is_absolute() else item.parent / p for p in map(Path, entries)]
-    if not slides:
+        for line, (entry, mpp) in enumerate(listed, start=2):
+            path = Path(entry) if Path(entry).is_absolute() else item.parent / entry
+            try:
+                value = float(mpp) if mpp.strip() else None
+            except ValueError:
+                raise ValueError(f"{item}: line {line}: mpp {mpp!r} is not a number") from None
+            if value is not None and not value > 0:
+                raise ValueError(f"{item}: line {line}: mpp must be positive, not {mpp}")
+            entries.append((path.absolute(), value))
+    if not entries:
         raise ValueError("no slides given")
-    return [p.absolute() for p in slides]
+    return entries
+
+
+def slide_list(items: Sequence[str | Path]) -> list[Path]:
+    """Slide paths of `slide_entries`."""
+    return [path for path, _ in slide_entries(items)]
 
 
 def slide_names(paths: Sequence[Path]) -> list[str]:
@@ -264,18 +280,19 @@ def process_slide(
     settings: PipelineSettings,
     models: PipelineModels,
     *,
+    mpp: float | None = None,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Analyse one slide and publish ``out/<name>/`` atomically; return its summary line.
 
     Any error becomes the line's ``status``/``error`` (the cohort goes on); nothing of a
-    failed slide is left behind.
+    failed slide is left behind. ``mpp``: the slide's µm/px when the file does not say.
     """
     started = time.perf_counter()
     folder = Path(out) / name
     row: dict[str, Any] = {"slide": name, "path": str(path)}
     try:
-        analysis = analyse_slide(path, models, settings, progress=progress)
+        analysis = analyse_slide(path, models, settings, mpp=mpp, progress=progress)
         with atomic_directory(folder, overwrite=True) as tmp:
             written = write_analysis(analysis, tmp, name, settings)
             row.update(analysis.numbers)
@@ -332,7 +349,9 @@ class ModelCache(WorkerPlugin):
         return self._models
 
 
-def _slide_task(path: str, name: str, out: str, settings: PipelineSettings) -> dict[str, Any]:
+def _slide_task(
+    path: str, name: str, out: str, settings: PipelineSettings, mpp: float | None = None
+) -> dict[str, Any]:
     """What a worker runs per slide: its cached models, progress as worker events."""
     from distributed import get_worker
 
@@ -350,7 +369,7 @@ def _slide_task(path: str, name: str, out: str, settings: PipelineSettings) -> d
                 PROGRESS_TOPIC, {"slide": name, "stage": stage, "done": done, "total": total}
             )
 
-    return process_slide(path, name, out, settings, models, progress=progress)
+    return process_slide(path, name, out, settings, models, mpp=mpp, progress=progress)
 
 
 @contextlib.contextmanager
@@ -425,6 +444,7 @@ def run_cohort(
     scheduler: str | None = None,
     workers: int | None = None,
     overwrite: bool = False,
+    mpp: float | None = None,
     on_event: Event | None = None,
 ) -> CohortReport:
     """Run the pipeline on every slide; skip slides a previous run finished.
@@ -433,17 +453,21 @@ def run_cohort(
     cluster; otherwise a local one with ``workers`` processes is started and closed.
     ``on_event`` gets ``{"kind": "start"|"tiles"|"slide", …}`` dicts for progress displays.
     Raises only for problems with the run itself (bad config, unusable ``out``); a
-    failing slide is a line in the summary.
+    failing slide is a line in the summary. ``mpp`` is the µm/px of slides that do not
+    say theirs and have none in their slide list's ``mpp`` column.
     """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: is a file; --out needs a results folder")
-    paths = slide_list(slides)
+    entries = slide_entries(slides)
+    paths = [path for path, _ in entries]
+    given = {path: listed if listed is not None else mpp for path, listed in entries}
     out.mkdir(parents=True, exist_ok=True)
     names = slide_names(paths)
-    write_run_config(
-        out, {**describe_run(settings), "slides": list(map(str, paths))}, overwrite=overwrite
-    )
+    description = {**describe_run(settings), "slides": list(map(str, paths))}
+    if any(v is not None for v in given.values()):  # what slides without µm/px were given
+        description["slide_mpp"] = {str(p): v for p, v in given.items() if v is not None}
+    write_run_config(out, description, overwrite=overwrite)
     for stale in stale_partials(out):  # left by a killed run
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
     emit = on_event or (lambda event: None)
@@ -470,7 +494,10 @@ def run_cohort(
             dask.register_plugin(ModelCache(settings, threads), name=PLUGIN)
             dask.subscribe_topic(PROGRESS_TOPIC, lambda event: emit({"kind": "tiles", **event[1]}))
             futures = {
-                dask.submit(_slide_task, str(p), n, str(out), settings, pure=False): (p, n)
+                dask.submit(_slide_task, str(p), n, str(out), settings, given[p], pure=False): (
+                    p,
+                    n,
+                )
                 for p, n in todo
             }
             try:

@@ -121,6 +121,7 @@ def detect_slide(
     min_tissue: float = 0.05,
     score_threshold: float | None = None,
     tile: int | None = None,
+    mpp: float | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
     **options: Any,
@@ -133,14 +134,15 @@ def detect_slide(
     to tiles holding ``min_tissue`` of it and keeps only boxes centred inside it; the
     densities are then per mm² of it. ``tile`` (px) defaults to the model's training crop.
     A loaded `DetectionPredictor` may stand for the checkpoint (its tile is used);
-    ``progress(done, total)`` counts tiles.
+    ``progress(done, total)`` counts tiles; ``mpp`` is the image's µm/pixel when the file
+    does not say.
     """
     if isinstance(checkpoint, DetectionPredictor):
         predictor = checkpoint
     else:
         model, card = load_checkpoint(checkpoint, task="detection")
         predictor = DetectionPredictor(model, card, device, tile=tile)
-    slide = path if isinstance(path, Slide) else open_slide(path)
+    slide = path if isinstance(path, Slide) else open_slide(path, mpp=mpp)
     where = slide.model_level(predictor.card.mpp, level=level, region=region)
     run = DetectionRun(where.pop("source"), predictor, **where, **options)
     if tissue_only and within is None:

@@ -26,6 +26,14 @@ class CorruptSlideError(SlideError):
     """The file claims a supported format but its content is truncated or damaged."""
 
 
+class MissingResolutionError(SlideError):
+    """The slide does not say its µm/pixel, and what was asked of it needs one."""
+
+
+class UnsuitableImageError(SlideError):
+    """The image opens, but its pixels are not what the model reads (8-bit RGB)."""
+
+
 class OutputExistsError(FileExistsError):
     """A writer refused to replace an existing file without ``overwrite=True``."""
 

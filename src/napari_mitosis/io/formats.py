@@ -7,7 +7,12 @@ chunks are the slide's own tiles.
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import warnings
 from pathlib import Path
+
+import numpy as np
 
 from napari_mitosis.io import openslide_source, plain_image
 from napari_mitosis.io.errors import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError
@@ -25,6 +30,7 @@ OPENSLIDE_SUFFIXES: tuple[str, ...] = (
     ".vmu",
     ".svslide",
     ".bif",
+    ".dcm",  # DICOM WSI: any file of the series; a series folder opens too
 )
 #: Extensions read as plain (single-resolution) images.
 PLAIN_IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -35,12 +41,18 @@ SUPPORTED_SUFFIXES: tuple[str, ...] = tuple(
 
 
 def open_slide(
-    path: str | Path, *, color: ColorMode = "raw", display_size: int = DISPLAY_SIZE
+    path: str | Path,
+    *,
+    color: ColorMode = "raw",
+    mpp: float | tuple[float, float] | None = None,
+    display_size: int = DISPLAY_SIZE,
 ) -> Slide:
     """Open a whole-slide image or a plain image lazily, without reading its pixels.
 
     ``color="srgb"`` applies the slide's embedded ICC profile (when it has one) on read;
-    the default ``"raw"`` gives the pixels as stored, like OpenSlide.
+    the default ``"raw"`` gives the pixels as stored, like OpenSlide. ``mpp`` (µm per
+    level-0 pixel, one value or (y, x)) is used only when the file does not say; a file
+    that says otherwise keeps its own, with a warning naming both.
     """
     path = Path(path)
     if color not in ("raw", "srgb"):
@@ -48,7 +60,7 @@ def open_slide(
     if not path.exists():
         raise SlideNotFoundError(path, "no such file")
     if path.is_dir():
-        raise SlideNotFoundError(path, "is a directory, not a slide or image file")
+        path = dicom_series_file(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise UnsupportedFormatError(
@@ -60,16 +72,62 @@ def open_slide(
         slide = openslide_source.open_openslide(path, color=color)
     elif suffix in PLAIN_IMAGE_SUFFIXES:
         slide = plain_image.open_plain_image(path)
+    elif is_dicom(path):
+        raise CorruptSlideError(
+            path,
+            "a DICOM file OpenSlide cannot open as a whole-slide image: not a VL Whole Slide "
+            "Microscopy image, or its series is incomplete or damaged",
+        )
     elif _has_tiff_header(path):
         raise CorruptSlideError(
             path, "a TIFF-based slide that OpenSlide cannot open: truncated or damaged"
         )
     else:
         raise UnsupportedFormatError(path, "OpenSlide does not recognise this file as a slide")
+    if mpp is not None:
+        slide = with_resolution(slide, mpp)
     extra = display_levels(slide.levels, display_size, labels=slide.metadata.layer_type == "labels")
     slide.levels.extend(extra)
     slide.sources.extend(extra)
     return slide
+
+
+def with_resolution(slide: Slide, mpp: float | tuple[float, float]) -> Slide:
+    """``slide`` with µm/pixel ``mpp`` when it has none; its own (and a warning) otherwise."""
+    given = (float(mpp), float(mpp)) if np.isscalar(mpp) else tuple(map(float, mpp))  # type: ignore[arg-type]
+    if len(given) != 2 or not all(math.isfinite(v) and v > 0 for v in given):
+        raise ValueError(f"{slide.path}: µm/pixel must be one or two positive numbers, not {mpp!r}")
+    own = slide.metadata.mpp
+    if own is None:
+        slide.metadata = dataclasses.replace(slide.metadata, mpp=given)
+    elif not np.allclose(own, given, rtol=0.01):
+        warnings.warn(
+            f"{slide.path}: the slide says {own[1]:g} µm/px; the {given[1]:g} µm/px given is "
+            "used only for slides that do not say, so the slide's own is kept",
+            stacklevel=3,
+        )
+    return slide
+
+
+def dicom_series_file(folder: Path) -> Path:
+    """The file OpenSlide opens for a DICOM WSI series folder (any of its instances will do;
+    the first by name, so the choice is stable)."""
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom(p))
+    if not files:
+        raise SlideNotFoundError(
+            folder, "is a directory without DICOM files, not a slide or image file"
+        )
+    return files[0]
+
+
+def is_dicom(path: Path) -> bool:
+    """A DICOM file: the ``DICM`` magic after the 128-byte preamble (any extension)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _has_tiff_header(path: Path) -> bool:

@@ -5,9 +5,9 @@ chunks, picklable (the source reopens its file on a worker), usable with ``map_b
 ``dask.compute`` and distributed. But computing a Dask slice costs 10–20 ms of graph
 optimisation and scheduling on a slide level (more with more chunks), ten times the read
 itself, and napari reads a slice at every pan and zoom. So a plain-slice read of up to
-`DIRECT_PX` pixels returns a `RegionArray`: the same tile-aligned chunks and tasks as
-Dask's own slice, built in microseconds, which NumPy conversion (``np.asarray``, what napari
-does) reads straight from the source. ``.compute()`` and every Dask operation still go
+`DIRECT_PX` pixels returns a `RegionArray`, which NumPy conversion (``np.asarray``, what
+napari does) reads straight from the source, and whose Dask side (the same tile-aligned
+chunks and tasks as Dask's own slice) is built only if used. ``.compute()`` and every Dask operation still go
 through the graph and give the same pixels.
 """
 
@@ -33,14 +33,37 @@ def _edges(start: int, stop: int, tile: int) -> list[int]:
     return [start, *inner, stop]
 
 
-class RegionArray(da.Array):
-    """A plain-slice region of a `LevelArray`: a Dask array that NumPy reads directly."""
+#: The attributes `dask.array.Array.__new__` sets; a `RegionArray` sets them on first use.
+_ARRAY_SLOTS = frozenset({"dask", "_meta", "_Array__name", "_Array__chunks", "_cached_keys"})
 
-    _source: Any
-    _key: tuple[slice, ...]
+
+class RegionArray(da.Array):
+    """A plain-slice region of a `LevelArray`: a Dask array that NumPy reads directly.
+
+    Building a Dask array (graph, chunks, meta) costs ≈40 µs, most of a cached tile's read,
+    and NumPy conversion never needs it; so the Dask side is built on first use of any of
+    its attributes, and is then exactly what `LevelArray.dask_region` gives.
+    """
+
+    def __new__(cls, level: LevelArray, key: tuple[slice, ...]) -> RegionArray:
+        region = object.__new__(cls)  # `da.Array.__new__` runs in `__getattr__`, if ever
+        region.__dict__.update(_level=level, _key=key)
+        return region
+
+    def __init__(self, level: LevelArray, key: tuple[slice, ...]) -> None:
+        """Nothing more to set: see `__new__`."""
+
+    def __getattr__(self, name: str) -> Any:
+        level = self.__dict__.get("_level")
+        if name not in _ARRAY_SLOTS or level is None:
+            raise AttributeError(name)
+        full = level.dask_region(self.__dict__["_key"])
+        for slot in _ARRAY_SLOTS:
+            setattr(self, slot, getattr(full, slot))
+        return getattr(self, name)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        pixels = np.asarray(self._source[self._key])
+        pixels = np.asarray(self.__dict__["_level"]._source[self.__dict__["_key"]])
         return pixels if dtype is None else pixels.astype(dtype, copy=False)
 
 
@@ -58,7 +81,7 @@ class LevelArray(da.Array):
         key = self._plain_key(index)
         if key is None:
             return super().__getitem__(index)
-        return self._region(key)
+        return RegionArray(self, key)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
         return np.asarray(self[...], dtype=dtype)
@@ -84,7 +107,9 @@ class LevelArray(da.Array):
         height, width = key[0].stop - key[0].start, key[1].stop - key[1].start
         return tuple(key) if height * width <= DIRECT_PX else None
 
-    def _region(self, key: tuple[slice, ...]) -> RegionArray:
+    def dask_region(self, key: tuple[slice, ...]) -> da.Array:
+        """The plain-slice region ``key`` as a Dask array: one task per tile it touches,
+        the same chunks as Dask's own slicing gives."""
         rows = _edges(key[0].start, key[0].stop, self._tile[0])
         cols = _edges(key[1].start, key[1].stop, self._tile[1])
         rest = key[2:]
@@ -100,9 +125,7 @@ class LevelArray(da.Array):
             tuple(b - a for a, b in pairwise(cols)),
             *((k.stop - k.start,) for k in rest),
         )
-        region = RegionArray(graph, name, chunks, meta=self._meta)
-        region._source, region._key = self._source, key
-        return region
+        return da.Array(graph, name, chunks, meta=self._meta)
 
 
 def level_array(source: Any, *, tile: tuple[int, int], name: str) -> LevelArray:

@@ -15,6 +15,8 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
+from napari_mitosis.io.errors import MissingResolutionError
+
 ColorMode = Literal["raw", "srgb"]
 LayerType = Literal["image", "labels"]
 
@@ -136,6 +138,13 @@ class Slide:
         """Where a model runs: the level closest to its µm/pixel (or ``level``), the level-0
         ``region`` in that level's pixels, and the level's downsample and µm/pixel — the
         keyword arguments every tiled run takes, plus ``source`` (the level's array)."""
+        if target_mpp is not None and self.mpp is None and level is None:
+            raise MissingResolutionError(
+                self.path,
+                f"does not say its µm/pixel, and the model reads {target_mpp:g} µm/px: give "
+                "the slide's with --mpp (command line), mpp= (Python) or the µm/px field "
+                "(napari widgets)",
+            )
         level = self.level_for_mpp(target_mpp) if level is None else level
         return {
             "source": self.sources[level],

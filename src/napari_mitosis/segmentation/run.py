@@ -135,16 +135,18 @@ def segment_slide(
     device: str = "auto",
     tissue_only: bool = False,
     min_tissue: float = 0.05,
+    mpp: float | None = None,
     **options: Any,
 ) -> SegmentationResult:
     """Open a slide or image and segment it at the level matching the model's µm/pixel.
 
     ``region`` is (y0, x0, y1, x1) in level-0 pixels (default: the whole image);
-    ``tissue_only`` skips tiles with less than ``min_tissue`` tissue (never sent to the model).
+    ``tissue_only`` skips tiles with less than ``min_tissue`` tissue (never sent to the model);
+    ``mpp`` is the image's µm/pixel when the file does not say.
     """
     model, card = load_checkpoint(checkpoint, task="segmentation")
     predictor = TilePredictor(model, card, device)
-    slide = open_slide(path)
+    slide = open_slide(path, mpp=mpp)
     where = slide.model_level(card.mpp, level=level, region=region)
     threshold = options.pop("threshold", None)
     min_area = options.pop("min_area", 0)
