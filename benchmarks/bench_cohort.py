@@ -27,8 +27,9 @@ def main() -> None:
 
     import torch
 
+    from napari_mitosis.cohort.config import settings_from_checkpoints
     from napari_mitosis.cohort.pipeline import PipelineModels, analyse_slide, write_analysis
-    from napari_mitosis.cohort.runner import run_cohort, settings_from_checkpoints
+    from napari_mitosis.cohort.runner import run_cohort
     from napari_mitosis.demo.models import demo_classifier, demo_detector
     from napari_mitosis.samples.synthetic import write_synthetic_slide
 

@@ -10,11 +10,9 @@ import numpy as np
 import pytest
 
 from napari_mitosis.classification.run import classify_slide
+from napari_mitosis.cohort.config import RUN_CONFIG, read_run_config, settings_from_checkpoints
 from napari_mitosis.cohort.runner import (
-    RUN_CONFIG,
-    read_run_config,
     run_cohort,
-    settings_from_checkpoints,
     slide_list,
     slide_names,
     verified_record,
@@ -156,7 +154,7 @@ def test_run_config_round_trip_and_checksum_guard(settings, tmp_path: Path) -> N
 
     import yaml
 
-    from napari_mitosis.cohort.runner import describe_run
+    from napari_mitosis.cohort.config import describe_run
 
     description = describe_run(settings)
     model = tmp_path / "detector.safetensors"

@@ -333,9 +333,9 @@ def test_cli_choices_match_the_core_and_the_parser_imports_no_torch() -> None:
     import subprocess
     import sys
 
-    from napari_mitosis import cli
     from napari_mitosis.classification.metrics import MONITORED
     from napari_mitosis.classification.training import ARCHITECTURES
+    from napari_mitosis.cli import options as cli
     from napari_mitosis.models.detector import BACKBONES
 
     assert (cli.BACKBONES, cli.ARCHITECTURES, cli.MONITORED) == (

@@ -53,6 +53,11 @@ def test_widget_cancel_adds_nothing(make_napari_viewer, qtbot, trained_unet) -> 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((2048, 2048, 3), np.uint8), rgb=True, name="big")
     widget = configured_widget(viewer, path, None, tile=64, overlap=0)
+    # The image does not say its µm/px and the model needs it: the widget asks for it.
+    with pytest.raises(ValueError, match=r"big: does not say its µm/pixel.*µm/px field"):
+        widget.run()
+    assert widget.run_button.enabled and len(viewer.layers) == 1
+    widget.mpp.value = 0.25
     widget.run()
     widget.cancel()
     # The worker may stop before a signal wait could start: wait on the widget's state.
@@ -140,6 +145,9 @@ def test_cli_converts_icpr2012_trains_and_segments(
         "--device",
         "cpu",
     ]
+    assert main(args) == 2  # a BMP does not say its µm/px, and the U-Net needs it
+    assert "A00_00.bmp: does not say its µm/pixel" in capsys.readouterr().err
+    args += ["--mpp", "0.25"]
     assert main(args) == 0
     assert "3 mitotic figures" in capsys.readouterr().out
     assert main(args) == 2  # a second run refuses to replace the files

@@ -365,9 +365,9 @@ def test_a_tile_the_scanner_never_wrote_reads_as_background(
 )
 def test_layer_reads_equal_dask_slicing_with_the_same_chunks(pyramid_path, key) -> None:
     """The direct read path of a level gives exactly what Dask's own slicing gives."""
-    import dask.array as da
-
     import pickle
+
+    import dask.array as da
 
     slide = open_slide(pyramid_path)
     level = slide.levels[0]

@@ -81,8 +81,8 @@ _EXPORTS: dict[str, str] = {
     "analyse_slide": "cohort.pipeline",
     "PipelineSettings": "cohort.pipeline",
     "run_cohort": "cohort.runner",
-    "settings_from_checkpoints": "cohort.runner",
-    "read_run_config": "cohort.runner",
+    "settings_from_checkpoints": "cohort.config",
+    "read_run_config": "cohort.config",
     # synthetic samples
     "synthetic_slide": "samples.synthetic",
     "write_synthetic_slide": "samples.synthetic",

@@ -383,16 +383,19 @@ def classify_slide(
     slide = path if isinstance(path, Slide) else open_slide(path, mpp=mpp)
     where = slide.model_level(card.mpp, level=level, region=region)
     context_source, context_scale = context_level(slide, where["level"], card.context)
-    run = ClassificationRun(
-        where.pop("source"),
-        predictor,
-        stride=stride,
-        batch_size=batch_size,
-        context_source=context_source,
-        context_scale=context_scale,
-        out=out,
-        **where,
-    )
+    try:
+        run = ClassificationRun(
+            where.pop("source"),
+            predictor,
+            stride=stride,
+            batch_size=batch_size,
+            context_source=context_source,
+            context_scale=context_scale,
+            out=out,
+            **where,
+        )
+    except ValueError as err:  # the run knows the arrays; the file is known here
+        raise ValueError(f"{slide.path}: {err}") from None
     if tissue_only:
         run.restrict_to_tissue(tissue or slide_tissue_mask(slide), min_tissue, source=slide.path)
     run.run(progress, should_stop)

@@ -10,7 +10,8 @@ from napari_mitosis.cli.options import CommandAdder
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_mitosis.cohort.runner import read_run_config, run_cohort, settings_from_checkpoints
+    from napari_mitosis.cohort.config import read_run_config, settings_from_checkpoints
+    from napari_mitosis.cohort.runner import run_cohort
 
     options = {
         "detect_in": args.detect_in,

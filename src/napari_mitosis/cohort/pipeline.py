@@ -151,6 +151,7 @@ def analyse_slide(
     started = time.perf_counter()
     path = Path(path)
     with open_slide(path, mpp=mpp) as slide:
+        slide.check_model_input()  # before tissue detection, which has its own needs
         tissue = slide_tissue_mask(slide)
         heatmap = detection = None
         if models.classifier is not None:

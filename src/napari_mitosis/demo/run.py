@@ -58,8 +58,9 @@ def _cohort(
     workers: int | None,
 ) -> CohortReport:
     """Tumour heatmaps and mitoses in tumour for every slide, on a local Dask cluster."""
+    from napari_mitosis.cohort.config import settings_from_checkpoints
     from napari_mitosis.cohort.progress import cohort_progress
-    from napari_mitosis.cohort.runner import run_cohort, settings_from_checkpoints
+    from napari_mitosis.cohort.runner import run_cohort
     from napari_mitosis.demo.models import demo_classifier, demo_detector
 
     if not models:

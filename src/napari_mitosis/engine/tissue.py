@@ -113,5 +113,8 @@ def tissue_mask(
 
 
 def slide_tissue_mask(slide: Any, **options: Any) -> TissueMask:
-    """`tissue_mask` of a `Slide`, with its µm/pixel for the size rules."""
-    return tissue_mask(slide.sources, level0_mpp=slide.mpp[1] if slide.mpp else None, **options)
+    """`tissue_mask` of a `Slide`, with its µm/pixel for the size rules; errors name it."""
+    try:
+        return tissue_mask(slide.sources, level0_mpp=slide.mpp[1] if slide.mpp else None, **options)
+    except ValueError as err:
+        raise ValueError(f"{slide.path}: {err}") from None

@@ -18,6 +18,10 @@ class SlideNotFoundError(SlideError, FileNotFoundError):
     """The path does not exist (or is a directory where a file was expected)."""
 
 
+class UnreadableFileError(SlideError, PermissionError):
+    """The file exists but this user may not read it."""
+
+
 class UnsupportedFormatError(SlideError):
     """The file exists but is not a slide or image format napari-mitosis reads."""
 

@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from napari_mitosis.io import openslide_source, plain_image
-from napari_mitosis.io.errors import CorruptSlideError, SlideNotFoundError, UnsupportedFormatError
+from napari_mitosis.io.errors import (
+    CorruptSlideError,
+    SlideNotFoundError,
+    UnreadableFileError,
+    UnsupportedFormatError,
+)
 from napari_mitosis.io.slide import DISPLAY_SIZE, ColorMode, Slide, display_levels
 
 #: Extensions OpenSlide reads (``.tif``/``.tiff`` may also be plain images).
@@ -61,6 +66,7 @@ def open_slide(
         raise SlideNotFoundError(path, "no such file")
     if path.is_dir():
         path = dicom_series_file(path)
+    _check_readable(path)
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise UnsupportedFormatError(
@@ -109,10 +115,26 @@ def with_resolution(slide: Slide, mpp: float | tuple[float, float]) -> Slide:
     return slide
 
 
+def _check_readable(path: Path) -> None:
+    """Errors for files no backend could read, said plainly before any backend tries."""
+    try:
+        with path.open("rb") as handle:
+            empty = not handle.read(1)
+    except PermissionError:
+        raise UnreadableFileError(path, "permission denied (this user may not read it)") from None
+    except OSError as err:
+        raise CorruptSlideError(path, f"cannot be read ({err.strerror or err})") from None
+    if empty:
+        raise CorruptSlideError(path, "is empty (0 bytes)")
+
+
 def dicom_series_file(folder: Path) -> Path:
     """The file OpenSlide opens for a DICOM WSI series folder (any of its instances will do;
     the first by name, so the choice is stable)."""
-    files = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom(p))
+    try:
+        files = sorted(p for p in folder.iterdir() if p.is_file() and is_dicom(p))
+    except PermissionError:
+        raise UnreadableFileError(folder, "permission denied (this user may not list it)") from None
     if not files:
         raise SlideNotFoundError(
             folder, "is a directory without DICOM files, not a slide or image file"

@@ -15,11 +15,13 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
-from napari_mitosis.io.errors import MissingResolutionError
+from napari_mitosis.io.errors import MissingResolutionError, UnsuitableImageError
 
 ColorMode = Literal["raw", "srgb"]
 LayerType = Literal["image", "labels"]
 
+#: Models refuse images (at the level they read) narrower than this (px).
+MIN_MODEL_SIDE = 16
 #: A coarsest level longer than this (px) gets Dask-downsampled levels added for display.
 DISPLAY_SIZE = 2048
 
@@ -138,6 +140,7 @@ class Slide:
         """Where a model runs: the level closest to its µm/pixel (or ``level``), the level-0
         ``region`` in that level's pixels, and the level's downsample and µm/pixel — the
         keyword arguments every tiled run takes, plus ``source`` (the level's array)."""
+        self.check_model_input()
         if target_mpp is not None and self.mpp is None and level is None:
             raise MissingResolutionError(
                 self.path,
@@ -146,6 +149,7 @@ class Slide:
                 "(napari widgets)",
             )
         level = self.level_for_mpp(target_mpp) if level is None else level
+        self.check_model_input(level)
         return {
             "source": self.sources[level],
             "region": self.region_at_level(region, level),
@@ -153,6 +157,29 @@ class Slide:
             "downsample": self.level_downsample(level)[1],
             "level_mpp": self.level_mpp(level),
         }
+
+    def check_model_input(self, level: int = 0) -> None:
+        """Models read 8-bit RGB of at least `MIN_MODEL_SIDE` px a side; anything else is
+        refused by name, never run silently (scaling 16-bit or float values to 8 bits has
+        no rule every scanner shares)."""
+        data = self.levels[0]
+        channels = data.shape[-1] if data.ndim == 3 else 1
+        if data.dtype != np.uint8 or channels != 3:
+            kind = {1: "grey", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
+            bits = data.dtype.itemsize * 8
+            depth = f"{bits}-bit" if data.dtype.kind in "ui" else str(data.dtype)
+            raise UnsuitableImageError(
+                self.path,
+                f"has {depth} {kind} pixels; the models read 8-bit RGB images (convert it, "
+                "e.g. to an 8-bit RGB TIFF, first)",
+            )
+        height, width = self.levels[level].shape[:2]
+        if min(height, width) < MIN_MODEL_SIDE:
+            raise UnsuitableImageError(
+                self.path,
+                f"is {width} × {height} px at level {level}: too small for a model (at "
+                f"least {MIN_MODEL_SIDE} px a side)",
+            )
 
     def scale(self) -> tuple[float, float]:
         """Level-0 layer scale: µm per pixel when known, else 1 (pixel units)."""

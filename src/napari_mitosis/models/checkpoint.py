@@ -80,7 +80,11 @@ def read_card(path: str | Path) -> ModelCard:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
     except (SafetensorError, OSError) as err:
-        raise ValueError(f"{path}: not a readable safetensors checkpoint ({err})") from err
+        raise ValueError(
+            f"{path}: not a readable safetensors checkpoint ({err}); checkpoints are "
+            "safetensors files with a model card (the train-* commands write them), and "
+            "pickles (torch.save) are never loaded, since loading one can run any code"
+        ) from err
     if CARD_KEY not in meta:
         raise ValueError(
             f"{path}: has no napari-mitosis model card; was it saved by napari-mitosis?"
