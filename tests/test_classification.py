@@ -350,10 +350,16 @@ def test_widget_adds_an_aligned_heatmap_and_mask(
     qtbot.waitUntil(lambda: len(viewer.layers) == 4, timeout=5000)
     heatmap = viewer.layers["slide2 tumour probability"]
     mask = viewer.layers["slide2 tumour mask"]
-    assert tuple(heatmap.scale) == (32.0, 32.0) and tuple(mask.scale) == (32.0, 32.0)
-    # Cell (0, 0) covers level-0 pixels 0–31: its centre is at world (15.5, 15.5) µm.
-    assert tuple(heatmap.translate) == (15.5, 15.5)
-    assert mask.data.shape == (32, 48) and widget.status.value.startswith("tumour: ")
+    # Drawn at the slide's own pixel size (1 µm/px), over exactly the slide's pixels: each
+    # slide pixel shows the value of the 32 px cell it lies in.
+    assert tuple(heatmap.scale) == (1.0, 1.0) and tuple(mask.scale) == (1.0, 1.0)
+    assert tuple(heatmap.translate) == (0.0, 0.0)
+    assert mask.data[0].shape == (1024, 1536) and widget.status.value.startswith("tumour: ")
+    cells = np.asarray(heatmap.data[-1])  # the coarsest level: one pixel per cell
+    assert cells.shape == (32, 48) and cells.std() > 0
+    np.testing.assert_array_equal(
+        np.asarray(heatmap.data[0][40:80:32, 100:140:32]), cells[1:3, 3:5]
+    )
     assert "slide2 tissue" in viewer.layers
     # A level chosen by hand: level 1 (2 µm/px) cells are twice as large in µm.
     widget.level.value = 1
@@ -361,7 +367,7 @@ def test_widget_adds_an_aligned_heatmap_and_mask(
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     qtbot.waitUntil(lambda: len(viewer.layers) == 7, timeout=5000)
-    assert tuple(viewer.layers[-3].scale) == (64.0, 64.0)
+    assert viewer.layers[-3].metadata["cell_level0_px"] == 64.0
     widget.level.value = 9
     with pytest.raises(ValueError, match="has 4 pyramid levels"):
         widget.run()
@@ -481,3 +487,31 @@ def test_class_folders_say_which_classes_are_there_and_which_are_not(tmp_path: P
         class_folders(tmp_path, ("benign", "malignant"))
     with pytest.raises(ValueError, match=r"found none$"):
         class_folders(tmp_path / "benign")
+
+
+def test_heatmap_layers_end_where_the_slide_ends(
+    make_napari_viewer, qtbot, cmu_small, tmp_path
+) -> None:
+    """CMU-1-Small-Region is 2967 px tall: its last row of 64 px cells reaches past the
+    bottom; the heatmap and mask layers still cover exactly the slide's extent."""
+    from napari_mitosis._napari.classification_widget import ClassificationWidget
+    from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
+
+    card = ModelCard(
+        "small_cnn", {"outputs": 1, "width": 4}, task="classification", input_size=64, mpp=1.0
+    )
+    path = save_checkpoint(tmp_path / "m.safetensors", build_model(card), card)
+    viewer = make_napari_viewer()
+    (image,) = viewer.open(str(cmu_small), plugin="napari-mitosis")
+    widget = ClassificationWidget(viewer)
+    widget.model_path.value = path
+    widget.device.value = "cpu"
+    widget.min_tissue_fraction.value = 0.0
+    worker = widget.run()
+    with qtbot.waitSignal(worker.finished, timeout=120_000):
+        pass
+    qtbot.waitUntil(lambda: len(viewer.layers) == 3, timeout=5000)
+    cell = viewer.layers[-1].metadata["cell_level0_px"]
+    assert 2967 % cell and 2220 % cell  # cells do overhang both edges
+    for layer in viewer.layers[1:]:
+        np.testing.assert_allclose(layer.extent.world, image.extent.world)

@@ -180,6 +180,28 @@ def test_heatmap_ome_zarr_opens_as_layers_on_the_slide(make_napari_viewer, tmp_p
     np.testing.assert_allclose(image.scale, (16.0, 16.0))
     np.testing.assert_allclose(image.translate, (7.75, 7.75))
     np.testing.assert_array_equal(np.asarray(labels.data), mask)
+    # A heatmap of a slide region whose last cells reach past the slide's edge (at 1000 ×
+    # 1900 level-0 px) is drawn at the slide's pixel size and ends at the edge.
+    clipped = write_ome_zarr(
+        tmp_path / "edge.tumour.ome.zarr",
+        heat,
+        mpp0=(0.5, 0.5),
+        cell_level0=32.0,
+        labels={"tumour_mask": mask},
+        extra={
+            "origin_level0_yx": [0.0, 0.0],
+            "cell_level0_px": 32.0,
+            "end_level0_yx": [1000, 1900],
+        },
+    )
+    image, labels = viewer.open(str(clipped), plugin="napari-mitosis")
+    np.testing.assert_allclose(image.scale, (0.5, 0.5))
+    assert image.data[0].shape == labels.data[0].shape == (1000, 1900)
+    # pixel centres from the first to the last slide pixel, as for the slide's own layer
+    np.testing.assert_allclose(
+        image.extent.world[1] - image.extent.world[0], (999 * 0.5, 1899 * 0.5)
+    )
+    np.testing.assert_array_equal(np.asarray(labels.data[0][::32, ::32]), mask[:32, :60])
     # OME-Zarr that is not ours is left to napari-ome-zarr.
     write_ome_zarr(tmp_path / "foreign.ome.zarr", heat)
     attrs = tmp_path / "foreign.ome.zarr" / ".zattrs"

@@ -1,8 +1,8 @@
 """Tumour classification widget: converts layers ↔ `napari_mitosis.classification.run` calls.
 
-The heatmap has one value per cell (``stride`` level pixels); its layer gets scale =
-cell size in µm and a translation that puts each value over the centre of its cell, so it
-lines up with the slide at every zoom.
+The heatmap has one value per cell (``stride`` level pixels); its layers are drawn at the
+image's own pixel size and end where the image ends (`grid_layers`), so every cell lies
+over the slide pixels it was computed from, at every zoom, and none overhangs the edge.
 """
 
 from __future__ import annotations
@@ -12,22 +12,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, FloatSpinBox, SpinBox
 
+from napari_mitosis._napari.grid_layers import clipped_levels, grid_layers
 from napari_mitosis._napari.tiled_widget import TiledModelWidget
 
 if TYPE_CHECKING:
     import napari
-
-
-def cell_geometry(layer: Any, origin0: tuple[float, float], cell0: float) -> dict[str, Any]:
-    """napari scale/translate of a grid whose cells are ``cell0`` level-0 px from
-    ``origin0`` over an image layer whose data are level-0 pixels."""
-    scale0 = np.asarray(layer.scale[-2:], float)
-    centre = np.asarray(origin0, float) + cell0 / 2 - 0.5  # level-0 pixel-centre coordinates
-    return {
-        "scale": scale0 * cell0,
-        "translate": np.asarray(layer.translate[-2:], float) + centre * scale0,
-        "units": layer.units,
-    }
 
 
 class ClassificationWidget(TiledModelWidget):
@@ -85,32 +74,52 @@ class ClassificationWidget(TiledModelWidget):
         return run.result(self.threshold.value or None)
 
     def _on_done(self, layer: Any, result: Any) -> None:
-        geometry = cell_geometry(layer, result.origin_level0, result.cell_level0)
+        image0 = (layer.data[0] if layer.multiscale else layer.data).shape[:2]
+        end0 = tuple(min(e, n) for e, n in zip(result.end_level0, image0, strict=True))
+        heatmap, masks, geometry = grid_layers(
+            result.heatmap,
+            {"mask": result.mask},
+            origin0=result.origin_level0,
+            cell0=result.cell_level0,
+            end0=end0,
+            scale0=tuple(layer.scale[-2:]),
+            translate0=tuple(layer.translate[-2:]),
+        )
         meta = {
             "mpp": list(result.mpp) if result.mpp else None,
             "origin_level0_yx": list(result.origin_level0),
             "cell_level0_px": result.cell_level0,
             "threshold": result.threshold,
         }
+        common = {**geometry, "units": layer.units, "metadata": meta}
         self.viewer.add_image(
-            np.asarray(result.heatmap),
+            heatmap,
+            multiscale=len(heatmap) > 1,
             name=f"{layer.name} tumour probability",
             colormap="inferno",
             opacity=0.5,
             contrast_limits=(0, 1),
-            metadata=meta,
-            **geometry,
+            **common,
         )
         self.viewer.add_labels(
-            result.mask, name=f"{layer.name} tumour mask", opacity=0.4, metadata=meta, **geometry
+            masks["mask"],
+            multiscale=len(masks["mask"]) > 1,
+            name=f"{layer.name} tumour mask",
+            opacity=0.4,
+            **common,
         )
         if self.show_tissue.value and self.tissue is not None:
-            ds = self.tissue.downsample
+            tissue = clipped_levels(
+                self.tissue.mask.astype(np.uint8), cell0=self.tissue.downsample[0], extent0=image0
+            )
             self.viewer.add_labels(
-                self.tissue.mask.astype(np.uint8),
+                tissue,
+                multiscale=len(tissue) > 1,
                 name=f"{layer.name} tissue",
                 opacity=0.25,
-                **cell_geometry(layer, (0.0, 0.0), ds[0]),
+                scale=tuple(layer.scale[-2:]),
+                translate=tuple(layer.translate[-2:]),
+                units=layer.units,
             )
         area = result.tumour_area_mm2()
         text = f"tumour: {int(result.mask.sum())} of {int(result.visited.sum())} cells"

@@ -94,10 +94,26 @@ def grid_layer_data(path: Path) -> list[LayerData]:
     units = ("micrometer", "micrometer") if grid.unit else ("pixel", "pixel")
     common = {"scale": grid.scale, "translate": grid.translate, "units": units}
     name = path.name.removesuffix(".ome.zarr")
-    multi = len(grid.levels) > 1
+    levels, labels = grid.levels, grid.labels
+    extra = grid.extra
+    if {"origin_level0_yx", "cell_level0_px", "end_level0_yx"} <= set(extra):
+        # A grid we wrote knows where its slide region ends: cut it there (`grid_layers`).
+        from napari_mitosis._napari.grid_layers import grid_layers
+
+        cell = float(extra["cell_level0_px"])
+        heatmap, masks, geometry = grid_layers(
+            grid.levels[0],
+            {label: lv[0] for label, lv in grid.labels.items()},
+            origin0=tuple(extra["origin_level0_yx"]),
+            cell0=cell,
+            end0=tuple(extra["end_level0_yx"]),
+            scale0=tuple(s / cell for s in grid.scale),
+        )
+        levels, labels, common = heatmap, masks, {**geometry, "units": units}
+    multi = len(levels) > 1
     layers: list[LayerData] = [
         (
-            grid.levels if multi else grid.levels[0],
+            levels if multi else levels[0],
             {
                 "name": f"{name} probability",
                 "colormap": "inferno",
@@ -110,9 +126,9 @@ def grid_layer_data(path: Path) -> list[LayerData]:
             "image",
         )
     ]
-    for label, levels in grid.labels.items():
-        data = levels if len(levels) > 1 else levels[0]
-        kwargs = {"name": f"{name} {label}", "opacity": 0.4, "multiscale": len(levels) > 1}
+    for label, label_levels in labels.items():
+        data = label_levels if len(label_levels) > 1 else label_levels[0]
+        kwargs = {"name": f"{name} {label}", "opacity": 0.4, "multiscale": len(label_levels) > 1}
         layers.append((data, {**kwargs, **common}, "labels"))
     return layers
 

@@ -201,6 +201,11 @@ class HeatmapResult:
         return self.region[0] * self.downsample, self.region[1] * self.downsample
 
     @property
+    def end_level0(self) -> tuple[float, float]:
+        """Where the analysed region ends (level-0 px): the last cells may reach past it."""
+        return self.region[2] * self.downsample, self.region[3] * self.downsample
+
+    @property
     def mpp(self) -> tuple[float, float] | None:
         if self.level_mpp is None:
             return None
@@ -457,6 +462,7 @@ def write_heatmap(
     out_dir.mkdir(parents=True, exist_ok=True)
     extra = {
         "origin_level0_yx": list(result.origin_level0),
+        "end_level0_yx": list(result.end_level0),
         "cell_level0_px": result.cell_level0,
         "patch_px": result.patch,
         "level": result.level,
