@@ -79,10 +79,14 @@ class TiledModelWidget(Container):
         self._models: dict[tuple[str, str], Any] = {}
         self.tissue: Any = None  # the last run's tissue mask, when one was computed
         self._worker: Any = None
+        self._running_on: Any = None  # the image layer of the run in progress
+        self._closed = False  # the widget's Qt side is gone: touch none of it
         self.run_button.changed.connect(self.run)
-        self.cancel_button.changed.connect(self.cancel)
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
         viewer.layers.events.inserted.connect(self._refresh)
         viewer.layers.events.removed.connect(self._refresh)
+        viewer.layers.events.removed.connect(self._on_layer_removed)
+        self.native.destroyed.connect(self._on_destroyed)
 
     # --- what subclasses provide ------------------------------------------------------
     def _make_predictor(self, model: Any, card: Any, device: str) -> Any:
@@ -107,8 +111,33 @@ class TiledModelWidget(Container):
         return lambda _widget: [layer for layer in self.viewer.layers if isinstance(layer, kind)]
 
     def _refresh(self, _event: Any = None) -> None:
-        self.image.reset_choices()
-        self.shapes.reset_choices()
+        if not self._closed:
+            self.image.reset_choices()
+            self.shapes.reset_choices()
+
+    # --- a run outlives nothing it depends on ------------------------------------------
+    def _on_layer_removed(self, event: Any) -> None:
+        if self._running_on is not None and event.value is self._running_on:
+            self.cancel("cancelled: its image layer was removed, nothing added")
+
+    def _on_destroyed(self, *_: Any) -> None:
+        """The viewer closed (or the dock was removed): stop the run and wait for its
+        thread, so no result or progress arrives at widgets that no longer exist."""
+        self._closed = True
+        for signal in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            signal.disconnect(self._refresh)
+        self.viewer.layers.events.removed.disconnect(self._on_layer_removed)
+        if self._worker is not None:
+            self._worker.quit()
+            from qtpy.QtCore import QThreadPool
+
+            QThreadPool.globalInstance().waitForDone(30_000)  # the batch in flight, at most
+
+    def _deliver(self, layer: Any, result: Any) -> None:
+        """A finished run's result becomes layers, if its widget and image are still there."""
+        if self._closed or layer not in self.viewer.layers:
+            return
+        self._on_done(layer, result)
 
     def _predictor(self) -> Any:
         from napari_mitosis.models.checkpoint import load_checkpoint
@@ -224,13 +253,14 @@ class TiledModelWidget(Container):
             run.restrict_to_tissue(self.tissue, self._min_tissue(), source=layer.name)
 
         @thread_worker(
-            connect={"yielded": self._on_progress, "returned": lambda r: self._on_done(layer, r)}
+            connect={"yielded": self._on_progress, "returned": lambda r: self._deliver(layer, r)}
         )
         def work() -> Any:
             yield from run.steps()
             return self._finish(layer, run)
 
         self._worker = work()
+        self._running_on = layer
         self._worker.finished.connect(self._on_finished)
         self.progress.max = len(run.origins)
         self.progress.value = 0
@@ -239,14 +269,18 @@ class TiledModelWidget(Container):
         self.status.value = f"level {level}: {len(run.origins)} of {len(run.grid)} tiles"
         return self._worker
 
-    def cancel(self) -> None:
+    def cancel(self, why: str = "cancelled: no layer added") -> None:
         if self._worker is not None:
             self._worker.quit()
-            self.status.value = "cancelled: no layer added"
+            if not self._closed:
+                self.status.value = why
 
     def _on_progress(self, step: tuple[int, int]) -> None:
-        self.progress.value = step[0]
+        if not self._closed:
+            self.progress.value = step[0]
 
     def _on_finished(self) -> None:
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
+        self._running_on = None
+        if not self._closed:
+            self.run_button.enabled = True
+            self.cancel_button.enabled = False
