@@ -228,7 +228,7 @@ def peak_memory(path: Path, count: int) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--reads", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--workdir", type=Path, default=ROOT / ".bench")
     args = parser.parse_args()
     args.workdir.mkdir(exist_ok=True)
