@@ -24,7 +24,7 @@ import numpy as np
 import openslide
 
 from large_slide import write_large_slide
-from napari_mitosis.classification.run import PatchReader
+from napari_mitosis.classification.patches import PatchReader
 from napari_mitosis.engine.tiled_inference import iter_tiled
 from napari_mitosis.engine.tiling import TileGrid, strip_order
 from napari_mitosis.io.formats import open_slide

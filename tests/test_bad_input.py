@@ -226,3 +226,20 @@ def test_without_file_permissions_every_entry_point_says_permission_denied(
         assert not (tmp_path / args[0]).exists()
     assert results[-1][0] == "SlideNotFoundError" or "permission denied" in results[-1][1]
     assert f"{kind.path}: permission denied" in results[-1][1]
+
+
+def test_a_cohort_slide_without_micrometres_is_a_failed_line_that_says_how_to_give_them(
+    corpus, checkpoints, tmp_path: Path
+) -> None:
+    from napari_mitosis.cohort.config import settings_from_checkpoints
+    from napari_mitosis.cohort.pipeline import PipelineModels
+    from napari_mitosis.cohort.runner import process_slide
+
+    settings = settings_from_checkpoints([checkpoints["classification"]], device="cpu")
+    models = PipelineModels.load(settings)
+    slide = _kind(corpus, "RGBA PNG (composited on white)").path  # a PNG says no µm/px
+    row = process_slide(slide, "rgba", tmp_path, settings, models)
+    assert row["status"] == "failed" and "does not say its µm/pixel" in row["error"]
+    assert "--mpp" in row["error"] and not (tmp_path / "rgba").exists()
+    row = process_slide(slide, "rgba", tmp_path, settings, models, mpp=0.25)
+    assert row["status"] == "ok", row

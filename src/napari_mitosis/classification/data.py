@@ -20,7 +20,12 @@ from PIL import Image
 from skimage.draw import polygon as fill_polygon
 from sklearn.model_selection import StratifiedGroupKFold
 
-from napari_mitosis.classification.run import PatchReader, centre_crop_of, context_level, resize_rgb
+from napari_mitosis.classification.patches import (
+    PatchReader,
+    centre_crop_of,
+    context_level,
+    resize_rgb,
+)
 from napari_mitosis.engine.tiling import TileGrid
 from napari_mitosis.engine.tissue import TissueMask, slide_tissue_mask
 from napari_mitosis.io.asap_xml import read_asap_xml

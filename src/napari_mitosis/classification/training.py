@@ -28,13 +28,14 @@ from napari_mitosis.engine.training_log import EarlyStopping, write_history
 from napari_mitosis.io.output_file import refuse_existing
 from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
 from napari_mitosis.models.inference_model import pick_device
+from napari_mitosis.models.stain import StainTraining
 
 ARCHITECTURES = ("small_cnn", "wide_resnet", "inception_v3", "two_tower")
 Labelled = tuple[np.ndarray, np.ndarray]  # images (N, H, W, C) uint8, labels (N,) 0/1
 
 
 @dataclass
-class ClassifierTraining:
+class ClassifierTraining(StainTraining):
     architecture: str = "small_cnn"
     tower: str = "small_cnn"  # two_tower only
     width: int = 32  # small_cnn (and small towers) channel width
@@ -73,7 +74,10 @@ class ClassifierReport:
 class Augmenter:
     """Dihedral + colour jitter per sample; patch and context share the parameters."""
 
-    def __init__(self, config: ClassifierTraining, channels: int) -> None:
+    def __init__(
+        self, config: ClassifierTraining, channels: int, rng: np.random.Generator | None = None
+    ) -> None:
+        self.config, self.rng = config, rng or np.random.default_rng(config.seed)
         self.group = 1 if channels == 1 else 3
         jitter = (
             v2.ColorJitter(config.brightness, config.contrast, config.saturation, config.hue)
@@ -90,6 +94,7 @@ class Augmenter:
         )
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
+        image = self.config.jitter(image, self.rng)  # HED first: it needs the stored colours
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         parts = [tv_tensors.Image(p) for p in tensor.split(self.group, dim=0)]
         out = self.transform(*parts) if len(parts) > 1 else (self.transform(parts[0]),)
@@ -162,6 +167,7 @@ def train_classifier(
         notes=config.notes,
         context=config.context,
         centre_crop=config.centre_crop,
+        stain=config.stain_record(),
     )
     model = build_model(card).to(device)
     if config.optimiser == "sgd":
@@ -181,7 +187,7 @@ def train_classifier(
     positives = labels.sum()
     weight = (len(labels) - positives) / positives if config.class_weights else 1.0
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(weight), device=device))
-    augment = Augmenter(config, channels)
+    augment = Augmenter(config, channels, config.stain_rng(config.seed))
     predictor = ClassifierPredictor(model, card, device, optimise=False)
     stopping = EarlyStopping(config.patience)
     history: list[dict[str, float]] = []

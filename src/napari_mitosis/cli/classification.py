@@ -15,8 +15,10 @@ from napari_mitosis.cli.options import (
     add_model,
     add_mpp,
     add_overwrite,
+    add_stain,
     add_training,
     parse_region,
+    stain_options,
 )
 from napari_mitosis.io.output_file import atomic_output, refuse_existing
 
@@ -43,6 +45,7 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         seed=args.seed,
         device=args.device,
         notes=args.notes,
+        **stain_options(args),
         **fixed,
     )
 
@@ -371,6 +374,7 @@ def register(command: CommandAdder) -> None:
     tc.add_argument("--contrast", type=float, default=0.75, help="colour jitter")
     tc.add_argument("--saturation", type=float, default=0.25, help="colour jitter")
     tc.add_argument("--hue", type=float, default=0.04, help="colour jitter")
+    add_stain(tc)
     tc.add_argument("--epochs", type=int, default=30, help="most epochs")
     tc.add_argument(
         "--optimiser", choices=("adam", "sgd"), default="adam", help="sgd: with Nesterov momentum"

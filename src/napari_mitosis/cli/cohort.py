@@ -49,28 +49,6 @@ def _run(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
-# Choices spelled out here so `--help` and every command start without importing torch
-# (tests check they equal the core's own lists).
-BACKBONES = ("mobilenet_v3", "resnet50_v2", "vgg16")
-ARCHITECTURES = ("small_cnn", "wide_resnet", "inception_v3", "two_tower")
-MONITORED = ("auc", "f1", "f_med", "loss")
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """``--help`` gives each option's default after its help, except where there is none to
-    give (None, off flags, empty lists) or the help already says what the default is."""
-
-    def _get_help_string(self, action: argparse.Action) -> str | None:
-        default = action.default
-        nothing = default is None or default is False or default in ((), "")
-        if nothing or "default" in (action.help or ""):
-            return action.help
-        return super()._get_help_string(action)
-
-
-IMAGE_HELP = "a slide (SVS, NDPI, MRXS, pyramidal TIFF…) or a plain image (PNG, JPEG, TIFF)"
-
-
 def register(command: CommandAdder) -> None:
     """Add ``run``."""
     rn = command("run", "the whole pipeline on many slides (Dask, local or a cluster), resumable")

@@ -14,10 +14,12 @@ from napari_mitosis.cli.options import (
     add_model,
     add_mpp,
     add_overwrite,
+    add_stain,
     add_steps,
     add_tiling,
     add_training,
     parse_region,
+    stain_options,
 )
 from napari_mitosis.io.output_file import refuse_existing
 
@@ -83,6 +85,7 @@ def _train_detector(args: argparse.Namespace) -> int:
         init=args.init,
         backbone_weights=args.backbone_weights,
         notes=args.notes,
+        **stain_options(args),
     )
     train = [(fields[i][0].image, fields[i][1]) for i in order[n_val:]]
     validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in order[:n_val]]
@@ -157,7 +160,8 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
     fields = centroid_fields(args.images, args.annotations)
     scored = []
     for field, truth in fields:
-        mpp = field.mpp or ((card.mpp, card.mpp) if card.mpp else None)
+        given = args.mpp or card.mpp
+        mpp = field.mpp or ((given, given) if given else None)
         found = detect_array(
             field.image,
             predictor,
@@ -209,6 +213,7 @@ def register(command: CommandAdder) -> None:
     td.add_argument("--init", type=Path, help="a detector checkpoint to fine-tune")
     td.add_argument("--backbone-weights", type=Path, help="classification weights (local file)")
     td.add_argument("--notes", default="", help="provenance written into the model card")
+    add_stain(td)
     add_training(td, batch=4, lr=2e-4)
     td.set_defaults(run=_train_detector)
 
@@ -244,6 +249,12 @@ def register(command: CommandAdder) -> None:
         help="a detection within this distance of a true centroid is a hit",
     )
     ed.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
+    ed.add_argument(
+        "--mpp",
+        type=float,
+        help="µm per pixel of images that do not say (default: the model card's, the "
+        "resolution it was trained at)",
+    )
     add_tiling(ed, batch=4)
     add_device(ed)
     add_overwrite(ed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 #: ``command(name, summary)`` → a sub-parser with our help format; each group registers with it.
 CommandAdder = Callable[[str, str], argparse.ArgumentParser]
@@ -48,6 +49,34 @@ def add_mpp(parser: argparse.ArgumentParser) -> None:
         help="µm per pixel of the image, used only when its file does not say "
         "(one that says keeps its own, with a warning)",
     )
+
+
+def add_stain(parser: argparse.ArgumentParser) -> None:
+    """Stain augmentation and normalisation, shared by every trainer."""
+    parser.add_argument(
+        "--hed-jitter",
+        type=float,
+        default=0.05,
+        help="σ of the H&E stain jitter: each stain's concentration scaled by 1 ± σ and "
+        "shifted by ± σ (Tellez et al. 2018); 0 turns it off; grey images get none",
+    )
+    parser.add_argument(
+        "--stain-norm",
+        choices=("none", "reinhard", "macenko"),
+        default="none",
+        help="normalise every image to --stain-reference's stain, in training and, through "
+        "the model card, at prediction",
+    )
+    parser.add_argument("--stain-reference", type=Path, help="with --stain-norm: an image file")
+
+
+def stain_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The `StainTraining` fields from `add_stain`'s options."""
+    return {
+        "hed_jitter": args.hed_jitter,
+        "stain_normalisation": None if args.stain_norm == "none" else args.stain_norm,
+        "stain_reference": str(args.stain_reference) if args.stain_reference else None,
+    }
 
 
 def add_overwrite(parser: argparse.ArgumentParser, what: str = "existing outputs") -> None:

@@ -13,10 +13,12 @@ from napari_mitosis.cli.options import (
     add_model,
     add_mpp,
     add_overwrite,
+    add_stain,
     add_steps,
     add_tiling,
     add_training,
     parse_region,
+    stain_options,
 )
 from napari_mitosis.io.output_file import atomic_output, refuse_existing
 
@@ -80,6 +82,7 @@ def _train_unet(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         learning_rate=args.lr,
+        **stain_options(args),
     )
     report = train_unet(
         train,
@@ -178,6 +181,7 @@ def register(command: CommandAdder) -> None:
     tr.add_argument("--base-width", type=int, default=32, help="channels of the first level")
     tr.add_argument("--depth", type=int, default=4, help="down-sampling levels")
     tr.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
+    add_stain(tr)
     add_training(tr, batch=8, lr=1e-3)
     tr.set_defaults(run=_train_unet)
 

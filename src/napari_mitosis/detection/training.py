@@ -32,12 +32,13 @@ from napari_mitosis.io.output_file import refuse_existing
 from napari_mitosis.models.checkpoint import ModelCard, load_checkpoint, save_checkpoint
 from napari_mitosis.models.detector import DetectionPredictor, faster_rcnn, load_backbone_weights
 from napari_mitosis.models.inference_model import pick_device
+from napari_mitosis.models.stain import StainTraining, card_normaliser
 
 BoxedField = tuple[np.ndarray, np.ndarray]  # (image (h, w, 3) uint8, boxes (n, 4) xyxy px)
 
 
 @dataclass
-class DetectorTraining:
+class DetectorTraining(StainTraining):
     backbone: str = "mobilenet_v3"
     crop: int = 256
     batch_size: int = 4
@@ -73,9 +74,15 @@ class BoxCropSampler:
     """Random crops with their boxes, augmented together."""
 
     def __init__(
-        self, fields: Sequence[BoxedField], config: DetectorTraining, rng: np.random.Generator
+        self,
+        fields: Sequence[BoxedField],
+        config: DetectorTraining,
+        rng: np.random.Generator,
+        normalise: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.fields = fields
+        self.normalise = normalise  # the card's stain normalisation, as prediction does
+        self.stain_rng = config.stain_rng(config.seed)
         self.config = config
         self.rng = rng
         self.augment = v2.Compose(
@@ -96,7 +103,12 @@ class BoxCropSampler:
             x0, y0, x1, y1 = boxes[self.rng.integers(len(boxes))]
             centre = ((y0 + y1) / 2, (x0 + x1) / 2)
         y, x = crop_origin(self.rng, image.shape, c, centre)
-        crop = torch.from_numpy(np.ascontiguousarray(image[y : y + c, x : x + c])).permute(2, 0, 1)
+        pixels = self.config.jitter(
+            np.ascontiguousarray(image[y : y + c, x : x + c]), self.stain_rng
+        )
+        if self.normalise is not None:
+            pixels = self.normalise(pixels[None])[0]
+        crop = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
         shifted = np.asarray(boxes, float).reshape(-1, 4) - [x, y, x, y]
         clipped = np.clip(shifted, 0, c)
         area = (shifted[:, 2] - shifted[:, 0]) * (shifted[:, 3] - shifted[:, 1])
@@ -173,6 +185,7 @@ def train_detector(
         mean=(0.0, 0.0, 0.0),
         std=(1.0, 1.0, 1.0),
         notes=config.notes,
+        stain=config.stain_record(),
     )
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     # Linear warm-up then cosine decay (as torchvision's detection references warm up):
@@ -186,7 +199,7 @@ def train_detector(
             * (1 + math.cos(math.pi * min(i, config.max_steps) / config.max_steps))
         ),
     )
-    sampler = BoxCropSampler(train, config, rng)
+    sampler = BoxCropSampler(train, config, rng, card_normaliser(card))
     history: list[dict[str, float]] = []
     stopping, losses = EarlyStopping(config.patience), []
     started = time.perf_counter()

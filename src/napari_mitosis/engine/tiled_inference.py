@@ -24,6 +24,7 @@ from napari_mitosis.models.inference_model import (
     forward_amp,
     pick_device,
 )
+from napari_mitosis.models.stain import card_normaliser
 
 if TYPE_CHECKING:
     from napari_mitosis.engine.tissue import TissueMask
@@ -65,9 +66,12 @@ class TilePredictor:
         self.amp = amp and self.device.type == "cuda"
         self.mean = torch.tensor(card.mean, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(card.std, device=self.device).view(1, -1, 1, 1)
+        self.normalise = card_normaliser(card)
 
     @torch.inference_mode()
     def __call__(self, tiles: np.ndarray) -> np.ndarray:
+        if self.normalise is not None:
+            tiles = self.normalise(tiles)
         batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
         if batch.ndim == 3:  # greyscale tiles
             batch = batch[..., None]

@@ -40,6 +40,7 @@ class ModelCard:
     metrics: dict[str, float] = field(default_factory=dict)
     context: float | None = None  # two-tower classifiers: context patch = patch × this, in µm
     centre_crop: int | None = None  # whole-image classifiers: keep the central N px first
+    stain: dict[str, Any] | None = None  # `stain.StainNormaliser.as_dict`, applied to input
 
 
 #: architecture → (module, factory). Imported on use: torchvision costs ≈2 s of start-up

@@ -3,7 +3,7 @@
 Every factory returns a module mapping (N, C, H, W) normalised input to (N, outputs)
 logits: one output (sigmoid) for two classes, as in Liu et al. 2017, or one per class
 (softmax) for more. ``two_tower`` takes 2 × C channels: the patch, then a same-size patch
-centred on it at a lower magnification (`classification.run.PatchReader` stacks them).
+centred on it at a lower magnification (`classification.patches.PatchReader` stacks them).
 """
 
 from __future__ import annotations

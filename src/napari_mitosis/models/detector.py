@@ -25,6 +25,7 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from napari_mitosis.models.checkpoint import ModelCard
 from napari_mitosis.models.inference_model import pick_device
+from napari_mitosis.models.stain import card_normaliser
 
 Backbone = Literal["mobilenet_v3", "resnet50_v2", "vgg16"]
 BACKBONES: tuple[str, ...] = ("mobilenet_v3", "resnet50_v2", "vgg16")
@@ -144,12 +145,15 @@ class DetectionPredictor:
         # Tiles larger than the training crops waste less on overlap; the model's own
         # resize then targets the new size, so pixels still keep their µm size.
         self.tile = int(tile or card.input_size)
+        self.normalise = card_normaliser(card)
         if tile and hasattr(self.model, "transform"):
             self.model.transform.min_size = (self.tile,)
             self.model.transform.max_size = self.tile
 
     @torch.inference_mode()
     def __call__(self, tiles: np.ndarray) -> list[dict[str, np.ndarray]]:
+        if self.normalise is not None:
+            tiles = self.normalise(np.asarray(tiles))
         batch = (
             torch.from_numpy(np.ascontiguousarray(tiles))
             .to(self.device)

@@ -25,13 +25,14 @@ from napari_mitosis.engine.training_log import EarlyStopping, write_history
 from napari_mitosis.io.output_file import refuse_existing
 from napari_mitosis.models.checkpoint import ModelCard, save_checkpoint
 from napari_mitosis.models.inference_model import pick_device
+from napari_mitosis.models.stain import StainTraining, card_normaliser
 from napari_mitosis.models.unet import unet
 
 Pair = tuple[np.ndarray, np.ndarray]  # (image (h, w, c) uint8, mask (h, w) bool)
 
 
 @dataclass
-class UNetTraining:
+class UNetTraining(StainTraining):
     """Everything that decides a training run (recorded in the model card's notes)."""
 
     crop: int = 128
@@ -90,9 +91,15 @@ class CropSampler:
     """Random augmented crops, half of them containing mitosis pixels."""
 
     def __init__(
-        self, pairs: Sequence[Pair], config: UNetTraining, rng: np.random.Generator
+        self,
+        pairs: Sequence[Pair],
+        config: UNetTraining,
+        rng: np.random.Generator,
+        normalise: Callable[[np.ndarray], np.ndarray] | None = None,
     ) -> None:
         self.pairs = pairs
+        self.normalise = normalise  # the card's stain normalisation, as prediction does
+        self.stain_rng = config.stain_rng(config.seed)
         self.config = config
         self.rng = rng
         self.positives = [np.argwhere(mask) for _, mask in pairs]
@@ -118,7 +125,10 @@ class CropSampler:
 
     def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         crops = [self._crop() for _ in range(self.config.batch_size)]
-        images = [self.jitter(torch.from_numpy(im).permute(2, 0, 1)) for im, _ in crops]
+        stained = np.stack([self.config.jitter(im, self.stain_rng) for im, _ in crops])
+        if self.normalise is not None:
+            stained = self.normalise(stained)
+        images = [self.jitter(torch.from_numpy(im).permute(2, 0, 1)) for im in stained]
         masks = torch.from_numpy(np.stack([m for _, m in crops])).float()[:, None]
         return torch.stack(images).float() / 255.0, masks
 
@@ -190,11 +200,12 @@ def train_unet(
         std=(0.25,) * channels,
         threshold=config.threshold,
         notes=config.notes,
+        stain=config.stain_record(),
     )
     mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(card.std, device=device).view(1, -1, 1, 1)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    sampler = CropSampler(train, config, rng)
+    sampler = CropSampler(train, config, rng, card_normaliser(card))
     history: list[dict[str, float]] = []
     stopping = EarlyStopping(config.patience)
     losses: list[float] = []
