@@ -256,11 +256,19 @@ def test_cli_trains_on_class_folders_split_by_slide_and_evaluates(
                 str(out.with_suffix(".test.csv")),
                 "--device",
                 "cpu",
+                "--json",
             ]
         )
         == 0
     )
-    assert "held-out: 40 images from 1 groups" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "held-out: 40 images from 1 groups" in printed
+    metrics = json.loads(printed.strip().splitlines()[-1])  # the last line, machine-readable
+    assert metrics["n"] == 40 and 0 <= metrics["auc"] <= 1
+    assert {"balanced_accuracy", "sensitivity", "specificity", "f1", "f_med", "threshold"} <= set(
+        metrics
+    )
+    assert f"AUC {metrics['auc']:.3f}" in printed  # the same numbers as the table
     assert main(args) == 2  # the checkpoint exists: refused
 
 
@@ -464,6 +472,7 @@ def test_cli_evaluates_slides_against_tumour_annotations(
                 str(tmp_path / "ev"),
                 "--device",
                 "cpu",
+                "--json",
             ]
         )
         == 0
@@ -471,7 +480,10 @@ def test_cli_evaluates_slides_against_tumour_annotations(
     printed = capsys.readouterr().out
     auc = float(printed.split("AUC ")[1].split()[0])
     froc_score = float(printed.split("FROC ")[1].split()[0])
-    assert auc > 0.9 and froc_score == 1.0  # the one lesion is the most probable candidate
+    assert auc > 0.9 and froc_score == 1.0
+    assert (
+        json.loads(printed.strip().splitlines()[-1])["froc"] == froc_score
+    )  # the one lesion is the most probable candidate
     name, cells, tumour_cells, lesions, candidates = (
         (tmp_path / "ev" / "evaluation.csv").read_text().splitlines()[1].split(",")
     )

@@ -173,12 +173,17 @@ def test_cli_evaluates_against_centroids_and_writes_a_pr_plot(
                 "cpu",
                 "--overlap",
                 "32",
+                "--json",
             ]
         )
         == 0
     )
     printed = capsys.readouterr().out
     assert "4 images, hit radius 8 µm" in printed and "F1-optimal threshold" in printed
+    scores = json.loads(printed.strip().splitlines()[-1])  # the last line, machine-readable
+    assert scores["tp"] + scores["fn"] == 12 and scores["n"] == 4
+    assert scores["false_positives_per_image"] == scores["fp"] / 4
+    assert {"recall", "precision", "f1", "threshold"} <= set(scores)
     rows = (out / "evaluation.csv").read_text().splitlines()
     assert rows[0] == "image,tp,fp,fn,precision,recall,f1,threshold" and len(rows) == 6
     tp, fp, fn = (int(v) for v in rows[-1].split(",")[1:4])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,9 @@ def _evaluate_folder_subset(
     subset: Any,
     table: Path,
     plot: Path,
-) -> None:
-    """Score ``subset`` of a class-folder data set; print metrics, write scores + ROC."""
+) -> Any:
+    """Score ``subset`` of a class-folder data set; print metrics, write scores + ROC;
+    return the metrics."""
     import numpy as np
 
     from napari_mitosis.classification.metrics import binary_metrics, write_roc_plot
@@ -147,6 +149,7 @@ def _evaluate_folder_subset(
     title = f"{card.architecture}: {' vs '.join(card.classes)}"
     write_roc_plot(plot, labels, scores, metrics, title=title, overwrite=args.overwrite)
     print(f"  {table}\n  {plot}")
+    return metrics
 
 
 def _train_classifier_on_slides(args: argparse.Namespace) -> int:
@@ -256,6 +259,8 @@ def _evaluate_on_slides(args: argparse.Namespace) -> int:
         tmp.write_text("\n".join(rows) + "\n")
     write_roc_plot(plot, y, p, metrics, title="tumour cells", overwrite=args.overwrite)
     print(f"  {table}\n  {plot}")
+    if args.json:
+        print(json.dumps({**metrics.as_dict(), "froc": curve.score}))
     return 0
 
 
@@ -283,7 +288,9 @@ def _evaluate_classifier(args: argparse.Namespace) -> int:
     refuse_existing((table, plot), overwrite=args.overwrite)
     args.out.mkdir(parents=True, exist_ok=True)
     images = folder.load(card.input_size, centre_crop=card.centre_crop)
-    _evaluate_folder_subset(args, args.model, folder, images, subset, table, plot)
+    metrics = _evaluate_folder_subset(args, args.model, folder, images, subset, table, plot)
+    if args.json:  # one machine-readable line, after the table
+        print(json.dumps(metrics.as_dict()))
     return 0
 
 
@@ -408,6 +415,7 @@ def register(command: CommandAdder) -> None:
     )
     ec.add_argument("--threshold", type=float, default=None, help="default: the card's")
     ec.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
+    ec.add_argument("--json", action="store_true", help="end with the metrics as one JSON line")
     add_mpp(ec)
     add_device(ec)
     add_overwrite(ec)

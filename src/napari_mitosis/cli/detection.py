@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,8 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
     write_evaluation_csv(table, evaluation, overwrite=args.overwrite)
     write_pr_plot(plot, evaluation, overwrite=args.overwrite)
     print(f"  {table}\n  {plot}")
+    if args.json:  # one machine-readable line, after the table
+        print(json.dumps(evaluation.as_dict()))
     return 0
 
 
@@ -249,6 +252,7 @@ def register(command: CommandAdder) -> None:
         help="a detection within this distance of a true centroid is a hit",
     )
     ed.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
+    ed.add_argument("--json", action="store_true", help="end with the scores as one JSON line")
     ed.add_argument(
         "--mpp",
         type=float,

@@ -47,6 +47,23 @@ class DetectorEvaluation:
     fields: tuple[FieldScore, ...]
     distance_um: float
 
+    def as_dict(self) -> dict[str, float]:
+        """The headline numbers, for ``--json``: at ``threshold`` and at the best one."""
+        r = self.result
+        return {
+            "recall": r.recall,
+            "precision": r.precision,
+            "f1": r.f1,
+            "false_positives_per_image": r.fp / max(len(self.fields), 1),
+            "tp": r.tp,
+            "fp": r.fp,
+            "fn": r.fn,
+            "threshold": float(self.threshold),
+            "n": len(self.fields),
+            "best_threshold": float(self.best_threshold),
+            "best_f1": self.best.f1,
+        }
+
     def summary(self) -> str:
         r, b = self.result, self.best
         return "\n".join(
