@@ -26,7 +26,12 @@ from napari_mitosis.classification.metrics import MONITORED, best_threshold, bin
 from napari_mitosis.classification.run import ClassifierPredictor
 from napari_mitosis.engine.training_log import EarlyStopping, write_history
 from napari_mitosis.io.output_file import refuse_existing
-from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
+from napari_mitosis.models.checkpoint import (
+    ModelCard,
+    build_model,
+    save_checkpoint,
+    training_record,
+)
 from napari_mitosis.models.inference_model import pick_device
 from napari_mitosis.models.stain import StainTraining
 
@@ -168,6 +173,7 @@ def train_classifier(
         context=config.context,
         centre_crop=config.centre_crop,
         stain=config.stain_record(),
+        training=training_record(config),
     )
     model = build_model(card).to(device)
     if config.optimiser == "sgd":

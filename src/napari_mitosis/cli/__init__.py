@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from napari_mitosis.cli import classification, cohort, demo, detection, segmentation, slides
-from napari_mitosis.cli.options import HelpFormatter
+from napari_mitosis.cli.options import HelpFormatter, read_recipe
 from napari_mitosis.io.errors import OutputExistsError, SlideError
 
 #: Command groups in the order ``--help`` lists them.
@@ -37,9 +37,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line, with a training command's ``--recipe`` options as its defaults."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "recipe", None) is not None:
+        recipe = read_recipe(args.recipe, args.recipe_parser, args.recipe_command)
+        args.recipe_parser.set_defaults(**recipe)
+        args = parser.parse_args(argv)  # flags given still win over the recipe
+        args.recipe_options = recipe
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = parse(argv)
         return int(args.run(args))
     except (SlideError, OutputExistsError, FileNotFoundError, ValueError) as err:
         print(f"napari-mitosis: error: {err}", file=sys.stderr)

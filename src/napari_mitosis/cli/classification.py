@@ -16,6 +16,7 @@ from napari_mitosis.cli.options import (
     add_model,
     add_mpp,
     add_overwrite,
+    add_recipe,
     add_stain,
     add_training,
     parse_region,
@@ -382,6 +383,7 @@ def register(command: CommandAdder) -> None:
     tc.add_argument("--saturation", type=float, default=0.25, help="colour jitter")
     tc.add_argument("--hue", type=float, default=0.04, help="colour jitter")
     add_stain(tc)
+    add_recipe(tc, "train-classifier")
     tc.add_argument("--epochs", type=int, default=30, help="most epochs")
     tc.add_argument(
         "--optimiser", choices=("adam", "sgd"), default="adam", help="sgd: with Nesterov momentum"

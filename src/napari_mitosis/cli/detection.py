@@ -15,6 +15,7 @@ from napari_mitosis.cli.options import (
     add_model,
     add_mpp,
     add_overwrite,
+    add_recipe,
     add_stain,
     add_steps,
     add_tiling,
@@ -217,6 +218,7 @@ def register(command: CommandAdder) -> None:
     td.add_argument("--backbone-weights", type=Path, help="classification weights (local file)")
     td.add_argument("--notes", default="", help="provenance written into the model card")
     add_stain(td)
+    add_recipe(td, "train-detector")
     add_training(td, batch=4, lr=2e-4)
     td.set_defaults(run=_train_detector)
 

@@ -79,6 +79,44 @@ def stain_options(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def add_recipe(parser: argparse.ArgumentParser, command: str) -> None:
+    """``--recipe FILE``: the command's options from a YAML file; flags given override it."""
+    parser.add_argument(
+        "--recipe",
+        type=Path,
+        help="a YAML file of this command's options (recipes/*.yaml); flags given override it",
+    )
+    parser.set_defaults(recipe_parser=parser, recipe_command=command)
+
+
+def read_recipe(path: Path, parser: argparse.ArgumentParser, command: str) -> dict[str, Any]:
+    """A recipe's options as parser defaults; unknown options and another command's recipe
+    are errors that name the file."""
+    import yaml
+
+    try:
+        recipe = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise ValueError(f"{path}: not a readable YAML recipe ({err})") from None
+    if not isinstance(recipe, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of option: value")
+    recipe = {str(k).replace("-", "_"): v for k, v in recipe.items()}
+    wanted = recipe.pop("command", command)
+    recipe.pop("description", None)
+    if wanted != command:
+        raise ValueError(f"{path}: is a recipe for {wanted}, not {command}")
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    unknown = sorted(set(recipe) - set(options) - {"help"})
+    if unknown:
+        raise ValueError(f"{path}: {command} has no option {', '.join(unknown)}")
+    for key, value in recipe.items():  # the types a flag would have given
+        action = options[key]
+        if action.type is not None and value is not None:
+            convert = action.type
+            recipe[key] = [convert(v) for v in value] if isinstance(value, list) else convert(value)
+    return recipe
+
+
 def add_overwrite(parser: argparse.ArgumentParser, what: str = "existing outputs") -> None:
     parser.add_argument(
         "--overwrite", action="store_true", help=f"replace {what} (default: stop, touch nothing)"

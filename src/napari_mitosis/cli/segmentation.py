@@ -13,6 +13,7 @@ from napari_mitosis.cli.options import (
     add_model,
     add_mpp,
     add_overwrite,
+    add_recipe,
     add_stain,
     add_steps,
     add_tiling,
@@ -182,6 +183,7 @@ def register(command: CommandAdder) -> None:
     tr.add_argument("--depth", type=int, default=4, help="down-sampling levels")
     tr.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
     add_stain(tr)
+    add_recipe(tr, "train-unet")
     add_training(tr, batch=8, lr=1e-3)
     tr.set_defaults(run=_train_unet)
 

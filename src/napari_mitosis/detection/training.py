@@ -29,7 +29,12 @@ from napari_mitosis.detection.run import detect_array
 from napari_mitosis.engine.tiling import crop_origin
 from napari_mitosis.engine.training_log import EarlyStopping, write_history
 from napari_mitosis.io.output_file import refuse_existing
-from napari_mitosis.models.checkpoint import ModelCard, load_checkpoint, save_checkpoint
+from napari_mitosis.models.checkpoint import (
+    ModelCard,
+    load_checkpoint,
+    save_checkpoint,
+    training_record,
+)
 from napari_mitosis.models.detector import DetectionPredictor, faster_rcnn, load_backbone_weights
 from napari_mitosis.models.inference_model import pick_device
 from napari_mitosis.models.stain import StainTraining, card_normaliser
@@ -186,6 +191,7 @@ def train_detector(
         std=(1.0, 1.0, 1.0),
         notes=config.notes,
         stain=config.stain_record(),
+        training=training_record(config),
     )
     optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     # Linear warm-up then cosine decay (as torchvision's detection references warm up):

@@ -41,6 +41,7 @@ class ModelCard:
     context: float | None = None  # two-tower classifiers: context patch = patch × this, in µm
     centre_crop: int | None = None  # whole-image classifiers: keep the central N px first
     stain: dict[str, Any] | None = None  # `stain.StainNormaliser.as_dict`, applied to input
+    training: dict[str, Any] | None = None  # the resolved training configuration (recipe)
 
 
 #: architecture → (module, factory). Imported on use: torchvision costs ≈2 s of start-up
@@ -60,6 +61,12 @@ def build_model(card: ModelCard) -> nn.Module:
         raise ValueError(f"unknown architecture {card.architecture!r}; known: {sorted(FACTORIES)}")
     module, factory = FACTORIES[card.architecture]
     return getattr(importlib.import_module(module), factory)(**card.options)
+
+
+def training_record(config: Any) -> dict[str, Any]:
+    """Every field of a training configuration dataclass, JSON-safe, for the card: what
+    a recipe resolved to, flags and defaults included."""
+    return json.loads(json.dumps(asdict(config), default=str))
 
 
 def save_checkpoint(

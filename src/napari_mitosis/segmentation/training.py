@@ -23,7 +23,7 @@ from torchvision.transforms import v2
 from napari_mitosis.engine.tiling import crop_origin
 from napari_mitosis.engine.training_log import EarlyStopping, write_history
 from napari_mitosis.io.output_file import refuse_existing
-from napari_mitosis.models.checkpoint import ModelCard, save_checkpoint
+from napari_mitosis.models.checkpoint import ModelCard, save_checkpoint, training_record
 from napari_mitosis.models.inference_model import pick_device
 from napari_mitosis.models.stain import StainTraining, card_normaliser
 from napari_mitosis.models.unet import unet
@@ -201,6 +201,7 @@ def train_unet(
         threshold=config.threshold,
         notes=config.notes,
         stain=config.stain_record(),
+        training=training_record(config),
     )
     mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(card.std, device=device).view(1, -1, 1, 1)
