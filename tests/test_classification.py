@@ -13,12 +13,13 @@ from PIL import Image
 from sklearn.metrics import recall_score, roc_auc_score
 
 from conftest import patches_of
-from napari_mitosis.classification.data import class_folders, split_by_group, tumour_mask
+from napari_mitosis.classification.data import tumour_mask
 from napari_mitosis.classification.metrics import best_threshold, binary_metrics
 from napari_mitosis.classification.run import ClassifierPredictor, classify_slide, write_heatmap
 from napari_mitosis.classification.training import ClassifierTraining, train_classifier
 from napari_mitosis.cli import main
 from napari_mitosis.io.asap_xml import read_asap_xml
+from napari_mitosis.io.class_folders import class_folders, split_by_group
 from napari_mitosis.io.formats import open_slide
 from napari_mitosis.models.checkpoint import load_checkpoint
 

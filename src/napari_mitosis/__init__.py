@@ -72,7 +72,7 @@ _EXPORTS: dict[str, str] = {
     "classify_slide": "classification.run",
     "classify_images": "classification.run",
     "write_heatmap": "classification.run",
-    "class_folders": "classification.data",
+    "class_folders": "io.class_folders",
     "ClassifierTraining": "classification.training",
     "train_classifier": "classification.training",
     "binary_metrics": "classification.metrics",

@@ -1,6 +1,7 @@
 """Where classifier examples come from, and how they are split.
 
-- Class folders: ``root/<class>/*.png`` (ultrasound frames, IDC patches, mitosis crops).
+- Class folders (`io.class_folders`): ``root/<class>/*.png`` (ultrasound frames, IDC patches,
+  mitosis crops).
   A ``labels.csv`` in ``root`` with ``file`` and ``slide`` (or ``patient``) columns says
   which images share a source, so splits never put one slide on both sides.
 - Slides with tumour annotations (binary mask images, QuPath GeoJSON polygons, Camelyon16
@@ -10,114 +11,25 @@
 
 from __future__ import annotations
 
-import csv
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from PIL import Image
 from skimage.draw import polygon as fill_polygon
-from sklearn.model_selection import StratifiedGroupKFold
 
 from napari_mitosis.classification.patches import (
     PatchReader,
-    centre_crop_of,
     context_level,
-    resize_rgb,
 )
 from napari_mitosis.engine.tiling import TileGrid
 from napari_mitosis.engine.tissue import TissueMask, slide_tissue_mask
 from napari_mitosis.io.asap_xml import read_asap_xml
-from napari_mitosis.io.formats import PLAIN_IMAGE_SUFFIXES, open_slide
+from napari_mitosis.io.formats import open_slide
 from napari_mitosis.io.geojson import Annotation, read_geojson
 from napari_mitosis.io.slide import Slide
 
 #: Camelyon16 ASAP groups: tumour, and "_2" = non-tumour drawn inside a tumour outline.
 TUMOUR_GROUPS = ("tumor", "tumour", "_0", "_1", "metastasis")
 EXCLUSION_GROUPS = ("_2", "exclusion", "normal", "non-tumor", "non-tumour")
-
-
-@dataclass
-class ImageFolder:
-    """Images of a class-folder data set, with labels and source groups."""
-
-    paths: list[Path]
-    labels: np.ndarray  # index into ``classes``
-    classes: tuple[str, ...]
-    groups: np.ndarray  # slide/patient of each image (the image itself when unknown)
-
-    def load(
-        self, size: int | None = None, indices: Any = None, centre_crop: int | None = None
-    ) -> np.ndarray:
-        """Images (all, or ``indices``) as uint8 (N, size, size, 3): the central
-        ``centre_crop`` px when given, resized to ``size`` (default: unchanged)."""
-        images = []
-        chosen = self.paths if indices is None else [self.paths[i] for i in indices]
-        for path in chosen:
-            try:
-                with Image.open(path) as handle:
-                    rgb = np.asarray(handle.convert("RGB"))
-            except OSError as err:
-                raise ValueError(f"{path}: not a readable image ({err})") from err
-            rgb = centre_crop_of(rgb, centre_crop)
-            size = size or rgb.shape[0]
-            images.append(resize_rgb(rgb, size))
-        return np.stack(images)
-
-
-def class_folders(root: str | Path, classes: tuple[str, ...] | None = None) -> ImageFolder:
-    """``root/<class>/`` images; class order = ``classes`` or sorted folder names."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{root}: no such folder")
-    found = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    classes = tuple(classes or found)
-    missing = [c for c in classes if not (root / c).is_dir()]
-    if missing or len(classes) < 2:
-        lacking = f", but not {missing}" if missing else ""
-        raise ValueError(
-            f"{root}: needs one sub-folder per class (at least two); found {found or 'none'}"
-            f"{lacking}"
-        )
-    paths, labels = [], []
-    for index, name in enumerate(classes):
-        members = sorted(
-            p for p in (root / name).iterdir() if p.suffix.lower() in PLAIN_IMAGE_SUFFIXES
-        )
-        if not members:
-            raise ValueError(f"{root / name}: holds no images")
-        paths += members
-        labels += [index] * len(members)
-    groups = _groups(root, paths)
-    return ImageFolder(paths, np.asarray(labels), classes, groups)
-
-
-def _groups(root: Path, paths: list[Path]) -> np.ndarray:
-    table = root / "labels.csv"
-    own = np.asarray([str(p.relative_to(root)) for p in paths])
-    if not table.is_file():
-        return own
-    with table.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    column = next((c for c in ("slide", "patient", "case") if rows and c in rows[0]), None)
-    if column is None or "file" not in rows[0]:
-        return own
-    source = {r["file"]: r[column] for r in rows}
-    return np.asarray([source.get(name, name) for name in own])
-
-
-def split_by_group(
-    labels: np.ndarray, groups: np.ndarray, *, fraction: float, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """(rest, held-out) indices: about ``fraction`` held out, whole groups only, class
-    balance kept as far as groups allow (scikit-learn's StratifiedGroupKFold)."""
-    if len(np.unique(groups)) < 2:
-        raise ValueError("need at least two slides/patients to split by")
-    folds = max(2, round(1 / fraction))
-    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-    rest, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
-    return rest, held
 
 
 # --- slides with tumour annotations --------------------------------------------------
@@ -241,8 +153,3 @@ def slide_patches(
 def patch_level(slide: Slide, mpp: float | None, level: int | None) -> int:
     """``level`` if given, else the level closest to ``mpp``."""
     return slide.level_for_mpp(mpp) if level is None else level
-
-
-def describe(folder: ImageFolder) -> dict[str, Any]:
-    counts = {c: int((folder.labels == i).sum()) for i, c in enumerate(folder.classes)}
-    return {"images": len(folder.paths), "groups": len(np.unique(folder.groups)), **counts}

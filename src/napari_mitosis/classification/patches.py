@@ -7,7 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from PIL import Image
+
+from napari_mitosis.io.class_folders import resize_rgb
 
 
 def read_window(source: Any, y0: int, x0: int, size: int, fill: int = 255) -> np.ndarray:
@@ -23,21 +24,6 @@ def read_window(source: Any, y0: int, x0: int, size: int, fill: int = 255) -> np
     if ya < yb and xa < xb:
         out[ya - y0 : yb - y0, xa - x0 : xb - x0] = np.asarray(source[ya:yb, xa:xb])
     return out
-
-
-def resize_rgb(block: np.ndarray, size: int) -> np.ndarray:
-    """Area-averaged resize with Pillow (uint8 (h, w[, c]) → (size, size[, c]))."""
-    if block.shape[0] == size and block.shape[1] == size:
-        return block
-    return np.asarray(Image.fromarray(block).resize((size, size), Image.Resampling.BOX))
-
-
-def centre_crop_of(image: np.ndarray, size: int | None) -> np.ndarray:
-    """The central ``size`` px of an image (unchanged when ``size`` is None or too big)."""
-    if not size or min(image.shape[:2]) <= size:
-        return image
-    y, x = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    return image[y : y + size, x : x + size]
 
 
 class PatchReader:

@@ -19,16 +19,12 @@ import numpy as np
 import torch
 from skimage.measure import find_contours
 
-from napari_mitosis.classification.patches import (
-    PatchReader,
-    centre_crop_of,
-    context_level,
-    resize_rgb,
-)
+from napari_mitosis.classification.patches import PatchReader, context_level
 from napari_mitosis.engine.mergers import ScoreGridMerger, lazy_probability
 from napari_mitosis.engine.tiled_inference import Progress, TiledRun
 from napari_mitosis.engine.tiling import Region, TileGrid, strip_order
 from napari_mitosis.engine.tissue import TissueMask, slide_tissue_mask
+from napari_mitosis.io.class_folders import centre_crop_of, resize_rgb
 from napari_mitosis.io.formats import open_slide
 from napari_mitosis.io.geojson import Annotation
 from napari_mitosis.io.slide import Slide

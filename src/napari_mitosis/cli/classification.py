@@ -69,8 +69,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
         )
     import numpy as np
 
-    from napari_mitosis.classification.data import class_folders, describe, split_by_group
     from napari_mitosis.classification.training import train_classifier
+    from napari_mitosis.io.class_folders import class_folders, describe, split_by_group
 
     folder = class_folders(args.data[0], tuple(args.classes) if args.classes else None)
     if len(folder.classes) != 2:
@@ -268,7 +268,7 @@ def _evaluate_on_slides(args: argparse.Namespace) -> int:
 def _evaluate_classifier(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_mitosis.classification.data import class_folders
+    from napari_mitosis.io.class_folders import class_folders
     from napari_mitosis.models.checkpoint import read_card
 
     if args.annotations is not None:

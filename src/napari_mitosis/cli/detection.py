@@ -55,6 +55,19 @@ def _detection_fields(args: argparse.Namespace) -> list[Any]:
     return boxed_fields(args.images, args.annotations)
 
 
+def _centred_training_fields(args: argparse.Namespace) -> tuple[list, list, float, str]:
+    """Training fields (padded, so the figure moves) and validation crops, split by slide."""
+    from napari_mitosis.detection.centred_crops import padded_field, read_centred_crops
+
+    crops = read_centred_crops(args.images)
+    rest, held = crops.split(args.val_fraction, args.seed)
+    boxes, centres = crops.boxes(args.mpp, args.box_um), crops.centres()
+    train = [padded_field(crops.images[i], boxes[i]) for i in rest]
+    validation = [(crops.images[i], centres[i]) for i in held]
+    slides = len(set(crops.groups[held]))
+    return train, validation, args.mpp, f"slide: {slides} slides held out"
+
+
 def _train_detector(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -62,13 +75,21 @@ def _train_detector(args: argparse.Namespace) -> int:
     from napari_mitosis.io.detections import Detections
     from napari_mitosis.models.inference_model import pick_device
 
-    fields = _detection_fields(args)
-    if len(fields) < 2:
-        raise ValueError(f"{args.images}: need at least 2 annotated images (train + validation)")
-    order = np.random.default_rng(args.seed).permutation(len(fields))
-    n_val = max(1, round(len(fields) * args.val_fraction))
-    known = [f.mpp[1] for f, _ in fields if f.mpp]
-    mpp = float(np.median(known)) if known else args.mpp
+    if args.centred_crops:
+        train, validation, mpp, split = _centred_training_fields(args)
+    else:
+        fields = _detection_fields(args)
+        if len(fields) < 2:
+            raise ValueError(
+                f"{args.images}: need at least 2 annotated images (train + validation)"
+            )
+        order = np.random.default_rng(args.seed).permutation(len(fields))
+        n_val = max(1, round(len(fields) * args.val_fraction))
+        known = [f.mpp[1] for f, _ in fields if f.mpp]
+        mpp = float(np.median(known)) if known else args.mpp
+        train = [(fields[i][0].image, fields[i][1]) for i in order[n_val:]]
+        validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in order[:n_val]]
+        split = "images"
     backbone = args.backbone
     if backbone == "auto":  # ResNet-50 where a GPU makes it affordable
         backbone = "resnet50_v2" if pick_device(args.device).type == "cuda" else "mobilenet_v3"
@@ -89,11 +110,9 @@ def _train_detector(args: argparse.Namespace) -> int:
         notes=args.notes,
         **stain_options(args),
     )
-    train = [(fields[i][0].image, fields[i][1]) for i in order[n_val:]]
-    validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in order[:n_val]]
     print(
-        f"{len(train)} training and {len(validation)} validation images at {mpp:g} µm/px; "
-        f"{backbone} backbone"
+        f"{len(train)} training and {len(validation)} validation images at {mpp:g} µm/px "
+        f"(split by {split}); {backbone} backbone"
     )
     report = train_detector(
         train,
@@ -159,20 +178,31 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
     refuse_existing((table, plot), overwrite=args.overwrite)
     model, card = load_checkpoint(args.model, task="detection")
     predictor = DetectionPredictor(model, card, args.device)
-    fields = centroid_fields(args.images, args.annotations)
+    given = args.mpp or card.mpp
+    if args.centred_crops:  # every crop's one figure at its centre
+        from napari_mitosis.detection.centred_crops import read_centred_crops
+
+        crops = read_centred_crops(args.images)
+        fields = [
+            (name, image, centre, (given, given) if given else None)
+            for name, image, centre in zip(crops.names, crops.images, crops.centres(), strict=True)
+        ]
+    else:
+        fields = [
+            (f.image_path.name, f.image, truth, f.mpp or ((given, given) if given else None))
+            for f, truth in centroid_fields(args.images, args.annotations)
+        ]
     scored = []
-    for field, truth in fields:
-        given = args.mpp or card.mpp
-        mpp = field.mpp or ((given, given) if given else None)
+    for name, image, truth, mpp in fields:
         found = detect_array(
-            field.image,
+            image,
             predictor,
             overlap=args.overlap,
             batch_size=args.batch_size,
             mpp=mpp,
             score_threshold=0.0,
         )
-        scored.append((field.image_path.name, found, truth, mpp[1] if mpp else None))
+        scored.append((name, found, truth, mpp[1] if mpp else None))
     threshold = card.threshold if args.threshold is None else args.threshold
     evaluation = evaluate_detections(scored, threshold=threshold, distance_um=args.distance_um)
     for f in evaluation.fields:
@@ -204,6 +234,13 @@ def register(command: CommandAdder) -> None:
         help="folder of <image stem>.boxes.csv or .geojson (default: beside the images)",
     )
     where.add_argument("--coco", type=Path, help="one COCO detection JSON for the folder")
+    where.add_argument(
+        "--centred-crops",
+        action="store_true",
+        help="the folder holds class sub-folders of crops, each with one figure at its "
+        "centre (labels.csv optional: split by slide); each gets a --box-um box there",
+    )
+    td.add_argument("--box-um", type=float, default=12.0, help="with --centred-crops: box side")
     td.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
     td.add_argument(
         "--backbone",
@@ -255,6 +292,12 @@ def register(command: CommandAdder) -> None:
     )
     ed.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
     ed.add_argument("--json", action="store_true", help="end with the scores as one JSON line")
+    ed.add_argument(
+        "--centred-crops",
+        action="store_true",
+        help="the folder holds class sub-folders of crops, each with one figure at its centre: "
+        "recall of that figure and false positives per crop",
+    )
     ed.add_argument(
         "--mpp",
         type=float,
