@@ -1,0 +1,140 @@
+"""The shipped recipes on the real samples in ../shared/data, held out by slide or image.
+
+    python benchmarks/real_data.py [--only atypical ultrasound mitosis-crops] [--work DIR]
+
+- atypical vs normal mitosis (recipes/atypical-mitosis.yaml): train-classifier holds out
+  20 % of the slides for test itself and prints the held-out metrics;
+- ultrasound benign vs malignant (recipes/ultrasound.yaml): 20 % of the images held out;
+- the centred-crops mitosis detector (recipes/mitosis-crops.yaml): 20 % of the slides are
+  held out here (symbolic links into two folders), the detector trains and validates on
+  the rest, and evaluate-detector --centred-crops scores the held-out crops.
+Each prints one JSON line of held-out numbers; nothing is tuned on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+CLI = [sys.executable, "-m", "napari_mitosis"]
+
+
+def run(command: list[str]) -> str:
+    started = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    print(f"  ({time.perf_counter() - started:.0f} s) {' '.join(command[2:5])} …", flush=True)
+    return result.stdout
+
+
+def held_out_line(printed: str) -> str:
+    return next(line for line in printed.splitlines() if line.startswith("AUC ")).strip()
+
+
+def classifier(name: str, data: Path, work: Path) -> None:
+    out = work / f"{name}.safetensors"
+    printed = run(
+        [
+            *CLI,
+            "train-classifier",
+            str(data),
+            "--recipe",
+            str(ROOT / "recipes" / f"{name}.yaml"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--overwrite",
+        ]
+    )
+    print(f"{name}: {held_out_line(printed)}")
+
+
+def split_crops(data: Path, work: Path, fraction: float = 0.2, seed: int = 0) -> tuple[Path, Path]:
+    """Two folders of links (train, test) to the crops, whole slides on each side."""
+    with (data / "labels.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    slides = sorted({r["slide"] for r in rows})
+    rng = np.random.default_rng(seed)
+    test_slides = set(rng.choice(slides, max(1, round(len(slides) * fraction)), replace=False))
+    folders = {"train": work / "crops-train", "test": work / "crops-test"}
+    tables = {k: ["file,slide"] for k in folders}
+    for r in rows:
+        side = "test" if r["slide"] in test_slides else "train"
+        link = folders[side] / r["file"]
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if not link.exists():
+            link.symlink_to(data / r["file"])
+        tables[side].append(f"{r['file']},{r['slide']}")
+    for side, folder in folders.items():
+        (folder / "labels.csv").write_text("\n".join(tables[side]) + "\n")
+    print(f"  {len(slides) - len(test_slides)} training slides, {len(test_slides)} test slides")
+    return folders["train"], folders["test"]
+
+
+def detector(work: Path) -> None:
+    train, test = split_crops(DATA / "mitotic-figures", work)
+    model = work / "mitosis.safetensors"
+    run(
+        [
+            *CLI,
+            "train-detector",
+            str(train),
+            "--recipe",
+            str(ROOT / "recipes" / "mitosis-crops.yaml"),
+            "--out",
+            str(model),
+            "--device",
+            "cpu",
+            "--overwrite",
+        ]
+    )
+    printed = run(
+        [
+            *CLI,
+            "evaluate-detector",
+            str(test),
+            "--centred-crops",
+            "--model",
+            str(model),
+            "--out",
+            str(work / "mitosis-eval"),
+            "--device",
+            "cpu",
+            "--json",
+            "--overwrite",
+        ]
+    )
+    print(f"mitosis-crops: {json.loads(printed.strip().splitlines()[-1])}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", nargs="+", default=["atypical-mitosis", "ultrasound", "mitosis-crops"]
+    )
+    parser.add_argument("--work", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work or Path(tempfile.mkdtemp(prefix="real-data-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if "atypical-mitosis" in args.only:
+        classifier("atypical-mitosis", DATA / "mitotic-figures", work)
+    if "ultrasound" in args.only:
+        classifier("ultrasound", DATA / "ultrasound", work)
+    if "mitosis-crops" in args.only:
+        detector(work)
+
+
+if __name__ == "__main__":
+    main()
