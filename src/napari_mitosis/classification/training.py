@@ -33,9 +33,25 @@ from napari_mitosis.models.checkpoint import (
     training_record,
 )
 from napari_mitosis.models.inference_model import pick_device
+from napari_mitosis.models.pretrained import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    freeze_all_but_head,
+    load_pretrained,
+)
 from napari_mitosis.models.stain import StainTraining
 
-ARCHITECTURES = ("small_cnn", "wide_resnet", "inception_v3", "two_tower")
+ARCHITECTURES = (
+    "small_cnn",
+    "wide_resnet",
+    "inception_v3",
+    "two_tower",
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "efficientnet_b0",
+    "convnext_tiny",
+)
 Labelled = tuple[np.ndarray, np.ndarray]  # images (N, H, W, C) uint8, labels (N,) 0/1
 
 
@@ -66,6 +82,8 @@ class ClassifierTraining(StainTraining):
     seed: int = 0
     device: str = "auto"
     notes: str = ""
+    pretrained: str | None = None  # torchvision weights name or a local state-dict file
+    freeze_epochs: int = 0  # epochs that train the last layer only (fine-tuning)
 
 
 @dataclass
@@ -175,7 +193,12 @@ def train_classifier(
         stain=config.stain_record(),
         training=training_record(config),
     )
-    model = build_model(card).to(device)
+    model = build_model(card)
+    if config.pretrained:
+        record = load_pretrained(model, config.pretrained)
+        card.mean, card.std = IMAGENET_MEAN, IMAGENET_STD  # what such weights expect
+        card.training = {**(card.training or {}), "pretrained_weights": record}
+    model = model.to(device)
     if config.optimiser == "sgd":
         optimiser: torch.optim.Optimizer = torch.optim.SGD(
             model.parameters(),
@@ -199,6 +222,8 @@ def train_classifier(
     history: list[dict[str, float]] = []
     started = time.perf_counter()
     for epoch in range(1, config.epochs + 1):
+        if config.freeze_epochs:
+            freeze_all_but_head(model, frozen=epoch <= config.freeze_epochs)
         model.train()
         losses = []
         order = rng.permutation(len(images))

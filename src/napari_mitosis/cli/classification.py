@@ -47,6 +47,8 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         seed=args.seed,
         device=args.device,
         notes=args.notes,
+        pretrained=args.pretrained,
+        freeze_epochs=args.freeze_epochs,
         **stain_options(args),
         **fixed,
     )
@@ -382,6 +384,19 @@ def register(command: CommandAdder) -> None:
     tc.add_argument("--contrast", type=float, default=0.75, help="colour jitter")
     tc.add_argument("--saturation", type=float, default=0.25, help="colour jitter")
     tc.add_argument("--hue", type=float, default=0.04, help="colour jitter")
+    tc.add_argument(
+        "--pretrained",
+        help="start from these weights: a torchvision weights name (e.g. "
+        "ResNet18_Weights.IMAGENET1K_V1, downloaded and cached when online) or a local "
+        "state-dict file (.safetensors, or .pt/.pth read without running code); the card "
+        "records it and switches to ImageNet normalisation",
+    )
+    tc.add_argument(
+        "--freeze-epochs",
+        type=int,
+        default=0,
+        help="with --pretrained: epochs that train the last layer only",
+    )
     add_stain(tc)
     add_recipe(tc, "train-classifier")
     tc.add_argument("--epochs", type=int, default=30, help="most epochs")

@@ -15,7 +15,17 @@ from typing import Any
 CommandAdder = Callable[[str, str], argparse.ArgumentParser]
 
 BACKBONES = ("mobilenet_v3", "resnet50_v2", "vgg16")
-ARCHITECTURES = ("small_cnn", "wide_resnet", "inception_v3", "two_tower")
+ARCHITECTURES = (
+    "small_cnn",
+    "wide_resnet",
+    "inception_v3",
+    "two_tower",
+    "resnet18",
+    "resnet50",
+    "densenet121",
+    "efficientnet_b0",
+    "convnext_tiny",
+)
 MONITORED = ("auc", "f1", "f_med", "loss")
 
 

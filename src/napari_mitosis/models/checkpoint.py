@@ -53,6 +53,11 @@ FACTORIES = {
     "wide_resnet": ("napari_mitosis.models.classifiers", "wide_resnet_classifier"),
     "inception_v3": ("napari_mitosis.models.classifiers", "inception_v3_classifier"),
     "two_tower": ("napari_mitosis.models.classifiers", "two_tower"),
+    "resnet18": ("napari_mitosis.models.pretrained", "resnet18_classifier"),
+    "resnet50": ("napari_mitosis.models.pretrained", "resnet50_classifier"),
+    "densenet121": ("napari_mitosis.models.pretrained", "densenet121_classifier"),
+    "efficientnet_b0": ("napari_mitosis.models.pretrained", "efficientnet_b0_classifier"),
+    "convnext_tiny": ("napari_mitosis.models.pretrained", "convnext_tiny_classifier"),
 }
 
 
