@@ -252,7 +252,13 @@ def register(command: CommandAdder) -> None:
     td.add_argument("--distance-um", type=float, default=8.0, help="hit radius for validation")
     td.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
     td.add_argument("--init", type=Path, help="a detector checkpoint to fine-tune")
-    td.add_argument("--backbone-weights", type=Path, help="classification weights (local file)")
+    td.add_argument(
+        "--backbone-weights",
+        "--pretrained",
+        dest="backbone_weights",
+        help="classification weights for the backbone: a local file, or a torchvision "
+        "weights name (downloaded and cached when online)",
+    )
     td.add_argument("--notes", default="", help="provenance written into the model card")
     add_stain(td)
     add_recipe(td, "train-detector")

@@ -92,22 +92,28 @@ def faster_rcnn(
 
 
 def load_backbone_weights(model: FasterRCNN, path: str | Path) -> int:
-    """Copy the tensors of a classification checkpoint (e.g. ImageNet weights the user
-    downloaded) into the detector's backbone; returns how many tensors were used.
+    """Copy the tensors of a classification checkpoint (a file the user has, or a
+    torchvision weights name such as ``MobileNet_V3_Large_Weights.IMAGENET1K_V1``,
+    downloaded when online) into the detector's backbone; returns how many were used.
 
     Read safely: safetensors, or ``torch.load(weights_only=True)``. Keys are matched after
     dropping the prefixes torchvision and training scripts add (``features.``, ``module.``).
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.is_file() and "_Weights." in str(path):  # a torchvision weights name
+        from napari_mitosis.models.pretrained import state_from_torchvision
+
+        state = state_from_torchvision(str(path))
+    elif not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
-    try:
-        if path.suffix == ".safetensors":
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a readable weights file ({err})") from err
+    else:
+        try:
+            if path.suffix == ".safetensors":
+                state = load_file(str(path))
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ValueError(f"{path}: not a readable weights file ({err})") from err
     for wrapper in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]

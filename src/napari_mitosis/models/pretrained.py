@@ -108,7 +108,9 @@ def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
 
 
-def _state_from_torchvision(name: str) -> dict[str, torch.Tensor]:
+def state_from_torchvision(name: str) -> dict[str, torch.Tensor]:
+    """Torchvision's weights ``name``, from its cache or downloaded; offline, an error that
+    says where to put the file."""
     import torchvision.models as tvm
 
     try:
@@ -136,7 +138,7 @@ def load_pretrained(model: nn.Module, source: str | Path) -> dict[str, Any]:
         state = _state_from_file(path)
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
     else:
-        state = _state_from_torchvision(str(source))
+        state = state_from_torchvision(str(source))
         digest = None
     own = model.state_dict()
     matching = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
