@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_mitosis import open_slide, synthetic_slide
+from napari_mitosis import open_slide, read_geojson, synthetic_slide
 from napari_mitosis.cli import build_parser, main
 
 
@@ -83,6 +83,14 @@ def test_sample_command_writes_a_slide_and_refuses_to_overwrite(tmp_path: Path, 
     assert main(["sample", str(out), "--width", "1024", "--height", "768", "--seed", "1"]) == 0
     slide = open_slide(out)
     assert slide.levels[0].shape == (768, 1024, 3) and slide.mpp == (0.25, 0.25)
+    # Its true mitoses beside it, as QuPath points in level-0 pixels: dark chromatin there.
+    points = read_geojson(tmp_path / "s.mitoses.geojson")
+    told = int(capsys.readouterr().out.split(" mitoses")[0].rsplit(" ", 1)[1])
+    assert len(points) == told > 0 and all(p.shape_type == "point" for p in points)
+    pixels = np.asarray(slide.levels[0]).mean(axis=-1)
+    for point in points:
+        y, x = point.coords[0].astype(int)
+        assert pixels[y - 2 : y + 3, x - 2 : x + 3].mean() < 90
     before = out.stat().st_mtime_ns
     assert main(["sample", str(out), "--width", "1024", "--height", "768"]) == 2
     assert "already exists" in capsys.readouterr().err

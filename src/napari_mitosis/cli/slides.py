@@ -24,14 +24,20 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
+    from napari_mitosis.io.geojson import Annotation, write_geojson
+    from napari_mitosis.io.output_file import refuse_existing
     from napari_mitosis.samples.synthetic import write_synthetic_slide
 
+    points = args.out.with_name(f"{args.out.name.split('.')[0]}.mitoses.geojson")
+    refuse_existing((args.out, points), overwrite=args.overwrite)
     truth = write_synthetic_slide(
         args.out, args.height, args.width, mpp=args.mpp, seed=args.seed, overwrite=args.overwrite
     )
+    mitoses = [Annotation(c[None], "point", "Mitosis") for c in truth.mitoses]
+    write_geojson(points, mitoses, overwrite=args.overwrite)  # QuPath points, level-0 px
     print(
         f"wrote {args.out}: {args.width} × {args.height} px at {args.mpp} µm/px, "
-        f"{len(truth.mitoses)} mitoses"
+        f"{len(truth.mitoses)} mitoses (their centres: {points})"
     )
     return 0
 
@@ -50,7 +56,11 @@ def register(command: CommandAdder) -> None:
     )
     info.set_defaults(run=_info)
 
-    sample = command("sample", "write a synthetic H&E slide with known mitoses")
+    sample = command(
+        "sample",
+        "write a synthetic H&E slide with known mitoses, and their centres as QuPath GeoJSON "
+        "points (OUT.mitoses.geojson)",
+    )
     sample.add_argument("out", type=Path, help="the slide to write (pyramidal TIFF)")
     sample.add_argument("--width", type=int, default=6144, help="px")
     sample.add_argument("--height", type=int, default=4096, help="px")
