@@ -243,3 +243,23 @@ def test_a_cohort_slide_without_micrometres_is_a_failed_line_that_says_how_to_gi
     assert "--mpp" in row["error"] and not (tmp_path / "rgba").exists()
     row = process_slide(slide, "rgba", tmp_path, settings, models, mpp=0.25)
     assert row["status"] == "ok", row
+
+
+def test_a_grey_model_runs_on_the_grey_image_an_rgb_model_refuses(
+    corpus, tmp_path: Path, capsys
+) -> None:
+    grey = _kind(corpus, "8-bit grey PNG").path
+    card = ModelCard(
+        "small_cnn",
+        {"outputs": 1, "width": 4, "in_channels": 1},
+        task="classification",
+        input_size=32,
+        mpp=0.25,
+        mean=(0.5,),
+        std=(0.25,),
+    )
+    model = save_checkpoint(tmp_path / "grey.safetensors", build_model(card), card)
+    out = tmp_path / "out"
+    command = ["classify", str(grey), "--model", str(model), "--out", str(out), "--all-tiles"]
+    assert main([*command, "--mpp", "0.25", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert (out / "grey.tumour_probability.tif").is_file()

@@ -315,7 +315,8 @@ def classify_slide(
         predictor = ClassifierPredictor(model, card, device, tta=tta, amp=amp)
     card = predictor.card
     slide = path if isinstance(path, Slide) else open_slide(path, mpp=mpp)
-    where = slide.model_level(card.mpp, level=level, region=region)
+    channels = int(card.options.get("in_channels", 3))
+    where = slide.model_level(card.mpp, level=level, region=region, channels=channels)
     context_source, context_scale = context_level(slide, where["level"], card.context)
     try:
         run = ClassificationRun(

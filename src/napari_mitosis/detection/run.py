@@ -143,7 +143,7 @@ def detect_slide(
         model, card = load_checkpoint(checkpoint, task="detection")
         predictor = DetectionPredictor(model, card, device, tile=tile)
     slide = path if isinstance(path, Slide) else open_slide(path, mpp=mpp)
-    where = slide.model_level(predictor.card.mpp, level=level, region=region)
+    where = slide.model_level(predictor.card.mpp, level=level, region=region)  # RGB
     run = DetectionRun(where.pop("source"), predictor, **where, **options)
     if tissue_only and within is None:
         within = slide_tissue_mask(slide)

@@ -136,11 +136,13 @@ class Slide:
         *,
         level: int | None = None,
         region: tuple[int, int, int, int] | None = None,
+        channels: int = 3,
     ) -> dict[str, Any]:
         """Where a model runs: the level closest to its µm/pixel (or ``level``), the level-0
         ``region`` in that level's pixels, and the level's downsample and µm/pixel — the
-        keyword arguments every tiled run takes, plus ``source`` (the level's array)."""
-        self.check_model_input()
+        keyword arguments every tiled run takes, plus ``source`` (the level's array).
+        ``channels``: what the model reads (3 RGB; 1 grey, which takes RGB too)."""
+        self.check_model_input(channels=channels)
         if target_mpp is not None and self.mpp is None and level is None:
             raise MissingResolutionError(
                 self.path,
@@ -149,7 +151,7 @@ class Slide:
                 "(napari widgets)",
             )
         level = self.level_for_mpp(target_mpp) if level is None else level
-        self.check_model_input(level)
+        self.check_model_input(level, channels=channels)
         return {
             "source": self.sources[level],
             "region": self.region_at_level(region, level),
@@ -158,19 +160,22 @@ class Slide:
             "level_mpp": self.level_mpp(level),
         }
 
-    def check_model_input(self, level: int = 0) -> None:
-        """Models read 8-bit RGB of at least `MIN_MODEL_SIDE` px a side; anything else is
-        refused by name, never run silently (scaling 16-bit or float values to 8 bits has
-        no rule every scanner shares)."""
+    def check_model_input(self, level: int = 0, *, channels: int = 3) -> None:
+        """Models read 8-bit images of at least `MIN_MODEL_SIDE` px a side, RGB (a grey
+        model, ``channels=1``, takes grey or RGB); anything else is refused by name, never
+        run silently (scaling 16-bit or float values to 8 bits has no rule every scanner
+        shares)."""
         data = self.levels[0]
-        channels = data.shape[-1] if data.ndim == 3 else 1
-        if data.dtype != np.uint8 or channels != 3:
-            kind = {1: "grey", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
+        has = data.shape[-1] if data.ndim == 3 else 1
+        fits = has == 3 or (channels == 1 and has == 1)
+        if data.dtype != np.uint8 or not fits:
+            kind = {1: "grey", 3: "RGB", 4: "RGBA"}.get(has, f"{has}-channel")
             bits = data.dtype.itemsize * 8
             depth = f"{bits}-bit" if data.dtype.kind in "ui" else str(data.dtype)
+            wanted = "8-bit grey or RGB" if channels == 1 else "8-bit RGB"
             raise UnsuitableImageError(
                 self.path,
-                f"has {depth} {kind} pixels; the models read 8-bit RGB images (convert it, "
+                f"has {depth} {kind} pixels; the model reads {wanted} images (convert it, "
                 "e.g. to an 8-bit RGB TIFF, first)",
             )
         height, width = self.levels[level].shape[:2]
