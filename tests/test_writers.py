@@ -17,6 +17,7 @@ from conftest import gradient_rgb
 from napari_mitosis import Annotation, OutputExistsError, open_slide, read_geojson, write_geojson
 from napari_mitosis.io.ome_zarr import write_ome_zarr
 from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
+from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
 
 
 def test_image_round_trips_losslessly_as_an_openslide_pyramid(tmp_path: Path) -> None:
@@ -119,8 +120,11 @@ def test_outputs_get_the_permissions_the_users_umask_gives(
         write_pyramid_tiff(tmp_path / "p.tif", gradient_rgb(64, 64))
         write_geojson(tmp_path / "a.geojson", [])
         write_ome_zarr(tmp_path / "h.ome.zarr", np.zeros((8, 8), np.float32))
+        card = ModelCard("small_cnn", {"outputs": 1, "width": 4}, task="classification")
+        save_checkpoint(tmp_path / "m.safetensors", build_model(card), card)
     finally:
         os.umask(before)
+    assert stat.S_IMODE((tmp_path / "m.safetensors").stat().st_mode) == file_mode
     assert stat.S_IMODE((tmp_path / "p.tif").stat().st_mode) == file_mode
     assert stat.S_IMODE((tmp_path / "a.geojson").stat().st_mode) == file_mode
     zarr_folder = tmp_path / "h.ome.zarr"

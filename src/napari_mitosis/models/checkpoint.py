@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from napari_mitosis.io.output_file import atomic_output
@@ -80,7 +81,10 @@ def save_checkpoint(
     """Write weights and card atomically as one .safetensors file."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_output(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata={CARD_KEY: json.dumps(asdict(card))})
+        # Written into the temporary file atomic_output made, so the checkpoint gets the
+        # permissions the user's umask gives, as every other output (save_file would
+        # create a private 0600 file of its own).
+        tmp.write_bytes(safetensors_bytes(tensors, metadata={CARD_KEY: json.dumps(asdict(card))}))
     return Path(path)
 
 
