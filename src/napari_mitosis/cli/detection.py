@@ -65,7 +65,7 @@ def _centred_training_fields(args: argparse.Namespace) -> tuple[list, list, floa
     train = [padded_field(crops.images[i], boxes[i]) for i in rest]
     validation = [(crops.images[i], centres[i]) for i in held]
     slides = len(set(crops.groups[held]))
-    return train, validation, args.mpp, f"slide: {slides} slides held out"
+    return train, validation, args.mpp, f" (split by slide: {slides} slides held out)"
 
 
 def _train_detector(args: argparse.Namespace) -> int:
@@ -89,7 +89,7 @@ def _train_detector(args: argparse.Namespace) -> int:
         mpp = float(np.median(known)) if known else args.mpp
         train = [(fields[i][0].image, fields[i][1]) for i in order[n_val:]]
         validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in order[:n_val]]
-        split = "images"
+        split = ""
     backbone = args.backbone
     if backbone == "auto":  # ResNet-50 where a GPU makes it affordable
         backbone = "resnet50_v2" if pick_device(args.device).type == "cuda" else "mobilenet_v3"
@@ -111,8 +111,8 @@ def _train_detector(args: argparse.Namespace) -> int:
         **stain_options(args),
     )
     print(
-        f"{len(train)} training and {len(validation)} validation images at {mpp:g} µm/px "
-        f"(split by {split}); {backbone} backbone"
+        f"{len(train)} training and {len(validation)} validation images at {mpp:g} µm/px"
+        f"{split}; {backbone} backbone"
     )
     report = train_detector(
         train,
