@@ -26,7 +26,7 @@ def configured_widget(viewer, model, image, *, tile: int, overlap: int) -> Segme
 
 
 def test_widget_adds_probability_and_labels_at_the_image_scale(
-    make_napari_viewer, qtbot, trained_unet, field_pairs
+    make_napari_viewer, qtbot, trained_unet, field_pairs, monkeypatch
 ) -> None:
     path, _ = trained_unet
     rgb, truth = field_pairs[6]
@@ -35,10 +35,14 @@ def test_widget_adds_probability_and_labels_at_the_image_scale(
         rgb, rgb=True, scale=(0.25, 0.25), name="hpf", metadata={"mpp": [0.25, 0.25]}
     )
     widget = configured_widget(viewer, path, image, tile=128, overlap=32)
+    widget.mpp.value = 0.5  # the image says 0.25: its own wins, and the user is told
+    told: list[str] = []
+    monkeypatch.setattr("napari_mitosis._napari.tiled_widget.show_warning", told.append)
     worker = widget.run()
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
     qtbot.waitUntil(lambda: len(viewer.layers) == 3, timeout=5000)
+    assert told == ["hpf says 0.25 µm/px; the 0.5 µm/px given is ignored"]
     probability, labels = viewer.layers["hpf mitosis probability"], viewer.layers["hpf mitoses"]
     assert tuple(labels.scale) == (0.25, 0.25) and tuple(probability.scale) == (0.25, 0.25)
     assert labels.data.shape == rgb.shape[:2]

@@ -24,6 +24,7 @@ from magicgui.widgets import (
     SpinBox,
     Widget,
 )
+from napari.utils.notifications import show_warning
 
 if TYPE_CHECKING:
     import napari
@@ -160,7 +161,8 @@ class TiledModelWidget(Container):
         own, given = self.layer_mpp(layer), float(self.mpp.value)
         if own is not None:
             if given > 0 and not np.isclose(own[1], given, rtol=0.01):
-                self.status.value = (
+                # A notification, not the status line: the run's own lines would replace it.
+                show_warning(
                     f"{layer.name} says {own[1]:g} µm/px; the {given:g} µm/px given is ignored"
                 )
             return own
@@ -173,15 +175,14 @@ class TiledModelWidget(Container):
             )
         return None
 
-    def _level(self, layer: Any, target_mpp: float | None) -> int:
-        """The chosen level, else the one matching the model's µm/pixel when the layer
-        knows its own."""
+    def _level(self, layer: Any, target_mpp: float | None, mpp: tuple[float, float] | None) -> int:
+        """The chosen level, else the one matching the model's µm/pixel when the image's
+        own (``mpp``, level 0) is known."""
         if self.level.value >= 0:
             count = len(layer.data) if layer.multiscale else 1
             if self.level.value >= count:
                 raise ValueError(f"{layer.name} has {count} pyramid levels; choose 0–{count - 1}")
             return int(self.level.value)
-        mpp = self.image_mpp(layer, target_mpp)
         if not layer.multiscale or not mpp or target_mpp is None:
             return 0
         h0 = layer.data[0].shape[0]
@@ -232,10 +233,10 @@ class TiledModelWidget(Container):
                 f"{self.model_path.value}: choose a {self.model_label} checkpoint (.safetensors)"
             )
         predictor = self._predictor()
-        level = self._level(layer, predictor.card.mpp)
+        mpp = self.image_mpp(layer, predictor.card.mpp)
+        level = self._level(layer, predictor.card.mpp, mpp)
         data = layer.data[level] if layer.multiscale else layer.data
         downsample = layer.data[0].shape[0] / data.shape[0] if layer.multiscale else 1.0
-        mpp = self.image_mpp(layer, predictor.card.mpp)
         run = self._make_run(
             data,
             predictor,
