@@ -15,6 +15,13 @@ point at other interpreters (a GPU box whose packages come as wheels).
   (benchmarks/tiatoolbox_patch_predictor.py), reading the slide with its OpenSlide reader.
 - Ours: ``napari-mitosis classify`` with stride = patch.
 
+``--wsinfer-model DIR`` compares a WSInfer-format model instead (a zoo folder; without
+DIR, a random ResNet-18 traced to TorchScript, 224 px at twice the slide's µm/px, so
+every patch is resized as 20× models are on 40× slides): both tools run the same folder
+with WSInfer's patching, ours writing WSInfer's per-patch CSV (``--csv``); patches are
+matched by their level-0 corner and every class's probability is compared. ``--slide``
+runs on a real slide instead of the synthetic one.
+
 Every tool cuts non-overlapping patches at the same µm/px through OpenSlide and detects
 tissue its own way, on ``--device`` (CUDA: each tool under its own autocast/precision
 choice; the peers' data-loader workers match our reader threads); patches are matched by their level-0 corner. Printed: wall time of each
@@ -203,6 +210,120 @@ def run_ours(
     )
 
 
+def zoo_model(work: Path, spacing: float, size: int = 224) -> Path:
+    """A WSInfer model folder: an untrained ResNet-18 traced to TorchScript, ImageNet
+    normalisation, two classes."""
+    import torchvision
+
+    folder = work / "zoo-model"
+    folder.mkdir()
+    model = torchvision.models.resnet18(num_classes=2).eval()
+    torch.jit.trace(model, torch.zeros(1, 3, size, size)).save(str(folder / "torchscript_model.pt"))
+    imagenet = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    config = {
+        "spec_version": "1.0",
+        "architecture": "resnet18",
+        "num_classes": 2,
+        "class_names": ["notumor", "tumor"],
+        "patch_size_pixels": size,
+        "spacing_um_px": spacing,
+        "transform": [
+            {"name": "Resize", "arguments": {"size": size}},
+            {"name": "ToTensor"},
+            {"name": "Normalize", "arguments": imagenet},
+        ],
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def patch_csv(path: Path) -> dict[tuple[int, int], np.ndarray]:
+    """(minx, miny) → the patch's class probabilities, from a WSInfer-style CSV."""
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    columns = [c for c in rows[0] if c.startswith("prob_")] if rows else []
+    return {
+        (int(float(r["minx"])), int(float(r["miny"]))): np.array([float(r[c]) for c in columns])
+        for r in rows
+    }
+
+
+def run_zoo(args: argparse.Namespace, work: Path, slide: Path) -> int:
+    """The same WSInfer-format model through WSInfer and through us."""
+    with open_slide(slide) as opened:
+        mpp = float(np.mean(opened.mpp))
+    model_dir = args.wsinfer_model or zoo_model(work, spacing=2 * mpp)
+    config = json.loads((model_dir / "config.json").read_text())
+    timings: list[tuple[str, float, dict[tuple[int, int], np.ndarray]]] = []
+    for speedup in (False, True):
+        results = work / ("zoo-wsinfer-speedup" if speedup else "zoo-wsinfer")
+        seconds = timed(
+            [
+                str(args.wsinfer_python),
+                "-c",
+                OFFLINE_WSINFER,
+                "--backend",
+                "openslide",
+                "run",
+                "--wsi-dir",
+                str(slide.parent),
+                "--results-dir",
+                str(results),
+                "--model-path",
+                str(model_dir / "torchscript_model.pt"),
+                "--config",
+                str(model_dir / "config.json"),
+                "--batch-size",
+                str(args.batch),
+                "--num-workers",
+                str(args.workers),
+                "--speedup" if speedup else "--no-speedup",
+            ]
+        )
+        table = patch_csv(results / "model-outputs-csv" / f"{slide.stem}.csv")
+        timings.append(("WSInfer 0.6.1" + (" --speedup" if speedup else ""), seconds, table))
+    out = work / "zoo-ours"
+    seconds = timed(
+        [
+            sys.executable,
+            "-m",
+            "napari_mitosis",
+            "classify",
+            str(slide),
+            "--model",
+            str(model_dir),
+            "--out",
+            str(out),
+            "--csv",
+            "--min-tissue",
+            "0.01",
+            "--batch-size",
+            str(args.batch),
+            "--device",
+            args.device,
+        ]
+    )
+    ours = patch_csv(out / f"{slide.stem}.patches.csv")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+    print(
+        f"WSInfer-format model {model_dir.name}: {config['architecture']}, "
+        f"{config['patch_size_pixels']} px at {config['spacing_um_px']:g} µm/px on "
+        f"{slide.name} ({mpp:.3f} µm/px), batch {args.batch}, {where}"
+    )
+    print(f"  {'tool':26s} {'wall s':>7s} {'patches':>8s} {'/s':>7s}")
+    for name, wall, table in [*timings, ("napari-mitosis", seconds, ours)]:
+        print(f"  {name:26s} {wall:7.1f} {len(table):8d} {len(table) / wall:7.1f}")
+    for name, wall, table in timings:
+        shared = sorted(set(table) & set(ours))
+        diff = max((float(np.abs(table[k] - ours[k]).max()) for k in shared), default=float("nan"))
+        rate = (len(ours) / seconds) / (len(table) / wall)
+        print(
+            f"  ours vs {name:24s} per patch {rate:4.2f}×, wall {wall / seconds:4.2f}× "
+            f"(goal ≥ 2×); {len(shared)} shared patches, max |Δp| {diff:.1e} (goal ≤ 1e-4)"
+        )
+    return 0
+
+
 def compare(ours: Run, theirs: Run, patch: int) -> str:
     """Per-patch and wall-time speed-up, and the probability difference on shared patches."""
     mine = dict(
@@ -234,6 +355,15 @@ def main() -> int:
         help="peers' data-loader workers (default: as many as our reader threads, but ≥ 2)",
     )
     parser.add_argument("--wsinfer-python", type=Path, default=WSINFER)
+    parser.add_argument(
+        "--wsinfer-model",
+        type=Path,
+        nargs="?",
+        const=False,
+        default=None,
+        help="compare a WSInfer-format model folder (no folder: a random ResNet-18 one)",
+    )
+    parser.add_argument("--slide", type=Path, help="a real slide instead of the synthetic one")
     parser.add_argument("--tiatoolbox-python", type=Path, default=TIATOOLBOX)
     args = parser.parse_args()
     if args.workers is None:
@@ -248,7 +378,17 @@ def main() -> int:
         work = Path(tmp)
         (work / "slides").mkdir()
         slide = work / "slides" / "slide.tif"
-        write_large_slide(slide, args.size, args.copies)
+        if args.slide is not None:  # WSInfer reads a folder of slides: this one alone
+            slide = work / "slides" / args.slide.name
+            slide.symlink_to(args.slide.resolve())
+        else:
+            write_large_slide(slide, args.size, args.copies)
+        if args.wsinfer_model is not None:
+            if not have_wsinfer:
+                print("WSInfer is not installed here: run `make bench-peers`")
+                return 1
+            args.wsinfer_model = args.wsinfer_model or None
+            return run_zoo(args, work, slide)
         card, model, checkpoint = calibrated_classifier(work, slide, args.architecture, args.patch)
         example = torch.zeros(1, 3, args.patch, args.patch)
         torch.jit.trace(Logit(model), example).save(str(work / "model.pt"))  # eval mode: tensor out

@@ -24,6 +24,7 @@ ALLOWED = {
     "classification": {"io", "models", "engine", "classification"},
     "cohort": {"io", "models", "engine", "segmentation", "detection", "classification", "cohort"},
 }
+ALLOWED["serve"] = {*ALLOWED["cohort"], "serve"}
 BELOW_TOP = set(ALLOWED)
 ALLOWED["_napari"] = BELOW_TOP | {"_napari"}
 ALLOWED["demo"] = BELOW_TOP | {"_napari", "demo"}

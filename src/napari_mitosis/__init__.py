@@ -71,7 +71,7 @@ _EXPORTS: dict[str, str] = {
     # classification
     "classify_slide": "classification.run",
     "classify_images": "classification.run",
-    "write_heatmap": "classification.run",
+    "write_heatmap": "classification.heatmap_files",
     "class_folders": "io.class_folders",
     "ClassifierTraining": "classification.training",
     "train_classifier": "classification.training",

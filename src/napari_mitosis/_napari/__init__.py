@@ -2,9 +2,10 @@
 
 It only converts between napari layers and the core; nothing in the core imports it.
 
-One process-level guard runs when it is imported (`keep_triton_from_mesa`): in a napari
-that draws with Mesa's OpenGL (software rendering, remote desktops, Xvfb), Mesa has loaded
-its LLVM, and the Triton that CUDA builds of PyTorch bring (imported by torchvision) loads
+One process-level guard runs when it is imported, and again when a widget is made
+(`keep_triton_from_mesa`; the viewer may first draw after the import): in a napari that
+draws with Mesa's OpenGL (software rendering, remote desktops, Xvfb), Mesa has loaded its
+LLVM, and the Triton that CUDA builds of PyTorch bring (imported by torchvision) loads
 another LLVM beside it and crashes the process. Our models never need Triton.
 """
 

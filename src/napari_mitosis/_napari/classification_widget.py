@@ -76,38 +76,33 @@ class ClassificationWidget(TiledModelWidget):
     def _on_done(self, layer: Any, result: Any) -> None:
         image0 = (layer.data[0] if layer.multiscale else layer.data).shape[:2]
         end0 = tuple(min(e, n) for e, n in zip(result.end_level0, image0, strict=True))
-        heatmap, masks, geometry = grid_layers(
-            result.heatmap,
-            {"mask": result.mask},
-            origin0=result.origin_level0,
-            cell0=result.cell_level0,
-            end0=end0,
-            scale0=tuple(layer.scale[-2:]),
-            translate0=tuple(layer.translate[-2:]),
-        )
+        label_grid = "mask" if result.binary else "classes"
+        grids = {"heatmap": result.heatmap}
+        if not result.binary:
+            grids = result.class_probability()
+        levels, masks, geometry = {}, {}, {}
+        for name, values in grids.items():
+            levels[name], masks, geometry = grid_layers(
+                values,
+                {label_grid: result.mask},
+                origin0=result.origin_level0,
+                cell0=result.cell_level0,
+                end0=end0,
+                scale0=tuple(layer.scale[-2:]),
+                translate0=tuple(layer.translate[-2:]),
+            )
         meta = {
             "mpp": list(result.mpp) if result.mpp else None,
             "origin_level0_yx": list(result.origin_level0),
             "cell_level0_px": result.cell_level0,
             "threshold": result.threshold,
+            "classes": list(result.classes),
         }
         common = {**geometry, "units": layer.units, "metadata": meta}
-        self.viewer.add_image(
-            heatmap,
-            multiscale=len(heatmap) > 1,
-            name=f"{layer.name} tumour probability",
-            colormap="inferno",
-            opacity=0.5,
-            contrast_limits=(0, 1),
-            **common,
-        )
-        self.viewer.add_labels(
-            masks["mask"],
-            multiscale=len(masks["mask"]) > 1,
-            name=f"{layer.name} tumour mask",
-            opacity=0.4,
-            **common,
-        )
+        if result.binary:
+            self._add_binary(layer, levels["heatmap"], masks["mask"], common)
+        else:
+            self._add_classes(layer, levels, masks["classes"], result.classes, common)
         if self.show_tissue.value and self.tissue is not None:
             tissue = clipped_levels(
                 self.tissue.mask.astype(np.uint8), cell0=self.tissue.downsample[0], extent0=image0
@@ -121,8 +116,70 @@ class ClassificationWidget(TiledModelWidget):
                 translate=tuple(layer.translate[-2:]),
                 units=layer.units,
             )
-        area = result.tumour_area_mm2()
-        text = f"tumour: {int(result.mask.sum())} of {int(result.visited.sum())} cells"
-        if area is not None:
-            text += f" = {area:.3f} mm²"
+        if result.binary:
+            area = result.tumour_area_mm2()
+            text = f"tumour: {int(result.mask.sum())} of {int(result.visited.sum())} cells"
+            if area is not None:
+                text += f" = {area:.3f} mm²"
+        else:
+            counts = {n: int((result.mask == v).sum()) for v, n in result.label_names().items()}
+            text = ", ".join(f"{n} {c}" for n, c in counts.items() if c) + " cells"
         self.status.value = text
+
+    def _add_binary(self, layer: Any, heatmap: Any, mask: Any, common: dict[str, Any]) -> None:
+        self.viewer.add_image(
+            heatmap,
+            multiscale=len(heatmap) > 1,
+            name=f"{layer.name} tumour probability",
+            colormap="inferno",
+            opacity=0.5,
+            contrast_limits=(0, 1),
+            **common,
+        )
+        self.viewer.add_labels(
+            mask,
+            multiscale=len(mask) > 1,
+            name=f"{layer.name} tumour mask",
+            opacity=0.4,
+            **common,
+        )
+
+    def _add_classes(
+        self,
+        layer: Any,
+        heatmaps: dict[str, Any],
+        labels: Any,
+        classes: tuple[str, ...],
+        common: dict[str, Any],
+    ) -> None:
+        """K-class output: a probability layer per class, transparent to the class's
+        colour (only the first shown), and the argmax labels named by class."""
+        from napari.utils.colormaps import Colormap
+
+        from napari_mitosis.classification.heatmap_files import class_colour
+
+        for k, (name, levels) in enumerate(heatmaps.items()):
+            rgb = [c / 255 for c in class_colour(k)]
+            self.viewer.add_image(
+                levels,
+                multiscale=len(levels) > 1,
+                name=f"{layer.name} prob {name}",
+                colormap=Colormap([[*rgb, 0.0], [*rgb, 1.0]], name=f"class {name}"),
+                contrast_limits=(0, 1),
+                opacity=0.7,
+                visible=k == 0,
+                **common,
+            )
+        colours = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+        colours.update(
+            {k + 1: (*(c / 255 for c in class_colour(k)), 1.0) for k in range(len(classes))}
+        )
+        self.viewer.add_labels(
+            labels,
+            multiscale=len(labels) > 1,
+            name=f"{layer.name} classes",
+            opacity=0.4,
+            colormap=colours,
+            features={"index": list(range(len(classes) + 1)), "class": ["none", *classes]},
+            **common,
+        )

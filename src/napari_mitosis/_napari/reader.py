@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mitosis.detection.review import REVIEW_KEY
 from napari_mitosis.io.formats import SUPPORTED_SUFFIXES, is_dicom, open_slide
 from napari_mitosis.io.geojson import Annotation, read_geojson
 from napari_mitosis.io.slide import Slide
@@ -87,50 +88,94 @@ def slide_layer_data(slide: Slide, name: str | None = None) -> LayerData:
 
 
 def grid_layer_data(path: Path) -> list[LayerData]:
-    """A heatmap (translucent image) and its masks (labels), placed on their slide in µm."""
+    """A heatmap (translucent image; one per class for a K-class grid) and its masks
+    (labels, named by class where the file says), placed on their slide in µm."""
     from napari_mitosis.io.ome_zarr import read_ome_zarr
 
     grid = read_ome_zarr(path)
     units = ("micrometer", "micrometer") if grid.unit else ("pixel", "pixel")
-    common = {"scale": grid.scale, "translate": grid.translate, "units": units}
+    scale, translate = grid.scale[-2:], grid.translate[-2:]
     name = path.name.removesuffix(".ome.zarr")
-    levels, labels = grid.levels, grid.labels
     extra = grid.extra
+    per_class = grid.levels[0].ndim == 3
+    channels = (
+        [(c.get("label", f"channel {k}"), k) for k, c in enumerate(grid.channels)]
+        if per_class
+        else [("probability", None)]
+    )
+    if per_class and not grid.channels:
+        channels = [(f"channel {k}", k) for k in range(grid.levels[0].shape[0])]
+
+    def pick(levels: list[Any], channel: int | None) -> list[Any]:
+        return levels if channel is None else [level[channel] for level in levels]
+
+    images: dict[str, list[Any]] = {n: pick(grid.levels, k) for n, k in channels}
+    labels = grid.labels
+    common = {"scale": scale, "translate": translate, "units": units}
     if {"origin_level0_yx", "cell_level0_px", "end_level0_yx"} <= set(extra):
         # A grid we wrote knows where its slide region ends: cut it there (`grid_layers`).
         from napari_mitosis._napari.grid_layers import grid_layers
 
         cell = float(extra["cell_level0_px"])
-        heatmap, masks, geometry = grid_layers(
-            grid.levels[0],
-            {label: lv[0] for label, lv in grid.labels.items()},
-            origin0=tuple(extra["origin_level0_yx"]),
-            cell0=cell,
-            end0=tuple(extra["end_level0_yx"]),
-            scale0=tuple(s / cell for s in grid.scale),
+        for channel_name, levels in list(images.items()):
+            images[channel_name], labels, geometry = grid_layers(
+                levels[0],
+                {label: lv[0] for label, lv in grid.labels.items()},
+                origin0=tuple(extra["origin_level0_yx"]),
+                cell0=cell,
+                end0=tuple(extra["end_level0_yx"]),
+                scale0=tuple(s / cell for s in scale),
+            )
+        common = {**geometry, "units": units}
+    layers: list[LayerData] = []
+    for index, (channel_name, levels) in enumerate(images.items()):
+        multi = len(levels) > 1
+        colour = grid.channels[index].get("color") if per_class and grid.channels else None
+        colormap: Any = "inferno"
+        if colour:
+            rgb = [int(colour[i : i + 2], 16) / 255 for i in (0, 2, 4)]
+            colormap = {"colors": [[*rgb, 0.0], [*rgb, 1.0]], "name": f"class {channel_name}"}
+        layers.append(
+            (
+                levels if multi else levels[0],
+                {
+                    "name": f"{name} {'prob ' if per_class else ''}{channel_name}",
+                    "colormap": colormap,
+                    "opacity": 0.7 if per_class else 0.5,
+                    "contrast_limits": (0.0, 1.0),
+                    "multiscale": multi,
+                    "metadata": grid.extra,
+                    "visible": index == 0,
+                    **common,
+                },
+                "image",
+            )
         )
-        levels, labels, common = heatmap, masks, {**geometry, "units": units}
-    multi = len(levels) > 1
-    layers: list[LayerData] = [
-        (
-            levels if multi else levels[0],
-            {
-                "name": f"{name} probability",
-                "colormap": "inferno",
-                "opacity": 0.5,
-                "contrast_limits": (0.0, 1.0),
-                "multiscale": multi,
-                "metadata": grid.extra,
-                **common,
-            },
-            "image",
-        )
-    ]
     for label, label_levels in labels.items():
         data = label_levels if len(label_levels) > 1 else label_levels[0]
-        kwargs = {"name": f"{name} {label}", "opacity": 0.4, "multiscale": len(label_levels) > 1}
+        kwargs: dict[str, Any] = {
+            "name": f"{name} {label}",
+            "opacity": 0.4,
+            "multiscale": len(label_levels) > 1,
+        }
+        names = grid.label_names.get(label)
+        if names:
+            values = sorted(names)
+            kwargs["features"] = {
+                "index": [0, *values],
+                "class": ["none", *(names[v] for v in values)],
+            }
         layers.append((data, {**kwargs, **common}, "labels"))
     return layers
+
+
+#: feature column ← saved review property, and its value when absent.
+REVIEW_COLUMNS = (
+    ("review", "decision", ""),
+    ("reviewer", "reviewer", ""),
+    ("review_time", "time", ""),
+    ("added", "added", False),
+)
 
 
 def annotation_layer_data(
@@ -152,6 +197,10 @@ def annotation_layer_data(
         }
         for key in names:
             table[key] = [a.measurements.get(key, np.nan) for a in items]
+        reviews = [a.properties.get(REVIEW_KEY) for a in items]
+        if any(reviews):  # a saved review: its state comes back as feature columns
+            for column, key, fill in REVIEW_COLUMNS:
+                table[column] = [(r or {}).get(key, fill) for r in reviews]
         return table
 
     if shapes:

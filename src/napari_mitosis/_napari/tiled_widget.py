@@ -41,9 +41,17 @@ class TiledModelWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer, extra: list[Widget]) -> None:
         from napari.layers import Image, Shapes
 
+        from napari_mitosis._napari import keep_triton_from_mesa
+
+        keep_triton_from_mesa()  # the viewer has drawn by now: Mesa's LLVM may be loaded
+
         self.viewer = viewer
         self.image = ComboBox(label="image", choices=self._layers_of(Image))
         self.model_path = FileEdit(label=self.model_label, filter="*.safetensors")
+        self.registered = ComboBox(
+            label="or a registered model", choices=self._registered_names, value=None
+        )
+        self.card_text = Label(value="")
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.level = SpinBox(label="pyramid level (-1: the model's µm/px)", value=-1, min=-1)
         self.mpp = FloatSpinBox(
@@ -64,6 +72,8 @@ class TiledModelWidget(Container):
             widgets=[
                 self.image,
                 self.model_path,
+                self.registered,
+                self.card_text,
                 self.device,
                 self.level,
                 self.mpp,
@@ -82,6 +92,8 @@ class TiledModelWidget(Container):
         self._worker: Any = None
         self._running_on: Any = None  # the image layer of the run in progress
         self._closed = False  # the widget's Qt side is gone: touch none of it
+        self.registered.changed.connect(self._show_card)
+        self.model_path.changed.connect(self._show_card)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         viewer.layers.events.inserted.connect(self._refresh)
@@ -108,6 +120,44 @@ class TiledModelWidget(Container):
         return 0.05 if self.region.value == "whole tissue" else 0.0
 
     # --- shared machinery -------------------------------------------------------------
+    def _registered_names(self, _widget: Any = None) -> list[str | None]:
+        """Registered models of this widget's task (`models.registry`); None: use the file."""
+        from napari_mitosis.models.registry import ModelRegistry
+
+        try:
+            return [None, *ModelRegistry().names(self.task)]
+        except ValueError:  # an unreadable registry entry must not break the widget
+            return [None]
+
+    def model_ref(self) -> str:
+        """The chosen model: a registered name, else the file or folder path."""
+        if self.registered.value:
+            return str(self.registered.value)
+        path = self.model_path.value
+        if not path or str(path) in ("", ".") or not Path(path).exists():
+            raise ValueError(
+                f"{path}: choose a {self.model_label} checkpoint (.safetensors), a WSInfer "
+                "folder, a TorchScript/ONNX file with its card, or a registered model"
+            )
+        return str(path)
+
+    def _show_card(self, *_: Any) -> None:
+        """The chosen model's card in one line: what it reads and what it calls."""
+        from napari_mitosis.models.checkpoint import read_card
+
+        if self._closed:
+            return
+        try:
+            card = read_card(self.model_ref())
+        except (ValueError, FileNotFoundError, OSError) as err:
+            self.card_text.value = "" if not self.model_path.value else str(err)[:120]
+            return
+        mpp = f"{card.mpp:g} µm/px" if card.mpp else "pixel units"
+        self.card_text.value = (
+            f"{card.architecture}: {card.task}, {card.input_size} px at {mpp}, "
+            f"classes {', '.join(card.classes)}" + (f" — {card.notes}" if card.notes else "")
+        )
+
     def _layers_of(self, kind: type) -> Any:
         return lambda _widget: [layer for layer in self.viewer.layers if isinstance(layer, kind)]
 
@@ -115,6 +165,7 @@ class TiledModelWidget(Container):
         if not self._closed:
             self.image.reset_choices()
             self.shapes.reset_choices()
+            self.registered.reset_choices()
 
     # --- a run outlives nothing it depends on ------------------------------------------
     def _on_layer_removed(self, event: Any) -> None:
@@ -143,9 +194,9 @@ class TiledModelWidget(Container):
     def _predictor(self) -> Any:
         from napari_mitosis.models.checkpoint import load_checkpoint
 
-        key = (str(self.model_path.value), self.device.value)
+        key = (self.model_ref(), self.device.value)
         if key not in self._models:
-            model, card = load_checkpoint(Path(key[0]), task=self.task)
+            model, card = load_checkpoint(key[0], task=self.task)
             self._models[key] = self._make_predictor(model, card, key[1])
         return self._models[key]
 
@@ -228,13 +279,11 @@ class TiledModelWidget(Container):
             raise ValueError("open an image first")
         if not layer.rgb:
             raise ValueError(f"{layer.name}: the {self.model_label} needs an RGB image")
-        if not self.model_path.value or not Path(self.model_path.value).is_file():
-            raise ValueError(
-                f"{self.model_path.value}: choose a {self.model_label} checkpoint (.safetensors)"
-            )
         predictor = self._predictor()
         mpp = self.image_mpp(layer, predictor.card.mpp)
-        level = self._level(layer, predictor.card.mpp, mpp)
+        # WSInfer models read level 0 and resize; ours read the level nearest their µm/px.
+        wsinfer = predictor.card.patching == "wsinfer"
+        level = self._level(layer, None if wsinfer else predictor.card.mpp, mpp)
         data = layer.data[level] if layer.multiscale else layer.data
         downsample = layer.data[0].shape[0] / data.shape[0] if layer.multiscale else 1.0
         run = self._make_run(

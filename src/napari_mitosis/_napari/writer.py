@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mitosis.detection.review import QUPATH_CLASSES, REVIEW_KEY
 from napari_mitosis.io.geojson import Annotation, write_geojson
 from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
 
@@ -53,11 +54,19 @@ def _to_level0(coords: np.ndarray, attributes: dict[str, Any]) -> np.ndarray:
     return world / np.asarray(mpp, float)[-2:]
 
 
-def _feature_rows(attributes: dict[str, Any], n: int) -> list[tuple[str | None, dict[str, float]]]:
+def _feature_rows(
+    attributes: dict[str, Any], n: int
+) -> list[tuple[str | None, dict[str, float], dict[str, Any]]]:
+    """(class, measurements, properties) per object; a reviewed layer's ``review`` column
+    becomes the QuPath class, with reviewer and time kept as review properties."""
     table = attributes.get("features")
     columns = {} if table is None else {k: list(table[k]) for k in table}
     names = columns.pop("classification", None) or columns.pop("class", None)
     columns.pop("object_type", None)
+    review = {
+        column: columns.pop(column, None)
+        for column in ("review", "reviewer", "review_time", "added")
+    }
     rows = []
     for i in range(n):
         measurements = {}
@@ -66,7 +75,17 @@ def _feature_rows(attributes: dict[str, Any], n: int) -> list[tuple[str | None, 
             if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
                 measurements[key] = float(value)
         name = str(names[i]) if names is not None and names[i] not in (None, "") else None
-        rows.append((name, measurements))
+        properties: dict[str, Any] = {}
+        if review["review"] is not None:
+            decision = str(review["review"][i] or "")
+            name = QUPATH_CLASSES.get(decision, name)
+            properties[REVIEW_KEY] = {
+                "decision": decision,
+                "reviewer": str((review["reviewer"] or [""] * n)[i] or ""),
+                "time": str((review["review_time"] or [""] * n)[i] or ""),
+                "added": bool((review["added"] or [False] * n)[i]),
+            }
+        rows.append((name, measurements, properties))
     return rows
 
 
@@ -75,8 +94,14 @@ def write_shapes_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
     types = attributes.get("shape_type") or ["polygon"] * len(data)
     rows = _feature_rows(attributes, len(data))
     annotations = [
-        Annotation(_to_level0(shape, attributes), kind, name or attributes.get("name"), meas)
-        for shape, kind, (name, meas) in zip(data, types, rows, strict=True)
+        Annotation(
+            _to_level0(shape, attributes),
+            kind,
+            name or attributes.get("name"),
+            meas,
+            properties=props,
+        )
+        for shape, kind, (name, meas, props) in zip(data, types, rows, strict=True)
     ]
     write_geojson(path, annotations)
     return [path]
@@ -87,8 +112,8 @@ def write_points_geojson(path: str, data: Any, attributes: dict[str, Any]) -> li
     coords = _to_level0(np.asarray(data).reshape(-1, np.asarray(data).shape[-1] or 2), attributes)
     rows = _feature_rows(attributes, len(coords))
     annotations = [
-        Annotation(point[None], "point", name or attributes.get("name"), meas)
-        for point, (name, meas) in zip(coords, rows, strict=True)
+        Annotation(point[None], "point", name or attributes.get("name"), meas, properties=props)
+        for point, (name, meas, props) in zip(coords, rows, strict=True)
     ]
     write_geojson(path, annotations)
     return [path]

@@ -29,7 +29,9 @@ def read_window(source: Any, y0: int, x0: int, size: int, fill: int = 255) -> np
 class PatchReader:
     """Model input for the cell at (y, x): the patch centred on it, and, for two-tower
     models, the context patch read from a coarser level (``context_scale`` = its pixels
-    per model-level pixel) and resized to the patch size. Channels: patch, then context."""
+    per model-level pixel) and resized to the patch size. Channels: patch, then context.
+    Past the slide's edge a patch is ``fill``: glass white, or black for WSInfer models
+    (WSInfer's OpenSlide reads there are transparent, which its RGB conversion makes black)."""
 
     def __init__(
         self,
@@ -40,8 +42,9 @@ class PatchReader:
         context: float | None = None,
         context_source: Any = None,
         context_scale: float = 1.0,
+        fill: int = 255,
     ) -> None:
-        self.source, self.patch, self.cell = source, patch, cell
+        self.source, self.patch, self.cell, self.fill = source, patch, cell, fill
         self.context = context
         self.context_source = source if context_source is None else context_source
         self.context_scale = context_scale if context_source is not None else 1.0
@@ -49,7 +52,7 @@ class PatchReader:
     def __call__(self, y: int, x: int) -> np.ndarray:
         cy, cx = y + self.cell / 2, x + self.cell / 2
         half = self.patch / 2
-        patch = read_window(self.source, round(cy - half), round(cx - half), self.patch)
+        patch = read_window(self.source, round(cy - half), round(cx - half), self.patch, self.fill)
         if not self.context:
             return patch
         size = max(1, round(self.patch * self.context * self.context_scale))

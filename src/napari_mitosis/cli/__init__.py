@@ -10,12 +10,34 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from napari_mitosis.cli import classification, cohort, demo, detection, segmentation, slides
+from napari_mitosis.cli import (
+    classification,
+    classify,
+    cohort,
+    demo,
+    detection,
+    models,
+    review,
+    segmentation,
+    serve,
+    slides,
+)
 from napari_mitosis.cli.options import HelpFormatter, read_recipe
 from napari_mitosis.io.errors import OutputExistsError, SlideError
 
 #: Command groups in the order ``--help`` lists them.
-GROUPS = (slides, demo, segmentation, detection, classification, cohort)
+GROUPS = (
+    slides,
+    demo,
+    segmentation,
+    detection,
+    review,
+    classification,
+    classify,
+    cohort,
+    models,
+    serve,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,7 +9,6 @@ from typing import Any
 
 from napari_mitosis.cli.options import (
     ARCHITECTURES,
-    IMAGE_HELP,
     MONITORED,
     CommandAdder,
     add_device,
@@ -19,7 +18,6 @@ from napari_mitosis.cli.options import (
     add_recipe,
     add_stain,
     add_training,
-    parse_region,
     stain_options,
 )
 from napari_mitosis.io.output_file import atomic_output, refuse_existing
@@ -297,37 +295,6 @@ def _evaluate_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
-def _classify(args: argparse.Namespace) -> int:
-    from napari_mitosis.classification.run import classify_slide, heatmap_paths, write_heatmap
-
-    stem = args.image.stem
-    refuse_existing(heatmap_paths(args.out, stem, args.format), overwrite=args.overwrite)
-    result = classify_slide(
-        args.image,
-        args.model,
-        region=parse_region(args.region),
-        stride=args.stride,
-        device=args.device,
-        tissue_only=not args.all_tiles,
-        min_tissue=args.min_tissue,
-        threshold=args.threshold,
-        tta=args.tta,
-        amp=not args.no_amp,
-        batch_size=args.batch_size,
-        mpp=args.mpp,
-    )
-    paths = write_heatmap(result, args.out, stem, fmt=args.format, overwrite=args.overwrite)
-    area = result.tumour_area_mm2()
-    print(
-        f"{args.image}: {int(result.visited.sum())} of {result.visited.size} cells classified at "
-        f"level {result.level}; tumour {int(result.mask.sum())} cells"
-        + (f" = {area:.3f} mm²" if area is not None else "")
-    )
-    for path in paths:
-        print(f"  {path}")
-    return 0
-
-
 def register(command: CommandAdder) -> None:
     """Add ``train-classifier``, ``evaluate-classifier`` and ``classify``."""
     tc = command(
@@ -437,34 +404,3 @@ def register(command: CommandAdder) -> None:
     add_device(ec)
     add_overwrite(ec)
     ec.set_defaults(run=_evaluate_classifier)
-
-    cl = command("classify", "tumour heatmap, mask and regions of a slide")
-    cl.add_argument("image", type=Path, help=IMAGE_HELP)
-    add_model(cl, "classifier")
-    cl.add_argument("--out", type=Path, required=True, help="output folder")
-    cl.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels (default: whole image)")
-    cl.add_argument(
-        "--stride", type=int, default=None, help="cell size in level px (default: patch/2)"
-    )
-    cl.add_argument("--min-tissue", type=float, default=0.3, help="skip cells with less tissue")
-    cl.add_argument("--all-tiles", action="store_true", help="classify cells without tissue too")
-    cl.add_argument(
-        "--threshold", type=float, default=None, help="tumour probability (default: the card's)"
-    )
-    cl.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
-    cl.add_argument(
-        "--format",
-        choices=("tiff", "ome-zarr"),
-        default="tiff",
-        help="heatmap + mask as two pyramidal TIFFs or one OME-Zarr (mask as its label image)",
-    )
-    cl.add_argument("--batch-size", type=int, default=16, help="patches per forward pass")
-    add_mpp(cl)
-    add_device(cl)
-    cl.add_argument(
-        "--no-amp",
-        action="store_true",
-        help="float32 on CUDA too (slower; the CPU's heatmap within 1e-4, no float16 rounding)",
-    )
-    add_overwrite(cl)
-    cl.set_defaults(run=_classify)

@@ -55,6 +55,12 @@ def _detection_fields(args: argparse.Namespace) -> list[Any]:
     return boxed_fields(args.images, args.annotations)
 
 
+def _negatives(annotated: Any) -> tuple[Any, ...]:
+    """A reviewed field's hard negatives, as the third item of a training field."""
+    negatives = getattr(annotated, "negatives", None)
+    return () if negatives is None or not len(negatives) else (negatives,)
+
+
 def _centred_training_fields(args: argparse.Namespace) -> tuple[list, list, float, str]:
     """Training fields (padded, so the figure moves) and validation crops, split by slide."""
     from napari_mitosis.detection.centred_crops import padded_field, read_centred_crops
@@ -87,7 +93,9 @@ def _train_detector(args: argparse.Namespace) -> int:
         n_val = max(1, round(len(fields) * args.val_fraction))
         known = [f.mpp[1] for f, _ in fields if f.mpp]
         mpp = float(np.median(known)) if known else args.mpp
-        train = [(fields[i][0].image, fields[i][1]) for i in order[n_val:]]
+        train = [
+            (fields[i][0].image, fields[i][1], *_negatives(fields[i][0])) for i in order[n_val:]
+        ]
         validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in order[:n_val]]
         split = ""
     backbone = args.backbone

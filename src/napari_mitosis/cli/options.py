@@ -138,7 +138,9 @@ def add_model(parser: argparse.ArgumentParser, task: str) -> None:
         "--model",
         type=Path,
         required=True,
-        help=f"{task} checkpoint (.safetensors); its model card gives the input size and µm/px",
+        help=f"{task}: a .safetensors checkpoint, a WSInfer model folder, a TorchScript/ONNX "
+        "file with its .card.json, or a registered model's name (`models list`); its card "
+        "gives the input size and µm/px",
     )
 
 

@@ -32,12 +32,14 @@ def sha256_of(path: str | Path) -> str:
 
 
 def settings_from_checkpoints(paths: Sequence[str | Path], **options: Any) -> PipelineSettings:
-    """Pipeline settings from model checkpoints: each card says whether it is the
-    classifier or the detector."""
+    """Pipeline settings from models (files, folders or registered names): each card says
+    whether it is the classifier or the detector."""
     from napari_mitosis.models.checkpoint import read_card
+    from napari_mitosis.models.registry import resolve_model
 
     models: dict[str, str] = {}
-    for path in paths:
+    for given in paths:
+        path = resolve_model(given)  # a registered name becomes its registry path
         card = read_card(path)
         role = {"classification": "classifier", "detection": "detector"}.get(card.task)
         if role is None:
@@ -76,9 +78,17 @@ def read_run_config(path: str | Path, **overrides: Any) -> PipelineSettings:
     for role in ("classifier", "detector"):
         if settings.get(role):
             model = Path(settings[role]).expanduser()
-            settings[role] = str(model if model.is_absolute() else (path.parent / model).resolve())
+            model = model if model.is_absolute() else (path.parent / model).resolve()
+            if not model.exists():  # a registered model's name
+                from napari_mitosis.models.registry import resolve_model
+
+                try:
+                    model = resolve_model(settings[role])
+                except FileNotFoundError as err:
+                    raise ValueError(f"{path}: {role} {err}") from None
+            settings[role] = str(model)
             expected = (record.get("models") or {}).get(role, {}).get("sha256")
-            if expected and Path(settings[role]).is_file():
+            if expected and Path(settings[role]).exists():
                 actual = sha256_of(settings[role])
                 if actual != expected:
                     raise ValueError(
@@ -96,6 +106,7 @@ def describe_run(settings: PipelineSettings) -> dict[str, Any]:
     """What reproduces a run: settings, each model's checksum and card, package versions."""
     from napari_mitosis import __version__
     from napari_mitosis.models.checkpoint import read_card
+    from napari_mitosis.models.registry import ModelRegistry
 
     models = {}
     for role in ("classifier", "detector"):
@@ -107,8 +118,15 @@ def describe_run(settings: PipelineSettings) -> dict[str, Any]:
                 "sha256": sha256_of(path),
                 "architecture": card.architecture,
                 "mpp": card.mpp,
+                "classes": list(card.classes),
                 "notes": card.notes,
             }
+            registered = ModelRegistry().name_of(path)
+            if registered:  # a registry name also says where the model came from
+                entry = ModelRegistry().get(registered)
+                models[role].update(
+                    registry=registered, source=entry.source, registry_sha256=entry.checksum
+                )
     import torch
 
     return {

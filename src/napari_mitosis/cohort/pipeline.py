@@ -13,13 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from napari_mitosis.classification.run import (
-    ClassifierPredictor,
-    HeatmapFormat,
-    HeatmapResult,
-    classify_slide,
-    write_heatmap,
-)
+from napari_mitosis.classification.heatmap_files import HeatmapFormat, write_heatmap
+from napari_mitosis.classification.run import ClassifierPredictor, HeatmapResult, classify_slide
 from napari_mitosis.detection.run import DetectionResult, detect_slide
 from napari_mitosis.engine.tissue import TissueMask, slide_tissue_mask
 from napari_mitosis.io.formats import open_slide
@@ -209,12 +204,14 @@ def analysis_paths(
     folder: str | Path, stem: str, settings: PipelineSettings
 ) -> dict[str, list[Path]]:
     """The files `write_analysis` writes, by kind."""
-    from napari_mitosis.classification.run import heatmap_paths
+    from napari_mitosis.classification.heatmap_files import heatmap_paths
+    from napari_mitosis.models.checkpoint import read_card
 
     folder = Path(folder)
     paths: dict[str, list[Path]] = {}
     if settings.classifier:
-        paths["tumour"] = heatmap_paths(folder, stem, settings.heatmap_format)
+        classes = read_card(settings.classifier).classes
+        paths["tumour"] = heatmap_paths(folder, stem, settings.heatmap_format, classes)
     if settings.detector:
         paths["mitoses"] = [folder / f"{stem}.mitoses{x}" for x in (".geojson", ".csv")]
     return paths

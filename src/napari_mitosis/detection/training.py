@@ -1,6 +1,7 @@
 """Train a Faster R-CNN mitosis detector; keep the best checkpoint by validation F1.
 
-Crops are sampled half around a mitosis, half anywhere (valid negatives included); images
+Crops are sampled half around a mitosis, half anywhere (valid negatives included) or, in
+fields from a review, on the look-alikes the reviewer rejected (hard negatives); images
 and boxes are transformed together by torchvision transforms v2 (orthogonal rotations,
 flips, colour jitter). Validation runs the same tiled engine as inference and scores with
 the challenges' centroid rule, so the kept F1 is the F1 users will see.
@@ -39,7 +40,8 @@ from napari_mitosis.models.detector import DetectionPredictor, faster_rcnn, load
 from napari_mitosis.models.inference_model import pick_device
 from napari_mitosis.models.stain import StainTraining, card_normaliser
 
-BoxedField = tuple[np.ndarray, np.ndarray]  # (image (h, w, 3) uint8, boxes (n, 4) xyxy px)
+#: (image (h, w, 3) uint8, boxes (n, 4) xyxy px[, hard negatives (m, 2) (y, x) px])
+BoxedField = tuple[np.ndarray, ...]
 
 
 @dataclass
@@ -54,6 +56,8 @@ class DetectorTraining(StainTraining):
     # validation F1 ≈0.83 by step 150.
     learning_rate: float = 2e-4
     positive_fraction: float = 0.5
+    #: Of the other crops, those centred on a reviewed look-alike where a field has some.
+    hard_negative_fraction: float = 0.5
     distance_um: float = 8.0
     mpp: float = 0.25
     brightness: float = 64 / 255
@@ -102,11 +106,15 @@ class BoxCropSampler:
 
     def _crop(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         c = self.config.crop
-        image, boxes = self.fields[int(self.rng.integers(len(self.fields)))]
+        image, boxes, *rest = self.fields[int(self.rng.integers(len(self.fields)))]
+        negatives = rest[0] if rest else np.zeros((0, 2))
         centre = None
         if len(boxes) and self.rng.random() < self.config.positive_fraction:
             x0, y0, x1, y1 = boxes[self.rng.integers(len(boxes))]
             centre = ((y0 + y1) / 2, (x0 + x1) / 2)
+        elif len(negatives) and self.rng.random() < self.config.hard_negative_fraction:
+            y0, x0 = negatives[self.rng.integers(len(negatives))]  # a look-alike: no box
+            centre = (float(y0), float(x0))
         y, x = crop_origin(self.rng, image.shape, c, centre)
         pixels = self.config.jitter(
             np.ascontiguousarray(image[y : y + c, x : x + c]), self.stain_rng

@@ -20,10 +20,11 @@ from napari_mitosis.io.detections import Detections
 
 
 def lazy_probability(
-    shape: tuple[int, int], chunk: int = 512, store: str | Path | None = None
+    shape: tuple[int, ...], chunk: int = 512, store: str | Path | None = None
 ) -> zarr.Array:
-    """A float32 zarr array whose chunks exist only once written (on disk with ``store``)."""
-    chunks = (min(chunk, shape[0]), min(chunk, shape[1]))
+    """A float32 zarr array whose chunks exist only once written (on disk with ``store``);
+    a leading class axis, if any, is one chunk."""
+    chunks = (*shape[:-2], min(chunk, shape[-2]), min(chunk, shape[-1]))
     return zarr.create_array(
         store=str(store) if store else {},
         shape=shape,
@@ -99,20 +100,28 @@ class BlendedStitcher:
 
 
 class ScoreGridMerger:
-    """Writes each cell's probability at its grid position (cells skipped stay 0)."""
+    """Writes each cell's probability at its grid position (cells skipped stay 0): one
+    score per cell into a (rows, cols) grid, or K class probabilities into (K, rows, cols)."""
 
     def __init__(self, grid: TileGrid, out: Any) -> None:
         self.grid, self.out = grid, out
-        self.visited = np.zeros(out.shape, bool)
+        self.visited = np.zeros(out.shape[-2:], bool)
 
     def add(self, origins: np.ndarray, scores: np.ndarray) -> None:
-        if np.ndim(scores) != 1:
-            raise ValueError("slide heatmaps need a two-class model (one score per patch)")
+        per_class = len(self.out.shape) == 3
+        if np.ndim(scores) != (2 if per_class else 1):
+            raise ValueError(
+                f"the model gives scores of shape {np.shape(scores)[1:]} per patch; this grid "
+                f"holds {self.out.shape[0] if per_class else 1} per cell"
+            )
         y0, x0 = self.grid.region[:2]
         rows = (origins[:, 0] - y0) // self.grid.stride
         cols = (origins[:, 1] - x0) // self.grid.stride
         for r, c, s in zip(rows, cols, scores, strict=True):
-            self.out[int(r), int(c)] = s
+            if per_class:
+                self.out[:, int(r), int(c)] = s
+            else:
+                self.out[int(r), int(c)] = s
         self.visited[rows, cols] = True
 
 

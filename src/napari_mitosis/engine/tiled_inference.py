@@ -60,7 +60,8 @@ class TilePredictor:
         amp: bool = True,
     ) -> None:
         self.device = pick_device(device)
-        self.model = (for_inference(model) if optimise else model).to(self.device).eval()
+        model = model.to(self.device)
+        self.model = (for_inference(model) if optimise else model).eval()
         self.card = card
         self.activation = activation
         self.amp = amp and self.device.type == "cuda"

@@ -22,8 +22,30 @@ from napari_mitosis.io.output_file import atomic_output
 ShapeType = Literal["polygon", "rectangle", "ellipse", "path", "line", "point"]
 ObjectType = Literal["annotation", "detection"]
 
+#: The QuPath class of each decision of a mitosis review (`detection.review`); unreviewed
+#: candidates are "Mitosis candidate". Kept here, the lowest stage, so that training data
+#: readers know reviewed files too.
+REVIEW_CLASSES = {
+    "accepted": "Mitosis",
+    "atypical": "Atypical mitosis",
+    "rejected": "Non-mitotic figure",
+    "unsure": "Unsure",
+    "": "Mitosis candidate",
+}
+#: The feature property holding a review's decision, reviewer, time and "added".
+REVIEW_KEY = "napari_mitosis_review"
+#: Properties this module reads into `Annotation` fields; others stay in ``properties``.
+STANDARD_PROPERTIES = ("objectType", "classification", "measurements")
 #: QuPath draws classes in these colours (RGB) when a file gives none.
-DEFAULT_COLOURS = {"Mitosis": (220, 30, 30), "Tumor": (200, 0, 0), "Tumour": (200, 0, 0)}
+DEFAULT_COLOURS = {
+    "Mitosis": (220, 30, 30),
+    "Atypical mitosis": (200, 50, 255),
+    "Non-mitotic figure": (140, 140, 140),
+    "Unsure": (30, 150, 255),
+    "Mitosis candidate": (255, 215, 0),
+    "Tumor": (200, 0, 0),
+    "Tumour": (200, 0, 0),
+}
 
 
 @dataclass
@@ -35,6 +57,8 @@ class Annotation:
     classification: str | None = None
     measurements: dict[str, float] = field(default_factory=dict)
     object_type: ObjectType = "annotation"
+    #: Further feature properties, kept as they are (QuPath ignores names it does not know).
+    properties: dict[str, Any] = field(default_factory=dict)
 
 
 def _ellipse_ring(corners: np.ndarray, n: int = 64) -> np.ndarray:
@@ -64,7 +88,7 @@ def _geometry(annotation: Annotation) -> dict[str, Any]:
 
 def to_feature(annotation: Annotation) -> dict[str, Any]:
     """One GeoJSON Feature in QuPath's dialect."""
-    properties: dict[str, Any] = {"objectType": annotation.object_type}
+    properties: dict[str, Any] = {**annotation.properties, "objectType": annotation.object_type}
     if annotation.classification:
         name = annotation.classification
         colour = DEFAULT_COLOURS.get(name, (0, 120, 255))
@@ -100,6 +124,7 @@ def _from_feature(path: Path, index: int, feature: Mapping[str, Any]) -> list[An
         "classification": classification,
         "measurements": {k: float(v) for k, v in measurements.items() if v is not None},
         "object_type": "detection" if props.get("objectType") == "detection" else "annotation",
+        "properties": {k: v for k, v in props.items() if k not in STANDARD_PROPERTIES},
     }
     coordinates = geometry.get("coordinates")
     if kind == "Point":

@@ -3,7 +3,9 @@
 ICPR 2012: ``A00_00.bmp`` beside ``A00_00.csv`` (pixel lists). ICPR 2014: ``A03_00Aa.tiff``
 beside ``A03_00Aa.csv`` or ``A03_00Aa_mitosis.csv`` (centroids). Boxes for the detector:
 ``A00_00.boxes.csv`` (what ``convert-icpr2012`` and ``pseudo-masks`` write) or
-``A00_00.geojson`` (QuPath rectangles/polygons), or one COCO JSON for a whole folder.
+``A00_00.geojson`` (QuPath rectangles/polygons, or a review saved by the review widget:
+accepted and atypical figures are mitoses, rejected ones hard negatives, the rest left
+out), or one COCO JSON for a whole folder.
 Images without an annotation file are left out; an empty file is an image without
 mitoses, which is a valid negative.
 """
@@ -19,7 +21,7 @@ import numpy as np
 
 from napari_mitosis.io.detections import Detections, read_detections_csv
 from napari_mitosis.io.formats import PLAIN_IMAGE_SUFFIXES, open_slide
-from napari_mitosis.io.geojson import read_geojson
+from napari_mitosis.io.geojson import REVIEW_CLASSES, REVIEW_KEY, Annotation, read_geojson
 from napari_mitosis.io.mitos_annotations import read_icpr2012_labels, read_icpr2014_centroids
 
 
@@ -29,6 +31,8 @@ class AnnotatedField:
     annotation_path: Path
     image: np.ndarray  # (h, w, 3) uint8
     mpp: tuple[float, float] | None
+    #: (n, 2) (y, x) centres of reviewed look-alikes ("Non-mitotic figure"): hard negatives
+    negatives: np.ndarray | None = None
 
 
 def _images(folder: Path) -> list[Path]:
@@ -116,10 +120,55 @@ def checked_boxes(path: Path, boxes: np.ndarray, shape: tuple[int, ...]) -> np.n
     return np.clip(boxes, 0, [width, height, width, height])
 
 
+#: Review classes that are mitoses (positives), and that are look-alikes (hard negatives).
+REVIEWED_POSITIVE = (REVIEW_CLASSES["accepted"], REVIEW_CLASSES["atypical"])
+REVIEWED_NEGATIVE = (REVIEW_CLASSES["rejected"],)
+#: Side of the box around a reviewed point, in µm (MIDOG's figure box).
+REVIEWED_BOX_UM = 12.0
+
+
+def _is_reviewed(annotations: list[Annotation]) -> bool:
+    """A review's file: a review property, or a class only a review gives."""
+    reviewed = set(REVIEW_CLASSES.values()) - {REVIEW_CLASSES["accepted"], REVIEW_CLASSES[""]}
+    return any(REVIEW_KEY in a.properties or a.classification in reviewed for a in annotations)
+
+
+def reviewed_annotations(
+    path: str | Path, shape: tuple[int, ...], mpp: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A reviewed GeoJSON as training data: (boxes xyxy of accepted and atypical mitoses,
+    (y, x) centres of rejected look-alikes); unsure and unreviewed candidates are left out.
+    Points become `REVIEWED_BOX_UM` boxes (0.25 µm/px when ``mpp`` is unknown). None when
+    the file is not a review's."""
+    path = Path(path)
+    annotations = read_geojson(path)
+    if not _is_reviewed(annotations):
+        return None
+    half = REVIEWED_BOX_UM / (mpp[1] if mpp else 0.25) / 2
+    boxes, negatives = [], []
+    for annotation in annotations:
+        yx = annotation.coords.reshape(-1, 2)
+        if annotation.classification in REVIEWED_NEGATIVE:
+            negatives.append(yx.mean(axis=0))
+        elif annotation.classification in REVIEWED_POSITIVE:
+            if annotation.shape_type == "point":
+                (y, x) = yx[0]
+                boxes.append((x - half, y - half, x + half, y + half))
+            else:
+                (y0, x0), (y1, x1) = yx.min(axis=0), yx.max(axis=0)
+                boxes.append((x0, y0, x1, y1))
+    return checked_boxes(path, np.asarray(boxes), shape), np.asarray(negatives, float).reshape(
+        -1, 2
+    )
+
+
 def read_boxes(path: str | Path, shape: tuple[int, ...]) -> np.ndarray:
     """(n, 4) xyxy pixel boxes from a boxes CSV or a GeoJSON of rectangles/polygons."""
     path = Path(path)
     if path.name.lower().endswith(".geojson"):
+        reviewed = reviewed_annotations(path, shape)
+        if reviewed is not None:
+            return reviewed[0]
         boxes = []
         for number, annotation in enumerate(read_geojson(path), start=1):
             if not _is_mitosis(annotation.classification):
@@ -158,6 +207,13 @@ def boxed_fields(
     out = []
     for image_path, boxes_path in _fields(Path(folder), BOX_SUFFIXES, annotations):
         image, mpp = _rgb(image_path)
+        reviewed = None
+        if boxes_path.name.lower().endswith(".geojson"):
+            reviewed = reviewed_annotations(boxes_path, image.shape, mpp)
+        if reviewed is not None:  # a review: its look-alikes are hard negatives
+            boxes, negatives = reviewed
+            out.append((AnnotatedField(image_path, boxes_path, image, mpp, negatives), boxes))
+            continue
         boxes = read_boxes(boxes_path, image.shape)
         out.append((AnnotatedField(image_path, boxes_path, image, mpp), boxes))
     if not out:

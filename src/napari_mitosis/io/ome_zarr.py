@@ -10,7 +10,7 @@ so a reader never meets a half-written store.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +33,27 @@ def _multiscales(
     cell_level0: float,
 ) -> list[dict[str, Any]]:
     """NGFF multiscales for a grid whose cell (i, j) covers level-0 pixels
-    ``origin + (i, j) × cell``; coordinates are of pixel centres, as napari places them."""
+    ``origin + (i, j) × cell``; coordinates are of pixel centres, as napari places them.
+    A 3-D grid is (c, y, x): one channel per class."""
     unit = mpp0 if mpp0 is not None else (1.0, 1.0)
     axes = [{"name": axis, "type": "space"} for axis in ("y", "x")]
     if mpp0 is not None:
         for axis in axes:
             axis["unit"] = "micrometer"
+    channels = levels[0].ndim == 3
+    if channels:
+        axes.insert(0, {"name": "c", "type": "channel"})
     datasets = []
     for index, level in enumerate(levels):
-        factor = (levels[0].shape[0] / level.shape[0], levels[0].shape[1] / level.shape[1])
+        first, this = levels[0].shape[-2:], level.shape[-2:]
+        factor = (first[0] / this[0], first[1] / this[1])
         scale = [cell_level0 * f * u for f, u in zip(factor, unit, strict=True)]
         translation = [
             (o + cell_level0 * f / 2 - 0.5) * u
             for o, f, u in zip(origin_level0, factor, unit, strict=True)
         ]
+        if channels:
+            scale, translation = [1.0, *scale], [0.0, *translation]
         datasets.append(
             {
                 "path": str(index),
@@ -57,6 +64,25 @@ def _multiscales(
             }
         )
     return [{"version": NGFF_VERSION, "name": name, "axes": axes, "datasets": datasets}]
+
+
+def _omero(
+    names: list[str] | None, colours: list[tuple[int, int, int]] | None, count: int
+) -> dict[str, Any]:
+    """OMERO rendering metadata: a name, colour and [0, 1] window per channel."""
+    names = names or [f"channel {k}" for k in range(count)]
+    colours = colours or [(255, 255, 255)] * count
+    return {
+        "channels": [
+            {
+                "label": str(name),
+                "color": "{:02X}{:02X}{:02X}".format(*colour),
+                "active": True,
+                "window": {"start": 0.0, "end": 1.0, "min": 0.0, "max": 1.0},
+            }
+            for name, colour in zip(names, colours, strict=True)
+        ]
+    }
 
 
 def _write_levels(group: zarr.Group, levels: list[Any]) -> None:
@@ -82,22 +108,32 @@ def write_ome_zarr(
     cell_level0: float = 1.0,
     labels: Mapping[str, np.ndarray] | None = None,
     colours: Mapping[int, tuple[int, int, int, int]] | None = None,
+    label_names: Mapping[int, str] | None = None,
+    channel_names: list[str] | None = None,
+    channel_colours: list[tuple[int, int, int]] | None = None,
     extra: dict[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write a 2-D ``image`` (and same-shape ``labels``) as one OME-Zarr folder, atomically.
+    """Write a 2-D ``image`` — or a (c, y, x) one, a channel per ``channel_names`` — and
+    (y, x) ``labels`` as one OME-Zarr folder, atomically.
 
     ``mpp0`` is the slide's level-0 µm/pixel (y, x); ``extra`` is kept under the
-    ``napari_mitosis`` attribute (threshold, patch size…).
+    ``napari_mitosis`` attribute (threshold, patch size…); ``label_names`` become the
+    label image's properties (value → class name).
     """
     path = Path(path)
     image = np.asarray(image)
-    if image.ndim != 2 or min(image.shape) < 1:
-        raise ValueError(f"{path}: expected a non-empty 2-D grid, got shape {image.shape}")
+    if image.ndim not in (2, 3) or min(image.shape) < 1:
+        raise ValueError(f"{path}: expected a non-empty (c,) y, x grid, got shape {image.shape}")
     geometry = {"mpp0": mpp0, "origin_level0": origin_level0, "cell_level0": cell_level0}
     with atomic_directory(path, overwrite=overwrite) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
-        levels = pyramid_levels(image, tile=CHUNK)
+        if image.ndim == 3:  # a pyramid per channel, stacked back to (c, y, x)
+            per_channel = pyramid_levels(np.moveaxis(image, 0, -1), tile=CHUNK)
+            levels = [np.moveaxis(np.asarray(level), -1, 0) for level in per_channel]
+            root.attrs["omero"] = _omero(channel_names, channel_colours, len(image))
+        else:
+            levels = pyramid_levels(image, tile=CHUNK)
         root.attrs["multiscales"] = _multiscales(levels, name, **geometry)
         root.attrs["napari_mitosis"] = dict(extra or {})
         _write_levels(root, levels)
@@ -106,7 +142,7 @@ def write_ome_zarr(
             group.attrs["labels"] = list(labels)
             for label_name, mask in labels.items():
                 mask = np.asarray(mask)
-                if mask.shape != image.shape:
+                if mask.shape != image.shape[-2:]:
                     raise ValueError(
                         f"{path}: label {label_name!r} has shape {mask.shape}, "
                         f"the image {image.shape}"
@@ -122,6 +158,13 @@ def write_ome_zarr(
                     ],
                     "source": {"image": "../../"},
                 }
+                if label_names:
+                    sub.attrs["image-label"] = {
+                        **sub.attrs["image-label"],
+                        "properties": [
+                            {"label-value": int(v), "class": str(n)} for v, n in label_names.items()
+                        ],
+                    }
                 _write_levels(sub, mask_levels)
     return path
 
@@ -136,6 +179,8 @@ class OmeZarrGrid:
     unit: str | None
     labels: dict[str, list[Any]]
     extra: dict[str, Any]
+    channels: list[dict[str, Any]] = field(default_factory=list)  # OMERO channel metadata
+    label_names: dict[str, dict[int, str]] = field(default_factory=dict)
 
 
 def read_ome_zarr(path: str | Path) -> OmeZarrGrid:
@@ -152,11 +197,14 @@ def read_ome_zarr(path: str | Path) -> OmeZarrGrid:
     translate = tuple(transforms.get("translation", {}).get("translation", (0.0,) * len(scale)))
     unit = multiscale.get("axes", [{}])[-1].get("unit")
     labels: dict[str, list[Any]] = {}
+    label_names: dict[str, dict[int, str]] = {}
     if "labels" in root:
         for name in root["labels"].attrs.get("labels", []):
             group = root["labels"][name]
             datasets = group.attrs["multiscales"][0]["datasets"]
             labels[name] = [group[d["path"]] for d in datasets]
+            properties = group.attrs.get("image-label", {}).get("properties", [])
+            label_names[name] = {int(p["label-value"]): str(p.get("class")) for p in properties}
     return OmeZarrGrid(
         [root[d["path"]] for d in multiscale["datasets"]],
         scale,
@@ -164,4 +212,6 @@ def read_ome_zarr(path: str | Path) -> OmeZarrGrid:
         unit,
         labels,
         dict(root.attrs.get("napari_mitosis", {})),
+        list(root.attrs.get("omero", {}).get("channels", [])),
+        label_names,
     )

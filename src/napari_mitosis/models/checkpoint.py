@@ -1,17 +1,18 @@
-"""Checkpoints = safetensors weights + a model card, so inference needs no extra flags.
+"""Model files → (model, card): our checkpoints, published formats and registered names.
 
-The card (architecture, its keyword options, input size, µm/pixel, normalisation, classes,
-threshold, provenance) lives in the safetensors header, which is plain JSON: loading never
-unpickles anything.
+Our checkpoints are safetensors weights with the model card (architecture, its keyword
+options, input size, µm/pixel, normalisation, classes, threshold, provenance) in the
+header, which is plain JSON: loading never unpickles anything. `read_card` and
+`load_checkpoint` also take WSInfer folders, TorchScript/ONNX files with a card
+(`published`) and names in the local registry (`registry`), so every command, widget and
+cohort run takes any of them as its ``--model``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -20,59 +21,41 @@ from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from napari_mitosis.io.output_file import atomic_output
+from napari_mitosis.models.card import (
+    FACTORIES,
+    ModelCard,
+    build_model,
+    card_from_dict,
+    training_record,
+)
+from napari_mitosis.models.published import (
+    describe_source,
+    is_published,
+    load_published,
+    model_files,
+    read_published_card,
+)
+from napari_mitosis.models.registry import (
+    HF_PREFIX,
+    ModelRegistry,
+    RegistryEntry,
+    download_hf,
+    resolve_model,
+)
+
+__all__ = [
+    "CARD_KEY",
+    "FACTORIES",
+    "ModelCard",
+    "build_model",
+    "import_model",
+    "load_checkpoint",
+    "read_card",
+    "save_checkpoint",
+    "training_record",
+]
 
 CARD_KEY = "napari_mitosis.model_card"
-
-
-@dataclass
-class ModelCard:
-    """What a model needs to be run correctly on a new image."""
-
-    architecture: str  # a key of MODEL_FACTORIES
-    options: dict[str, Any] = field(default_factory=dict)  # factory keyword arguments
-    task: str = "segmentation"
-    input_size: int = 256  # pixels per side the model was trained on
-    mpp: float | None = 0.25  # µm/pixel of its training images (None: pixel units)
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)  # per-channel normalisation of [0, 1] input
-    std: tuple[float, ...] = (0.25, 0.25, 0.25)
-    classes: tuple[str, ...] = ("background", "mitosis")
-    threshold: float = 0.5
-    notes: str = ""  # provenance, e.g. "demo model, trained on synthetic data"
-    metrics: dict[str, float] = field(default_factory=dict)
-    context: float | None = None  # two-tower classifiers: context patch = patch × this, in µm
-    centre_crop: int | None = None  # whole-image classifiers: keep the central N px first
-    stain: dict[str, Any] | None = None  # `stain.StainNormaliser.as_dict`, applied to input
-    training: dict[str, Any] | None = None  # the resolved training configuration (recipe)
-
-
-#: architecture → (module, factory). Imported on use: torchvision costs ≈2 s of start-up
-#: (it loads torch._dynamo), which a U-Net or small-CNN command never needs.
-FACTORIES = {
-    "unet": ("napari_mitosis.models.unet", "unet"),
-    "faster_rcnn": ("napari_mitosis.models.detector", "faster_rcnn"),
-    "small_cnn": ("napari_mitosis.models.classifiers", "small_cnn"),
-    "wide_resnet": ("napari_mitosis.models.classifiers", "wide_resnet_classifier"),
-    "inception_v3": ("napari_mitosis.models.classifiers", "inception_v3_classifier"),
-    "two_tower": ("napari_mitosis.models.classifiers", "two_tower"),
-    "resnet18": ("napari_mitosis.models.pretrained", "resnet18_classifier"),
-    "resnet50": ("napari_mitosis.models.pretrained", "resnet50_classifier"),
-    "densenet121": ("napari_mitosis.models.pretrained", "densenet121_classifier"),
-    "efficientnet_b0": ("napari_mitosis.models.pretrained", "efficientnet_b0_classifier"),
-    "convnext_tiny": ("napari_mitosis.models.pretrained", "convnext_tiny_classifier"),
-}
-
-
-def build_model(card: ModelCard) -> nn.Module:
-    if card.architecture not in FACTORIES:
-        raise ValueError(f"unknown architecture {card.architecture!r}; known: {sorted(FACTORIES)}")
-    module, factory = FACTORIES[card.architecture]
-    return getattr(importlib.import_module(module), factory)(**card.options)
-
-
-def training_record(config: Any) -> dict[str, Any]:
-    """Every field of a training configuration dataclass, JSON-safe, for the card: what
-    a recipe resolved to, flags and defaults included."""
-    return json.loads(json.dumps(asdict(config), default=str))
 
 
 def save_checkpoint(
@@ -89,10 +72,17 @@ def save_checkpoint(
 
 
 def read_card(path: str | Path) -> ModelCard:
-    """The model card alone (cheap: reads the header only)."""
+    """The model card alone (cheap: our checkpoints' header, a published model's config or
+    card JSON) of a model file, folder or registered name."""
+    path = resolve_model(path)
+    if is_published(path):
+        return read_published_card(path)
+    return _safetensors_card(path)
+
+
+def _safetensors_card(path: Path) -> ModelCard:
     from safetensors import safe_open
 
-    path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             meta = handle.metadata() or {}
@@ -106,22 +96,27 @@ def read_card(path: str | Path) -> ModelCard:
         raise ValueError(
             f"{path}: has no napari-mitosis model card; was it saved by napari-mitosis?"
         )
-    record = json.loads(meta[CARD_KEY])
-    for key in ("mean", "std", "classes"):
-        record[key] = tuple(record[key])
-    return ModelCard(**record)
+    return card_from_dict(json.loads(meta[CARD_KEY]), path)
 
 
 def load_checkpoint(
     path: str | Path, *, task: str | None = None, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelCard]:
-    """Model (eval mode, on ``device``) and card; ``task`` guards against the wrong kind."""
-    path = Path(path)
+    """Model (eval mode, on ``device``) and card of a model file, folder or registered
+    name; ``task`` guards against the wrong kind."""
+    path = resolve_model(path)
+    if is_published(path):
+        card = read_published_card(path)
+        _check_task(path, card, task)
+        model, card = load_published(path)
+        return model.to(device).eval(), card
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
-    card = read_card(path)
-    if task is not None and card.task != task:
-        raise ValueError(f"{path}: is a {card.task} model, not a {task} model")
+        raise FileNotFoundError(
+            f"{path}: not a model (a .safetensors checkpoint, a WSInfer folder with "
+            "config.json, or a TorchScript/ONNX file with a .card.json beside it)"
+        )
+    card = _safetensors_card(path)
+    _check_task(path, card, task)
     outputs = card.options.get("num_classes")
     if outputs is not None and outputs != len(card.classes):
         raise ValueError(
@@ -137,3 +132,48 @@ def load_checkpoint(
             f"{path}: weights do not fit its {card.architecture} card ({err})"
         ) from err
     return model.to(device).eval(), card
+
+
+def _check_task(path: Path, card: ModelCard, task: str | None) -> None:
+    if task is not None and card.task != task:
+        raise ValueError(f"{path}: is a {card.task} model, not a {task} model")
+
+
+def import_model(
+    source: str | Path,
+    *,
+    name: str | None = None,
+    licence: str = "",
+    provenance: str = "",
+    registry: ModelRegistry | None = None,
+    overwrite: bool = False,
+) -> RegistryEntry:
+    """Copy a model (any format `read_card` takes, or ``hf://owner/repo[@revision]``,
+    downloaded when online) into the registry under ``name`` (default: its file or
+    folder name), recording checksums, task, classes, µm/px and input size."""
+    registry = registry or ModelRegistry()
+    text = str(source)
+    if text.startswith(HF_PREFIX):
+        path, origin = download_hf(text)
+        name = name or text[len(HF_PREFIX) :].split("@")[0].split("/")[-1]
+    else:
+        path = Path(source).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such model file or folder")
+        origin = str(path.resolve())
+    card = read_card(path)  # refuses what is not a model before anything is copied
+    base = path if path.is_dir() else path.parent
+    files = model_files(path) if is_published(path) else [path]
+    name = name or (path.name if path.is_dir() else path.stem)
+    return registry.add(
+        files,
+        base,
+        path,
+        card,
+        name=name,
+        fmt=describe_source(path)["format"],
+        source=origin,
+        licence=licence,
+        provenance=provenance,
+        overwrite=overwrite,
+    )

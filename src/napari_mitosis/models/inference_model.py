@@ -37,9 +37,22 @@ def for_inference(model: nn.Module) -> nn.Module:
 
     The copy is for prediction only (its batch norms are gone); ``model`` is not changed
     beyond ``eval()``. A model torch.fx cannot trace (data-dependent control flow) is
-    copied unfused.
+    copied unfused. TorchScript models are frozen (move them to their device first);
+    models marked ``inference_ready`` (ONNX sessions) are returned as they are.
     """
     model.eval()
+    if getattr(model, "inference_ready", False):  # e.g. an onnxruntime session
+        return model
+    if isinstance(model, torch.jit.ScriptModule):
+        # TorchScript's own fold (conv + batch norm, constants), as WSInfer's --speedup;
+        # frozen constants stay on the device the model is on when frozen.
+        try:
+            with warnings.catch_warnings():  # deprecated, but what published models need
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.freeze(model)
+        except RuntimeError as error:
+            log.debug("TorchScript model not frozen (%s); run as it is", error)
+            return model
     try:
         ready = fuse(model)  # deep-copies, traces, folds each conv → bn whose output is used once
     except Exception as error:  # any tracing failure means "run it unfused"

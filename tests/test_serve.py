@@ -1,0 +1,216 @@
+"""The HTTP service: the contract through FastAPI's TestClient (classify, detect, models,
+health, the page), every error status it promises, the bearer token, the streamed upload
+limit, and one request to a real uvicorn process on a free loopback port."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient
+
+from napari_mitosis.models.card import ModelCard, build_model
+from napari_mitosis.models.checkpoint import save_checkpoint
+from napari_mitosis.serve.app import create_app, load_served
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory, trained_detector) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("served")
+    binary = ModelCard(
+        "small_cnn",
+        {"outputs": 1, "width": 4},
+        task="classification",
+        input_size=50,
+        mpp=None,
+        classes=("benign", "idc"),
+        threshold=0.4,
+    )
+    three = ModelCard(
+        "small_cnn",
+        {"outputs": 3, "width": 4},
+        task="classification",
+        input_size=50,
+        mpp=None,
+        classes=("a", "b", "c"),
+    )
+    return {
+        "idc": save_checkpoint(folder / "idc.safetensors", build_model(binary), binary),
+        "three": save_checkpoint(folder / "three.safetensors", build_model(three), three),
+        "detector": trained_detector[0],
+    }
+
+
+@pytest.fixture(scope="module")
+def client(checkpoints) -> TestClient:
+    served = load_served([str(p) for p in checkpoints.values()], device="cpu")
+    return TestClient(create_app(served, max_upload_mb=1))
+
+
+def test_classify_gives_every_class_probability_for_each_image(client, checkpoints) -> None:
+    from napari_mitosis.classification.run import ClassifierPredictor, classify_images
+    from napari_mitosis.models.checkpoint import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 255, (50, 50, 3), np.uint8) for _ in range(3)]
+    files = [("image", (f"p{i}.png", png(a), "image/png")) for i, a in enumerate(images)]
+    response = client.post("/v1/classify", files=files, data={"model": "idc"})
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    model, card = load_checkpoint(checkpoints["idc"])
+    expected = classify_images(images, ClassifierPredictor(model, card, "cpu"))
+    for result, p in zip(results, expected, strict=True):
+        assert result["classes"] == ["benign", "idc"] and result["threshold"] == 0.4
+        assert result["probabilities"] == pytest.approx([1 - p, p], abs=1e-6)
+        assert result["label"] == ("idc" if p >= 0.4 else "benign")
+    many = client.post("/v1/classify", files=files[:1], data={"model": "three"}).json()
+    (only,) = many["results"]
+    assert len(only["probabilities"]) == 3 and sum(only["probabilities"]) == pytest.approx(1)
+    assert only["label"] == "abc"[int(np.argmax(only["probabilities"]))]
+
+
+def test_detect_health_models_page_and_schema(client, field_pairs) -> None:
+    field = field_pairs[0][0]
+    response = client.post(
+        "/v1/detect", files={"image": ("hpf.png", png(field), "image/png")}, data={"mpp": "0.25"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["count"] == len(body["boxes_px"]) == len(body["scores"])
+    assert np.allclose(np.asarray(body["boxes_um"]), np.asarray(body["boxes_px"]) * 0.25, atol=1e-2)
+    health = client.get("/v1/health").json()
+    assert health["status"] == "ok" and set(health["models"]) == {"idc", "three", "detector"}
+    assert client.get("/v1/models").json()["idc"]["classes"] == ["benign", "idc"]
+    assert 'id="classify"' in client.get("/").text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/classify", "/v1/detect", "/v1/models", "/v1/health"} <= set(paths)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"just some text", "not a readable PNG, JPEG or TIFF image"),
+        (png(np.zeros((50, 50, 3), np.uint8))[:60], "not a readable PNG, JPEG or TIFF image"),
+    ],
+    ids=["text", "truncated PNG"],
+)
+def test_bad_images_are_400_naming_the_file(client, content: bytes, message: str) -> None:
+    response = client.post("/v1/classify", files={"image": ("bad.png", content, "image/png")})
+    assert response.status_code == 400
+    assert response.json()["error"].startswith("bad.png: " + message)
+    assert "Traceback" not in response.text
+
+
+def test_errors_are_json_with_their_status(client) -> None:
+    image = {"image": ("p.png", png(np.zeros((50, 50, 3), np.uint8)), "image/png")}
+    unknown = client.post("/v1/classify", files=image, data={"model": "nope"})
+    assert (
+        unknown.status_code == 404
+        and "nope: no such classification model" in unknown.json()["error"]
+    )
+    assert client.post("/v1/classify", data={"model": "idc"}).status_code == 400  # no image
+    assert "image" in client.post("/v1/classify").json()["error"]
+    wrong_task = client.post("/v1/detect", files=image, data={"model": "idc"})
+    assert wrong_task.status_code == 404
+    big = {"image": ("big.png", b"\0" * (2 * 2**20), "image/png")}
+    too_large = client.post("/v1/classify", files=big)
+    assert too_large.status_code == 413 and "limit of 1 MB" in too_large.json()["error"]
+
+    def chunks():  # no Content-Length: the limit acts while the body streams in
+        yield b'--x\r\nContent-Disposition: form-data; name="image"; filename="b.png"\r\n\r\n'
+        for _ in range(40):
+            yield b"\0" * 65536
+        yield b"\r\n--x--\r\n"
+
+    streamed = client.post(
+        "/v1/classify",
+        content=chunks(),
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    assert streamed.status_code == 413
+
+
+def test_a_token_is_needed_when_one_is_set(checkpoints) -> None:
+    served = load_served([str(checkpoints["idc"])], device="cpu")
+    client = TestClient(create_app(served, token="s3cret"))
+    image = {"image": ("p.png", png(np.zeros((50, 50, 3), np.uint8)), "image/png")}
+    assert client.get("/v1/health").status_code == 200  # for load balancers
+    refused = client.post("/v1/classify", files=image)
+    assert refused.status_code == 401 and "bearer token" in refused.json()["error"]
+    wrong = client.get("/v1/models", headers={"Authorization": "Bearer guess"})
+    assert wrong.status_code == 401
+    ok = client.post("/v1/classify", files=image, headers={"Authorization": "Bearer s3cret"})
+    assert ok.status_code == 200
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_serve_runs_uvicorn_on_loopback_and_answers(checkpoints, tmp_path: Path) -> None:
+    port = free_port()
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    command = [
+        sys.executable, "-m", "napari_mitosis", "serve", "--models", str(checkpoints["idc"]),
+        "--port", str(port), "--token-file", str(token), "--device", "cpu",
+    ]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(300):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/health", timeout=1) as r:
+                    health = json.loads(r.read())
+                break
+            except OSError:
+                if server.poll() is not None:
+                    pytest.fail(server.stdout.read())
+                time.sleep(0.1)
+        else:
+            pytest.fail("the server did not answer")
+        assert health["models"] == ["idc"]
+        boundary = "b0undary"
+        body = (
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.png"\r\n'
+                "Content-Type: image/png\r\n\r\n"
+            ).encode()
+            + png(np.zeros((50, 50, 3), np.uint8))
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/classify",
+            data=body,
+            headers={
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+                "Authorization": "Bearer t0ken",
+            },
+        )
+        with urllib.request.urlopen(request, timeout=30) as r:
+            (result,) = json.loads(r.read())["results"]
+        assert result["classes"] == ["benign", "idc"] and sum(
+            result["probabilities"]
+        ) == pytest.approx(1)
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0]
+    assert f"on http://127.0.0.1:{port} (this machine only; a bearer token is required" in output
