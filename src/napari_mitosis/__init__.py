@@ -41,11 +41,14 @@ _EXPORTS: dict[str, str] = {
     "write_detections_csv": "io.detections",
     "boxes_from_labels": "io.detections",
     # models
-    "ModelCard": "models.checkpoint",
+    "ModelCard": "models.card",
+    "card_schema": "models.card",
     "load_checkpoint": "models.checkpoint",
     "save_checkpoint": "models.checkpoint",
     "read_card": "models.checkpoint",
-    "build_model": "models.checkpoint",
+    "build_model": "models.card",
+    "import_model": "models.checkpoint",
+    "ModelRegistry": "models.registry",
     # tiled engine
     "TileGrid": "engine.tiling",
     "TissueMask": "engine.tissue",
@@ -68,6 +71,10 @@ _EXPORTS: dict[str, str] = {
     "evaluate_detections": "detection.evaluation",
     "DetectorTraining": "detection.training",
     "train_detector": "detection.training",
+    "Review": "detection.review",
+    "grade": "detection.grading",
+    "mitotic_score": "detection.grading",
+    "write_report": "detection.report",
     # classification
     "classify_slide": "classification.run",
     "classify_images": "classification.run",
