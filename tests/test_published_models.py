@@ -365,7 +365,7 @@ def test_card_schema_describes_every_field_and_the_docs_publish_it() -> None:
 
 
 def test_cohort_runs_record_registered_models_and_refuse_a_changed_one(
-    two_class: Path, registry: ModelRegistry, tmp_path: Path
+    two_class: Path, registry: ModelRegistry, tmp_path: Path, cmu_small: Path
 ) -> None:
     import yaml
 
@@ -387,6 +387,15 @@ def test_cohort_runs_record_registered_models_and_refuse_a_changed_one(
     assert model["registry"] == "bt" and model["source"] == str(two_class.resolve())
     assert model["classes"] == ["notumor", "tumor"]
     assert model["registry_sha256"] == registry.get("bt").checksum
+    # The cohort's one-slide pipeline runs the registered WSInfer model on the real slide
+    # and writes its heatmap under the names a two-class model's files have.
+    from napari_mitosis.cohort.pipeline import PipelineModels, analyse_slide, write_analysis
+
+    settings = type(settings).from_dict({**settings.as_dict(), "device": "cpu"})
+    analysis = analyse_slide(cmu_small, PipelineModels.load(settings), settings)
+    assert analysis.heatmap.cell_level0 == 128 and analysis.heatmap.visited.sum() > 50
+    written = write_analysis(analysis, tmp_path / "one", "cmu", settings)
+    assert {p.name for p in written} >= {"cmu.tumour.ome.zarr", "cmu.tumour.geojson"}
     # A run config naming the model by its registered name resolves it.
     (tmp_path / "by-name.yaml").write_text(yaml.safe_dump({"settings": {"classifier": "bt"}}))
     assert Path(read_run_config(tmp_path / "by-name.yaml").classifier) == registry.path("bt")

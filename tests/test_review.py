@@ -186,6 +186,10 @@ def test_reviewing_with_real_keys_in_napari_saves_resumes_and_undoes(
     assert review.decisions.tolist() == expected
     assert again.features["review"].tolist() == expected
     assert {a.classification for a in read_geojson(saved)} == {QUPATH_CLASSES[d] for d in expected}
+    # The widget's report button: the same numbers as the counts line.
+    numbers = widget.report(tmp_path / "report.html")
+    assert numbers["mitoses"] == 6 and numbers["mitotic_score"] == graded["mitotic_score"]
+    assert "Mitotic count" in (tmp_path / "report.html").read_text()
     # napari's own File → Save Layers writes the same review.
     from napari_mitosis._napari.writer import write_points_geojson
 
