@@ -107,6 +107,38 @@ def torch_version(python: Path) -> str:
     return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
 
 
+def wsinfer_command(
+    args: argparse.Namespace,
+    slides: Path,
+    results: Path,
+    model: Path,
+    config: Path,
+    speedup: bool,
+) -> list[str]:
+    """``wsinfer run`` on a folder of slides with a local TorchScript model and config."""
+    return [
+        str(args.wsinfer_python),
+        "-c",
+        OFFLINE_WSINFER,
+        "--backend",
+        "openslide",
+        "run",
+        "--wsi-dir",
+        str(slides),
+        "--results-dir",
+        str(results),
+        "--model-path",
+        str(model),
+        "--config",
+        str(config),
+        "--batch-size",
+        str(args.batch),
+        "--num-workers",
+        str(args.workers),
+        "--speedup" if speedup else "--no-speedup",
+    ]
+
+
 def run_wsinfer(work: Path, card: ModelCard, args: argparse.Namespace, speedup: bool) -> Run:
     config = {
         "spec_version": "1.0",
@@ -124,27 +156,9 @@ def run_wsinfer(work: Path, card: ModelCard, args: argparse.Namespace, speedup: 
     (work / "config.json").write_text(json.dumps(config))
     results = work / ("wsinfer-speedup" if speedup else "wsinfer")
     seconds = timed(
-        [
-            str(args.wsinfer_python),
-            "-c",
-            OFFLINE_WSINFER,
-            "--backend",
-            "openslide",
-            "run",
-            "--wsi-dir",
-            str(work / "slides"),
-            "--results-dir",
-            str(results),
-            "--model-path",
-            str(work / "model.pt"),
-            "--config",
-            str(work / "config.json"),
-            "--batch-size",
-            str(args.batch),
-            "--num-workers",
-            str(args.workers),
-            "--speedup" if speedup else "--no-speedup",
-        ]
+        wsinfer_command(
+            args, work / "slides", results, work / "model.pt", work / "config.json", speedup
+        )
     )
     with (results / "model-outputs-csv" / "slide.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -257,29 +271,8 @@ def run_zoo(args: argparse.Namespace, work: Path, slide: Path) -> int:
     timings: list[tuple[str, float, dict[tuple[int, int], np.ndarray]]] = []
     for speedup in (False, True):
         results = work / ("zoo-wsinfer-speedup" if speedup else "zoo-wsinfer")
-        seconds = timed(
-            [
-                str(args.wsinfer_python),
-                "-c",
-                OFFLINE_WSINFER,
-                "--backend",
-                "openslide",
-                "run",
-                "--wsi-dir",
-                str(slide.parent),
-                "--results-dir",
-                str(results),
-                "--model-path",
-                str(model_dir / "torchscript_model.pt"),
-                "--config",
-                str(model_dir / "config.json"),
-                "--batch-size",
-                str(args.batch),
-                "--num-workers",
-                str(args.workers),
-                "--speedup" if speedup else "--no-speedup",
-            ]
-        )
+        model, config_file = model_dir / "torchscript_model.pt", model_dir / "config.json"
+        seconds = timed(wsinfer_command(args, slide.parent, results, model, config_file, speedup))
         table = patch_csv(results / "model-outputs-csv" / f"{slide.stem}.csv")
         timings.append(("WSInfer 0.6.1" + (" --speedup" if speedup else ""), seconds, table))
     out = work / "zoo-ours"

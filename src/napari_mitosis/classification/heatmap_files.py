@@ -17,9 +17,7 @@ import numpy as np
 
 from napari_mitosis.classification.heatmap import HeatmapResult
 from napari_mitosis.io.geojson import write_geojson
-from napari_mitosis.io.ome_zarr import write_ome_zarr
 from napari_mitosis.io.output_file import atomic_output, refuse_existing
-from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
 
 HeatmapFormat = Literal["tiff", "ome-zarr"]
 FORMATS = ("tiff", "ome-zarr")
@@ -103,6 +101,10 @@ def write_heatmap(
     as QuPath GeoJSON polygons (area, mean class probabilities). ``csv``: WSInfer's
     per-patch table; ``tiles``: every patch as a QuPath tile with its probabilities.
     Both grid formats record the cell grid's level-0 origin and size."""
+    # The writers' libraries (zarr, tifffile, dask) take ≈1 s to import: only when writing.
+    from napari_mitosis.io.ome_zarr import write_ome_zarr
+    from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
+
     out_dir = Path(out_dir)
     paths = heatmap_paths(out_dir, stem, fmt, result.classes)
     extras = patch_paths(out_dir, stem, csv=csv, tiles=tiles)

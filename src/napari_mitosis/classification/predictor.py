@@ -9,9 +9,8 @@ import torch
 from napari_mitosis.models.card import ModelCard
 from napari_mitosis.models.inference_model import (
     channels_last,
-    for_inference,
     forward_amp,
-    pick_device,
+    predicting_model,
 )
 from napari_mitosis.models.stain import card_normaliser
 
@@ -55,9 +54,7 @@ class ClassifierPredictor:
         optimise: bool = True,
         amp: bool = True,
     ) -> None:
-        self.device = pick_device(device)
-        model = model.to(self.device)
-        self.model = (for_inference(model) if optimise else model).eval()
+        self.device, self.model = predicting_model(model, device, optimise=optimise)
         self.card = card
         self.tta = tta
         self.amp = amp and self.device.type == "cuda"  # float16 autocast (`forward_amp`)

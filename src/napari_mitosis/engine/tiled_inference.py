@@ -20,9 +20,8 @@ from napari_mitosis.engine.tiling import TileGrid
 from napari_mitosis.models.checkpoint import ModelCard
 from napari_mitosis.models.inference_model import (
     channels_last,
-    for_inference,
     forward_amp,
-    pick_device,
+    predicting_model,
 )
 from napari_mitosis.models.stain import card_normaliser
 
@@ -59,9 +58,7 @@ class TilePredictor:
         optimise: bool = True,
         amp: bool = True,
     ) -> None:
-        self.device = pick_device(device)
-        model = model.to(self.device)
-        self.model = (for_inference(model) if optimise else model).eval()
+        self.device, self.model = predicting_model(model, device, optimise=optimise)
         self.card = card
         self.activation = activation
         self.amp = amp and self.device.type == "cuda"

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from sklearn.model_selection import StratifiedGroupKFold
 
 from napari_mitosis.io.formats import PLAIN_IMAGE_SUFFIXES
 
@@ -111,6 +110,8 @@ def split_by_group(
     if len(np.unique(groups)) < 2:
         raise ValueError("need at least two slides/patients to split by")
     folds = max(2, round(1 / fraction))
+    from sklearn.model_selection import StratifiedGroupKFold  # 1 s to import: on use only
+
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     rest, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
     return rest, held

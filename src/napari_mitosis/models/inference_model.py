@@ -61,6 +61,17 @@ def for_inference(model: nn.Module) -> nn.Module:
     return ready.eval().to(memory_format=torch.channels_last)
 
 
+def predicting_model(
+    model: nn.Module, device: str | torch.device = "auto", *, optimise: bool = True
+) -> tuple[torch.device, nn.Module]:
+    """The device a predictor runs on and its model there, in eval mode: a `for_inference`
+    copy when ``optimise`` (moved first, as frozen TorchScript needs), else the model
+    itself (training predicts with the model being trained)."""
+    device = pick_device(device)
+    model = model.to(device)
+    return device, (for_inference(model) if optimise else model).eval()
+
+
 def channels_last(batch: torch.Tensor) -> torch.Tensor:
     """A 4-D batch in the layout `for_inference` models run fastest on (a no-op for the
     NHWC uint8 tiles our readers give, already channels-last after ``permute``)."""
