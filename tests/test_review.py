@@ -8,6 +8,7 @@ import itertools
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from napari_mitosis.detection.grading import (
 )
 from napari_mitosis.detection.review import QUPATH_CLASSES, Review
 from napari_mitosis.engine.tissue import TissueMask
+from napari_mitosis.io.errors import OutputExistsError
 from napari_mitosis.io.geojson import Annotation, read_geojson, write_geojson
 
 
@@ -186,6 +188,14 @@ def test_reviewing_with_real_keys_in_napari_saves_resumes_and_undoes(
     assert review.decisions.tolist() == expected
     assert again.features["review"].tolist() == expected
     assert {a.classification for a in read_geojson(saved)} == {QUPATH_CLASSES[d] for d in expected}
+    # Saving again over the review's own file resumes; another existing file is refused
+    # and left as it was.
+    assert widget.save(saved) == saved
+    other = tmp_path / "someone-elses.geojson"
+    other.write_text('{"type": "FeatureCollection", "features": []}')
+    with pytest.raises(OutputExistsError, match=r"someone-elses\.geojson"):
+        widget.save(other)
+    assert other.read_text() == '{"type": "FeatureCollection", "features": []}'
     # The widget's report button: the same numbers as the counts line.
     numbers = widget.report(tmp_path / "report.html")
     assert numbers["mitoses"] == 6 and numbers["mitotic_score"] == graded["mitotic_score"]
@@ -210,8 +220,16 @@ def test_a_missed_mitosis_is_added_with_a_click_and_undone(
     widget = ReviewWidget(viewer)
     widget.image.value, widget.candidates.value = image, points
     widget.start()
-    index = widget.add_at((800.0, 900.0))
-    assert index == 1 and len(points.data) == 2
+    # Add mode puts the click handler on the layer; a press-and-release adds there.
+    widget.add_mode.value = True
+    assert widget._on_click in points.mouse_drag_callbacks
+    click = SimpleNamespace(position=tuple(points.data_to_world((800.0, 900.0))))
+    handler = widget._on_click(points, click)
+    next(handler)  # the press
+    with pytest.raises(StopIteration):
+        next(handler)  # the release adds the figure
+    np.testing.assert_allclose(points.data[1], (800.0, 900.0))
+    assert len(points.data) == 2 and len(widget.review) == 2
     assert points.features["review"][1] == "accepted" and bool(points.features["added"][1])
     widget.act("undo")
     assert len(points.data) == 1 and len(widget.review) == 1

@@ -111,6 +111,7 @@ class ReviewWidget(Container):
         self.position = -1
         self.grading: dict[str, Any] = {}
         self._bound: list[str] = []
+        self._written: set[Path] = set()  # files this widget wrote: saving again replaces them
         self.start_button.changed.connect(lambda *_: self.start())
         for name, button in self.buttons.items():
             button.changed.connect(lambda *_, n=name: self.act(n))
@@ -454,6 +455,14 @@ class ReviewWidget(Container):
         self.position = min(self.position, len(self.sequence) - 1)
 
     # --- saving -----------------------------------------------------------------------
+    def _may_replace(self, path: Path) -> bool:
+        """Saving again over this review's own file (its candidates' file, or one this
+        widget wrote) is the resume workflow; any other existing file is refused
+        (`OutputExistsError` names it) rather than clobbered."""
+        path = Path(path).resolve()
+        source = getattr(getattr(self.layer, "source", None), "path", None)
+        return path in self._written or (source is not None and Path(source).resolve() == path)
+
     def save(self, path: Path) -> Path:
         """The review as QuPath GeoJSON (level-0 px): points, or boxes for shapes layers."""
         from napari_mitosis.io.geojson import write_geojson
@@ -466,24 +475,29 @@ class ReviewWidget(Container):
                 np.median([np.ptp(np.asarray(s)[:, -2:], axis=0).mean() for s in self.layer.data])
                 / 2
             )
-        return write_geojson(path, self.review.to_annotations(half), overwrite=True)
+        replace = self._may_replace(path)
+        written = write_geojson(path, self.review.to_annotations(half), overwrite=replace)
+        self._written.add(Path(path).resolve())
+        return written
 
     def report(self, path: Path) -> dict[str, Any]:
         from napari_mitosis.detection.report import write_report
         from napari_mitosis.io.formats import open_slide
 
         image = self.image.value
-        source = (image.source.path if image is not None else None) or (image.metadata or {}).get(
-            "path"
-        )
+        if self.review is None or image is None:
+            raise ValueError("start a review on an image first")
+        source = image.source.path or (image.metadata or {}).get("path")
         if not source:
             raise ValueError("the report reads the slide: open it from a file")
         with open_slide(source, mpp=(self._mpp() or (None,))[0]) as slide:
-            return write_report(
+            numbers = write_report(
                 path,
                 slide,
                 self.review,
                 self.tissue,
                 field_diameter_mm=self.diameter.value,
-                overwrite=True,
+                overwrite=self._may_replace(path),
             )
+        self._written.add(Path(path).resolve())
+        return numbers

@@ -98,9 +98,9 @@ class HotspotFinder:
     histogram and one box filter on a coarse grid.
 
     Windows lie inside the image, centred on grid cells; only those with at least half of
-    min(window, all analysed area) analysed compete (as `detection.run.densest_area`,
-    which the cohort uses on its full-resolution grid); an image smaller than a window is
-    one window.
+    min(window, all analysed area) analysed compete, so a sliver of tissue with one mitosis
+    is not a hotspot; an image smaller than a window is one window.
+    `detection.run.densest_area` (the cohort's summary) is this on the mask's own grid.
     """
 
     def __init__(
@@ -109,13 +109,18 @@ class HotspotFinder:
         mpp0: tuple[float, float],
         *,
         diameter_mm: float = DEFAULT_FIELD_DIAMETER_MM,
+        hpf_mm2: float | None = None,
         fields: int = 10,
+        coarsen: bool = True,
     ) -> None:
-        self.fields, self.hpf_mm2 = fields, field_area_mm2(diameter_mm)
+        """``hpf_mm2`` (if given) is the field's area instead of ``diameter_mm``'s;
+        ``coarsen=False`` searches the mask's own grid (the cohort's summary)."""
+        self.fields = fields
+        self.hpf_mm2 = field_area_mm2(diameter_mm) if hpf_mm2 is None else hpf_mm2
         self.side_um = math.sqrt(fields * self.hpf_mm2) * 1e3
         mask = analysed.mask.astype(np.float64)
         cell_um = (analysed.downsample[0] * mpp0[0], analysed.downsample[1] * mpp0[1])
-        factor = max(1, int(self.side_um / max(cell_um) / CELLS_PER_WINDOW))
+        factor = max(1, int(self.side_um / max(cell_um) / CELLS_PER_WINDOW)) if coarsen else 1
         if factor > 1:  # block means: the analysed fraction of each coarse cell
             h, w = (-(-n // factor) * factor for n in mask.shape)
             padded = np.zeros((h, w))

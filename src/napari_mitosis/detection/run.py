@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.ndimage import uniform_filter
 
 from napari_mitosis.engine.mergers import TileBoxMerger
 from napari_mitosis.engine.tiled_inference import Progress, TiledRun
@@ -186,44 +185,10 @@ def densest_area(
     Returns the window's count, area, per mm² and per 10 HPF, and its level-0 centre;
     None if nothing was analysed.
     """
-    cell_um2 = mask.downsample[0] * mpp0[0] * mask.downsample[1] * mpp0[1]
-    analysed = mask.mask.astype(np.float64)
-    total_um2 = analysed.sum() * cell_um2
-    if total_um2 <= 0:
-        return None
-    side_um = np.sqrt(fields * hpf_mm2) * 1e3
-    size = (
-        max(round(float(side_um / (mask.downsample[0] * mpp0[0]))), 1),
-        max(round(float(side_um / (mask.downsample[1] * mpp0[1]))), 1),
-    )
-    counts = np.zeros_like(analysed)
-    inside = inside_mask(centres_yx, mask)
-    rows = (centres_yx[inside, 0] / mask.downsample[0]).astype(int)
-    cols = (centres_yx[inside, 1] / mask.downsample[1]).astype(int)
-    np.add.at(counts, (rows, cols), 1.0)
-    cells = size[0] * size[1]
-    area = uniform_filter(analysed, size, mode="constant") * cells * cell_um2 / 1e6
-    count = np.rint(uniform_filter(counts, size, mode="constant") * cells)
-    eligible = area >= 0.5 * min(cells * cell_um2, total_um2) / 1e6 - 1e-12
-    # Windows lie inside the image (a field half off the slide is not a field); an image
-    # smaller than a window is one window over all of it.
-    for axis, (length, side) in enumerate(zip(mask.mask.shape, size, strict=True)):
-        centres = np.arange(length)
-        inside = (centres >= side // 2) & (centres - side // 2 + side <= length)
-        if length < side:
-            inside = centres == length // 2
-        eligible &= inside[:, None] if axis == 0 else inside[None, :]
-    density = np.where(eligible, count / np.maximum(area, 1e-12), -1.0)
-    best = np.unravel_index(int(np.argmax(density)), density.shape)
-    per_mm2 = float(density[best])
-    return {
-        "count": float(count[best]),
-        "area_mm2": float(area[best]),
-        "per_mm2": per_mm2,
-        "per_10_hpf": per_mm2 * fields * hpf_mm2,
-        "centre_y": (best[0] + 0.5) * mask.downsample[0],
-        "centre_x": (best[1] + 0.5) * mask.downsample[1],
-    }
+    from napari_mitosis.detection.grading import HotspotFinder
+
+    finder = HotspotFinder(mask, mpp0, hpf_mm2=hpf_mm2, fields=fields, coarsen=False)
+    return finder.find(centres_yx)
 
 
 def mitotic_density(count: int, area_mm2: float, *, hpf_mm2: float = HPF_MM2) -> dict[str, float]:
