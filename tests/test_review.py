@@ -89,6 +89,9 @@ def test_review_state_orders_decides_undoes_and_round_trips_through_geojson(tmp_
     review.decide(0, "rejected")
     assert review.undo().index == 0 and review.decisions[0] == ""
     assert added == 3 and review.progress() == "2 of 3 reviewed"
+    assert review.shown("atypical").tolist() == [False, False, True]
+    assert review.shown("unreviewed").tolist() == [True, False, False]
+    assert review.shown("all").all()
     path = write_geojson(tmp_path / "r.geojson", review.to_annotations())
     again = Review.from_annotations(read_geojson(path))
     assert again.decisions.tolist() == ["", "accepted", "atypical"]
@@ -230,6 +233,9 @@ def test_a_missed_mitosis_is_added_with_a_click_and_undone(
         next(handler)  # the release adds the figure
     np.testing.assert_allclose(points.data[1], (800.0, 900.0))
     assert len(points.data) == 2 and len(widget.review) == 2
+    widget.show.value = "accepted"  # the filter hides every other candidate
+    assert points.shown.tolist() == [False, True]
+    widget.show.value = "all"
     assert points.features["review"][1] == "accepted" and bool(points.features["added"][1])
     widget.act("undo")
     assert len(points.data) == 1 and len(widget.review) == 1

@@ -93,6 +93,14 @@ class Review:
         reviewed = self.decisions[by_score] != ""
         return np.concatenate([by_score[~reviewed], by_score[reviewed]])
 
+    def shown(self, which: str = "all") -> np.ndarray:
+        """Which candidates a filter keeps: ``all``, ``unreviewed`` or one decision."""
+        if which == "all":
+            return np.ones(len(self), bool)
+        if which not in ("unreviewed", *DECISIONS):
+            raise ValueError(f"unknown filter {which!r}; choose all, unreviewed or {DECISIONS}")
+        return self.decisions.astype(str) == ("" if which == "unreviewed" else which)
+
     def decide(self, index: int, decision: str) -> None:
         """Record ``decision`` ("" clears it) on candidate ``index``, undoably."""
         if decision not in ("", *DECISIONS):
