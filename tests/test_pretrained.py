@@ -103,3 +103,71 @@ def test_every_backbone_gives_one_logit_per_image(name: str) -> None:
     model = backbone_classifier(backbone=name, outputs=1).eval()
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 1)
+
+
+def test_a_unet_encoder_starts_from_a_resnet_weights_file(tmp_path: Path) -> None:
+    """`train-unet --encoder resnet18 --pretrained FILE`: the encoder holds the file's
+    weights (frozen for the first steps, then learning 10× slower than the decoder), the
+    card records them, and the saved model segments through the engine's own padding."""
+    from napari_mitosis.segmentation.training import UNetTraining, predict_image, train_unet
+
+    weights = _weights_file(tmp_path, ".safetensors")
+    rng = np.random.default_rng(0)
+    pairs = []
+    for seed in range(3):
+        image = synthetic_slide(64, 64, seed=seed)[0]
+        mask = np.zeros((64, 64), bool)
+        mask[rng.integers(8, 40) :, :][:12, 20:32] = True
+        pairs.append((image, mask))
+    config = UNetTraining(
+        crop=64,
+        batch_size=2,
+        max_steps=2,
+        eval_every=2,
+        encoder="resnet18",
+        pretrained=str(weights),
+        freeze_encoder_steps=2,
+        encoder_lr_scale=0.1,
+        hed_jitter=0,
+        device="cpu",
+    )
+    out = tmp_path / "u.safetensors"
+    report = train_unet(pairs[:2], pairs[2:], out, config)
+    model, card = load_checkpoint(out, task="segmentation")
+    assert card.architecture == "resnet_unet" and card.options["depth"] == 5
+    record = card.training["pretrained_weights"]
+    assert record["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert record["loaded"] == record["of"]  # every encoder tensor (its fc is gone)
+    assert card.mean == IMAGENET_MEAN
+    from safetensors.torch import load_file
+
+    source = load_file(str(weights))
+    torch.testing.assert_close(model.encoder.conv1.weight, source["conv1.weight"])
+    torch.testing.assert_close(
+        model.encoder.layer3[0].conv1.weight, source["layer3.0.conv1.weight"]
+    )
+    assert report.history and 0.0 <= report.best_dice <= 1.0
+    odd = synthetic_slide(70, 90, seed=9)[0]  # not a multiple of 32: padded, then cut back
+    assert predict_image(model.eval(), odd, card, torch.device("cpu")).shape == (70, 90)
+
+
+def test_discriminative_learning_rates_put_the_last_layer_apart() -> None:
+    from napari_mitosis.models.pretrained import parameter_groups
+    from napari_mitosis.models.unet import resnet_unet
+    from napari_mitosis.segmentation.training import UNetTraining, _parameter_groups
+
+    model = backbone_classifier(backbone="resnet18", outputs=2)
+    body, head = parameter_groups(model, 1e-3, 0.1)
+    assert body["lr"] == pytest.approx(1e-4) and head["lr"] == 1e-3
+    assert [p.shape for p in head["params"]] == [(2, 512), (2,)]
+    assert len(body["params"]) + 2 == len(list(model.parameters()))
+    assert len(parameter_groups(model, 1e-3, 1.0)) == 1
+    unet = resnet_unet(encoder="resnet18")
+    config = UNetTraining(encoder="resnet18", encoder_lr_scale=0.1, learning_rate=1e-3)
+    encoder, decoder = _parameter_groups(unet, config)
+    assert encoder["lr"] == pytest.approx(1e-4) and decoder["lr"] == 1e-3
+    assert {id(p) for p in encoder["params"]} == {id(p) for p in unet.encoder.parameters()}
+    with pytest.raises(ValueError, match="need a ResNet encoder"):
+        from napari_mitosis.segmentation.training import _model_and_card
+
+        _model_and_card(UNetTraining(pretrained="x.pth"), 3)

@@ -38,6 +38,7 @@ from napari_mitosis.models.pretrained import (
     IMAGENET_STD,
     freeze_all_but_head,
     load_pretrained,
+    parameter_groups,
 )
 from napari_mitosis.models.stain import StainTraining
 
@@ -84,6 +85,7 @@ class ClassifierTraining(StainTraining):
     notes: str = ""
     pretrained: str | None = None  # torchvision weights name or a local state-dict file
     freeze_epochs: int = 0  # epochs that train the last layer only (fine-tuning)
+    backbone_lr_scale: float = 1.0  # all but the last layer learn at lr × this (e.g. 0.1)
 
 
 @dataclass
@@ -199,9 +201,10 @@ def train_classifier(
         card.mean, card.std = IMAGENET_MEAN, IMAGENET_STD  # what such weights expect
         card.training = {**(card.training or {}), "pretrained_weights": record}
     model = model.to(device)
+    groups = parameter_groups(model, config.learning_rate, config.backbone_lr_scale)
     if config.optimiser == "sgd":
         optimiser: torch.optim.Optimizer = torch.optim.SGD(
-            model.parameters(),
+            groups,
             lr=config.learning_rate,
             momentum=0.9,
             nesterov=True,
@@ -209,7 +212,7 @@ def train_classifier(
         )
     elif config.optimiser == "adam":
         optimiser = torch.optim.Adam(
-            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            groups, lr=config.learning_rate, weight_decay=config.weight_decay
         )
     else:
         raise ValueError(f"optimiser must be adam or sgd, got {config.optimiser!r}")

@@ -47,6 +47,7 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         notes=args.notes,
         pretrained=args.pretrained,
         freeze_epochs=args.freeze_epochs,
+        backbone_lr_scale=args.backbone_lr_scale,
         **stain_options(args),
         **fixed,
     )
@@ -363,6 +364,12 @@ def register(command: CommandAdder) -> None:
         type=int,
         default=0,
         help="with --pretrained: epochs that train the last layer only",
+    )
+    tc.add_argument(
+        "--backbone-lr-scale",
+        type=float,
+        default=1.0,
+        help="all but the last layer learn at --lr × this (fine-tuning: e.g. 0.1)",
     )
     add_stain(tc)
     add_recipe(tc, "train-classifier")

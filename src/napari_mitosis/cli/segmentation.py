@@ -79,6 +79,10 @@ def _train_unet(args: argparse.Namespace) -> int:
         loss=args.loss,
         base_width=args.base_width,
         depth=args.depth,
+        encoder=args.encoder,
+        pretrained=args.pretrained,
+        encoder_lr_scale=args.encoder_lr_scale,
+        freeze_encoder_steps=args.freeze_encoder_steps,
         mpp=mpp,
         seed=args.seed,
         device=args.device,
@@ -181,6 +185,29 @@ def register(command: CommandAdder) -> None:
     )
     tr.add_argument("--base-width", type=int, default=32, help="channels of the first level")
     tr.add_argument("--depth", type=int, default=4, help="down-sampling levels")
+    tr.add_argument(
+        "--encoder",
+        choices=("resnet18", "resnet34", "resnet50"),
+        help="a torchvision ResNet as the encoder (instead of --base-width/--depth)",
+    )
+    tr.add_argument(
+        "--pretrained",
+        help="with --encoder: its starting weights, a torchvision weights name (e.g. "
+        "ResNet34_Weights.IMAGENET1K_V1, downloaded and cached when online) or a local "
+        "state-dict file (.safetensors, or .pt/.pth read without running code)",
+    )
+    tr.add_argument(
+        "--encoder-lr-scale",
+        type=float,
+        default=1.0,
+        help="with --encoder: it learns at --lr × this (fine-tuning: e.g. 0.1)",
+    )
+    tr.add_argument(
+        "--freeze-encoder-steps",
+        type=int,
+        default=0,
+        help="with --encoder: steps that train the decoder only",
+    )
     tr.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
     add_stain(tr)
     add_recipe(tr, "train-unet")

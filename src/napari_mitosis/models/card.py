@@ -81,6 +81,7 @@ FIELD_HELP = {
 #: (it loads torch._dynamo), which a U-Net or small-CNN command never needs.
 FACTORIES = {
     "unet": ("napari_mitosis.models.unet", "unet"),
+    "resnet_unet": ("napari_mitosis.models.unet", "resnet_unet"),
     "faster_rcnn": ("napari_mitosis.models.detector", "faster_rcnn"),
     "small_cnn": ("napari_mitosis.models.classifiers", "small_cnn"),
     "wide_resnet": ("napari_mitosis.models.classifiers", "wide_resnet_classifier"),

@@ -160,3 +160,20 @@ def freeze_all_but_head(model: nn.Module, frozen: bool) -> None:
     head = head_name(model)
     for name, parameter in model.named_parameters():
         parameter.requires_grad = not frozen or name.startswith(f"{head}.")
+
+
+def parameter_groups(model: nn.Module, lr: float, backbone_scale: float) -> list[dict[str, Any]]:
+    """Discriminative learning rates: the last layer at ``lr``, the rest at
+    ``lr × backbone_scale``, so a fine-tune adapts pretrained features without erasing
+    them (one group when the scale is 1)."""
+    if backbone_scale == 1.0:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    head = head_name(model)
+    named = list(model.named_parameters())
+    return [
+        {
+            "params": [p for n, p in named if not n.startswith(f"{head}.")],
+            "lr": lr * backbone_scale,
+        },
+        {"params": [p for n, p in named if n.startswith(f"{head}.")], "lr": lr},
+    ]

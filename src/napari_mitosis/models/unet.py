@@ -75,3 +75,74 @@ def unet(
 ) -> UNet:
     """The default (32, depth 4) has ~7.8 M parameters."""
     return UNet(in_channels, out_channels, base_width, depth)
+
+
+#: encoder → channels of its five feature maps (strides 2, 4, 8, 16, 32)
+ENCODERS: dict[str, tuple[int, ...]] = {
+    "resnet18": (64, 64, 128, 256, 512),
+    "resnet34": (64, 64, 128, 256, 512),
+    "resnet50": (64, 256, 512, 1024, 2048),
+}
+
+
+class _Up(nn.Module):
+    """Upsample ×2, concatenate the skip (if any), two convolutions."""
+
+    def __init__(self, in_channels: int, skip: int, out_channels: int) -> None:
+        super().__init__()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.conv = _double_conv(in_channels + skip, out_channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.up(x)
+        return self.conv(x if skip is None else torch.cat([x, skip], dim=1))
+
+
+class ResNetUNet(nn.Module):
+    """A U-Net whose encoder is a torchvision ResNet, so that ImageNet (or any ResNet
+    classification) weights can start it: ``encoder`` keeps torchvision's parameter names,
+    which is what `pretrained.load_pretrained` matches. Inputs must be divisible by 32."""
+
+    depth = 5
+
+    def __init__(
+        self, encoder: str = "resnet34", in_channels: int = 3, out_channels: int = 1
+    ) -> None:
+        super().__init__()
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; choose {sorted(ENCODERS)}")
+        import torchvision.models as tvm  # on use: torchvision is slow to import
+
+        self.encoder = getattr(tvm, encoder)(weights=None)
+        del self.encoder.fc  # the encoder ends at layer4: no pooling, no classifier
+        if in_channels != 3:
+            self.encoder.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        skips = ENCODERS[encoder]
+        decoder = (256, 128, 64, 32, 16)
+        ins = (skips[4], *decoder[:-1])
+        outs = (*skips[3::-1], 0)
+        self.decoder = nn.ModuleList(
+            _Up(i, s, o) for i, s, o in zip(ins, outs, decoder, strict=True)
+        )
+        self.head = nn.Conv2d(decoder[-1], out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_divisible(x, self.depth)
+        e = self.encoder
+        stem = e.relu(e.bn1(e.conv1(x)))  # stride 2
+        f1 = e.layer1(e.maxpool(stem))  # 4
+        f2 = e.layer2(f1)  # 8
+        f3 = e.layer3(f2)  # 16
+        x = e.layer4(f3)  # 32
+        for block, skip in zip(self.decoder, (f3, f2, f1, stem, None), strict=True):
+            x = block(x, skip)
+        return self.head(x)
+
+
+def resnet_unet(
+    *, encoder: str = "resnet34", in_channels: int = 3, out_channels: int = 1, depth: int = 5
+) -> ResNetUNet:
+    """``depth`` is always 5 (the card records it, so inputs are padded to 32)."""
+    if depth != ResNetUNet.depth:
+        raise ValueError(f"a ResNet encoder halves the input 5 times, not {depth}")
+    return ResNetUNet(encoder, in_channels, out_channels)

@@ -25,8 +25,9 @@ from napari_mitosis.engine.training_log import EarlyStopping, write_history
 from napari_mitosis.io.output_file import refuse_existing
 from napari_mitosis.models.checkpoint import ModelCard, save_checkpoint, training_record
 from napari_mitosis.models.inference_model import pick_device
+from napari_mitosis.models.pretrained import IMAGENET_MEAN, IMAGENET_STD, load_pretrained
 from napari_mitosis.models.stain import StainTraining, card_normaliser
-from napari_mitosis.models.unet import unet
+from napari_mitosis.models.unet import resnet_unet, unet
 
 Pair = tuple[np.ndarray, np.ndarray]  # (image (h, w, c) uint8, mask (h, w) bool)
 
@@ -44,6 +45,10 @@ class UNetTraining(StainTraining):
     loss: Literal["dice+bce", "bce", "focal"] = "dice+bce"
     base_width: int = 32
     depth: int = 4
+    encoder: str | None = None  # a ResNet encoder (resnet18/34/50) instead of the plain one
+    pretrained: str | None = None  # weights for the encoder: torchvision name or local file
+    encoder_lr_scale: float = 1.0  # the encoder's learning rate × this (fine-tuning: 0.1)
+    freeze_encoder_steps: int = 0  # steps that train the decoder only (fine-tuning)
     positive_fraction: float = 0.5
     brightness: float = 64 / 255
     contrast: float = 0.75
@@ -167,6 +172,56 @@ def dice_score(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(f1_score(truth.ravel(), predicted.ravel(), zero_division=1.0))
 
 
+def _model_and_card(config: UNetTraining, channels: int) -> tuple[torch.nn.Module, ModelCard]:
+    """The plain U-Net, or one on a ResNet encoder (started from ``pretrained`` weights,
+    whose normalisation the card then takes)."""
+    if config.pretrained and not config.encoder:
+        raise ValueError("pretrained weights need a ResNet encoder (encoder='resnet34', …)")
+    if config.encoder:
+        options: dict[str, object] = {
+            "encoder": config.encoder,
+            "in_channels": channels,
+            "depth": 5,
+        }
+        model: torch.nn.Module = resnet_unet(**options)  # type: ignore[arg-type]
+    else:
+        options = {"in_channels": channels, "base_width": config.base_width, "depth": config.depth}
+        model = unet(**options)  # type: ignore[arg-type]
+    card = ModelCard(
+        architecture="resnet_unet" if config.encoder else "unet",
+        options=options,
+        task="segmentation",
+        input_size=config.crop * 2,
+        mpp=config.mpp,
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+        threshold=config.threshold,
+        notes=config.notes,
+        stain=config.stain_record(),
+        training=training_record(config),
+    )
+    if config.pretrained:
+        record = load_pretrained(model.encoder, config.pretrained)
+        card.mean, card.std = IMAGENET_MEAN[:channels], IMAGENET_STD[:channels]
+        card.training = {**(card.training or {}), "pretrained_weights": record}
+    return model, card
+
+
+def _parameter_groups(model: torch.nn.Module, config: UNetTraining) -> list[dict[str, object]]:
+    """Discriminative learning rates: the (pretrained) encoder learns ``encoder_lr_scale``
+    times as fast as the decoder, so fine-tuning adapts it without erasing it."""
+    lr = config.learning_rate
+    if not config.encoder:
+        return [{"params": list(model.parameters()), "lr": lr}]
+    encoder = list(model.encoder.parameters())
+    own = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if id(p) not in own]
+    return [
+        {"params": encoder, "lr": lr * config.encoder_lr_scale},
+        {"params": rest, "lr": lr},
+    ]
+
+
 def train_unet(
     train: Sequence[Pair],
     validation: Sequence[Pair],
@@ -188,30 +243,19 @@ def train_unet(
     rng = np.random.default_rng(config.seed)
     device = pick_device(config.device)
     channels = train[0][0].shape[2]
-    options = {"in_channels": channels, "base_width": config.base_width, "depth": config.depth}
-    model = unet(**options).to(device)
-    card = ModelCard(
-        architecture="unet",
-        options=options,
-        task="segmentation",
-        input_size=config.crop * 2,
-        mpp=config.mpp,
-        mean=(0.5,) * channels,
-        std=(0.25,) * channels,
-        threshold=config.threshold,
-        notes=config.notes,
-        stain=config.stain_record(),
-        training=training_record(config),
-    )
+    model, card = _model_and_card(config, channels)
+    model = model.to(device)
     mean = torch.tensor(card.mean, device=device).view(1, -1, 1, 1)
     std = torch.tensor(card.std, device=device).view(1, -1, 1, 1)
-    optimiser = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
+    optimiser = torch.optim.Adam(_parameter_groups(model, config))
     sampler = CropSampler(train, config, rng, card_normaliser(card))
     history: list[dict[str, float]] = []
     stopping = EarlyStopping(config.patience)
     losses: list[float] = []
     started = time.perf_counter()
     for step in range(1, config.max_steps + 1):
+        if config.freeze_encoder_steps and config.encoder:
+            model.encoder.requires_grad_(step > config.freeze_encoder_steps)
         model.train()
         images, masks = sampler.batch()
         logits = model((images.to(device) - mean) / std)
