@@ -214,3 +214,67 @@ def test_serve_runs_uvicorn_on_loopback_and_answers(checkpoints, tmp_path: Path)
         server.terminate()
         output = server.communicate(timeout=30)[0]
     assert f"on http://127.0.0.1:{port} (this machine only; a bearer token is required" in output
+
+
+def test_concurrent_requests_share_forward_passes(checkpoints) -> None:
+    """Sixteen requests at once: fewer forward passes than requests, and each request gets
+    exactly its own images' answers back."""
+    import asyncio
+
+    import httpx
+
+    from napari_mitosis.classification.run import classify_images
+
+    served = load_served([str(checkpoints["idc"])], device="cpu", window_s=0.05)
+    app = create_app(served)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 255, (50, 50, 3), np.uint8) for _ in range(16)]
+    expected = classify_images(images, served["idc"].predictor)
+
+    async def send_all() -> list[dict]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as session:
+            answers = await asyncio.gather(
+                *(
+                    session.post("/v1/classify", files={"image": (f"{i}.png", png(a), "image/png")})
+                    for i, a in enumerate(images)
+                )
+            )
+        return [a.json()["results"][0] for a in answers]
+
+    results = asyncio.run(send_all())
+    batches = served["idc"].batcher.batches
+    assert sum(batches) == 16 and len(batches) < 16 and max(batches) > 1
+    for i, result in enumerate(results):
+        assert result["image"] == f"{i}.png"
+        assert result["probabilities"][1] == pytest.approx(float(expected[i]), abs=1e-6)
+
+
+def test_the_batcher_routes_rows_and_errors_to_their_requests() -> None:
+    import asyncio
+
+    from napari_mitosis.serve.batching import Batcher
+
+    calls: list[int] = []
+
+    def run(images: list[np.ndarray]) -> np.ndarray:
+        calls.append(len(images))
+        if any(float(image.sum()) < 0 for image in images):
+            raise ValueError("a negative image")
+        return np.asarray([float(image.sum()) for image in images])
+
+    batcher = Batcher(run, window_s=0.05, max_images=8)
+
+    async def go() -> list[np.ndarray]:
+        requests = [[np.full(2, i), np.full(2, 10 * i)] for i in range(6)]  # 12 images
+        return await asyncio.gather(*(batcher(r) for r in requests))
+
+    answers = asyncio.run(go())
+    assert [a.tolist() for a in answers] == [[2 * i, 20 * i] for i in range(6)]
+    assert calls == [8, 4]  # the cap splits 12 images into 8 + 4
+
+    async def failing() -> None:
+        await asyncio.gather(batcher([np.full(2, -1)]), batcher([np.full(2, 1)]))
+
+    with pytest.raises(ValueError, match="a negative image"):
+        asyncio.run(failing())

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Shared, idempotent set-up for `make demo`, `make test` and `make docs`.
-# 1. System libraries for a headless napari (Xvfb, Mesa GL, the xcb libraries Qt loads),
+# 1. System libraries for a headless napari (Xvfb, Mesa GL, the xcb libraries Qt loads)
+#    and Chromium with its WebDriver (the service page's browser test),
 #    installed with apt-get only when one is missing.
 # 2. A virtual environment in .venv with the package (editable) and its test and docs
 #    extras, rebuilt only when pyproject.toml changes.
@@ -11,7 +12,8 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 SYSTEM_PACKAGES=(xvfb xauth libgl1-mesa-dri libegl1 libdbus-1-3 libfontconfig1 libxkbcommon-x11-0
   libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb-image0 libxcb-render-util0
-  libxcb-randr0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0)
+  libxcb-randr0 libxcb-xfixes0 libxcb-shape0 libxcb-cursor0
+  chromium chromium-driver)  # the last two: the web page's browser test
 
 missing=()
 if command -v dpkg-query >/dev/null 2>&1; then

@@ -143,17 +143,21 @@ def process_slide(
     *,
     mpp: float | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Analyse one slide and publish ``out/<name>/`` atomically; return its summary line.
 
     Any error becomes the line's ``status``/``error`` (the cohort goes on); nothing of a
-    failed slide is left behind. ``mpp``: the slide's µm/px when the file does not say.
+    failed slide is left behind. ``mpp``: the slide's µm/px when the file does not say;
+    ``should_stop()`` true between batches cancels (status "failed", nothing written).
     """
     started = time.perf_counter()
     folder = Path(out) / name
     row: dict[str, Any] = {"slide": name, "path": str(path)}
     try:
-        analysis = analyse_slide(path, models, settings, mpp=mpp, progress=progress)
+        analysis = analyse_slide(
+            path, models, settings, mpp=mpp, progress=progress, should_stop=should_stop
+        )
         with atomic_directory(folder, overwrite=True) as tmp:
             written = write_analysis(analysis, tmp, name, settings)
             row.update(analysis.numbers)

@@ -1,13 +1,17 @@
 """The models over HTTP: a FastAPI application (the ``serve`` extra) with a small web page.
 
-Models (checkpoints, published formats or registered names) are loaded once. Every error
-is JSON ``{"error": …}`` saying what was wrong: 400 for a file that is not a readable
-image, 401 without the bearer token when one is set, 404 for an unknown model, 413 for a
-body over the upload limit — refused while it streams in, before it is all buffered.
+Models (checkpoints, published formats or registered names) are loaded once; concurrent
+classify requests share forward passes (`batching.Batcher`); whole-slide jobs run on Dask
+(`jobs.JobRunner`). Every error is JSON ``{"error": …}`` saying what was wrong: 400 for a
+file that is not a readable image, 401 without the bearer token when one is set, 403 for a
+slide outside the slides folder, 404 for an unknown model, job or file, 413 for a body over
+the upload limit — refused while it streams in, before it is all buffered — 429 when the
+job queue is full and 503 when jobs cannot run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import io
 import threading
@@ -18,11 +22,14 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from napari_mitosis import __version__
 from napari_mitosis.models.card import ModelCard
+from napari_mitosis.serve.batching import Batcher
+from napari_mitosis.serve.jobs import STEPS, JobError, JobRunner, ServedRefs, public
 
 API = "/v1"
 PAGE = Path(__file__).with_name("page.html")
@@ -36,9 +43,21 @@ class ServedModel:
     card: ModelCard
     predictor: Any
     lock: threading.Lock
+    ref: str = ""  # the checkpoint path or registry name it was loaded from
+    batcher: Batcher | None = None  # classifiers: requests share forward passes
 
 
-def load_served(refs: list[str], device: str = "cpu") -> dict[str, ServedModel]:
+def served_refs(models: dict[str, ServedModel]) -> ServedRefs:
+    """The served models a whole-slide job may use, by task."""
+    return ServedRefs(
+        classifiers={n: m.ref for n, m in models.items() if m.card.task == "classification"},
+        detectors={n: m.ref for n, m in models.items() if m.card.task == "detection"},
+    )
+
+
+def load_served(
+    refs: list[str], device: str = "cpu", *, window_s: float = 0.005, max_batch: int = 64
+) -> dict[str, ServedModel]:
     """Load each model (path or registered name) once, named by its registry name or file."""
     from napari_mitosis.classification.predictor import ClassifierPredictor
     from napari_mitosis.models.checkpoint import load_checkpoint
@@ -56,10 +75,31 @@ def load_served(refs: list[str], device: str = "cpu") -> dict[str, ServedModel]:
         name = Path(str(ref)).stem if Path(str(ref)).suffix else Path(str(ref)).name
         if name in served:
             raise ValueError(f"{ref}: a second model named {name}")
-        served[name] = ServedModel(name, card, predictor, threading.Lock())
+        served[name] = ServedModel(name, card, predictor, threading.Lock(), str(ref))
+        if card.task == "classification":
+            served[name].batcher = _classify_batcher(served[name], window_s, max_batch)
     if not served:
         raise ValueError("give at least one model to serve")
     return served
+
+
+def _classify_batcher(served: ServedModel, window_s: float, max_batch: int) -> Batcher:
+    from napari_mitosis.classification.run import classify_images
+
+    def run(images: list[np.ndarray]) -> np.ndarray:
+        with served.lock:
+            return np.asarray(classify_images(images, served.predictor))
+
+    return Batcher(run, window_s=window_s, max_images=max_batch)
+
+
+class JobRequest(BaseModel):
+    """A whole-slide job: a slide under the slides folder and the steps to run."""
+
+    slide: str = Field(description="path relative to the server's slides folder")
+    steps: list[str] = Field(default=list(STEPS), description=f"some of {list(STEPS)}")
+    classifier: str | None = Field(default=None, description="a served classifier")
+    detector: str | None = Field(default=None, description="a served detector")
 
 
 class UploadLimit:
@@ -132,9 +172,11 @@ def create_app(
     *,
     token: str | None = None,
     max_upload_mb: float = 50.0,
+    jobs: JobRunner | None = None,
 ) -> Any:
     """The application; ``uvicorn.run(create_app(...))`` serves it. ``token``: the bearer
-    token every ``/v1`` call but ``health`` needs."""
+    token every ``/v1`` call but ``health`` needs; ``jobs``: runs whole-slide jobs (none:
+    the job routes answer 503)."""
     app = FastAPI(
         title="napari-mitosis",
         version=__version__,
@@ -144,6 +186,11 @@ def create_app(
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, err: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(err.detail)}, status_code=err.status_code)
+
+    @app.exception_handler(JobError)
+    async def _job_error(_request: Request, err: JobError) -> JSONResponse:
+        headers = {"Retry-After": "30"} if err.status == 429 else None
+        return JSONResponse({"error": str(err)}, status_code=err.status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(_request: Request, err: RequestValidationError) -> JSONResponse:
@@ -188,12 +235,10 @@ def create_app(
         model: Annotated[str | None, Form(description="a served classifier")] = None,
     ) -> dict[str, Any]:
         """Class probabilities (summing to 1) of whole small images or patches."""
-        from napari_mitosis.classification.run import classify_images
-
         served = pick(model, "classification")
         pixels = [read_image(u, await u.read()) for u in image]
-        with served.lock:
-            scores = np.asarray(classify_images(pixels, served.predictor))
+        assert served.batcher is not None
+        scores = await served.batcher(pixels)
         card = served.card
         results = []
         for upload, score in zip(image, scores, strict=True):
@@ -231,8 +276,12 @@ def create_app(
         served = pick(model, "detection")
         pixels = read_image(image, await image.read())
         size = mpp or served.card.mpp or 1.0
-        with served.lock:
-            found = detect_array(pixels, served.predictor, mpp=(size, size))
+
+        def run() -> Any:
+            with served.lock:
+                return detect_array(pixels, served.predictor, mpp=(size, size))
+
+        found = await asyncio.to_thread(run)
         boxes = np.asarray(found.boxes, float).reshape(-1, 4)
         return {
             "image": image.filename,
@@ -243,6 +292,38 @@ def create_app(
             "boxes_um": (boxes * size).round(3).tolist(),
             "scores": [float(s) for s in found.scores],
         }
+
+    def runner() -> JobRunner:
+        if jobs is None:
+            raise JobError(503, "jobs are off: start serve with --slides-root and --results")
+        return jobs
+
+    @app.post(f"{API}/jobs", status_code=202, dependencies=[Depends(authorised)])
+    def submit(request: JobRequest) -> dict[str, Any]:
+        """Start the whole-slide pipeline on a slide; follow it at ``/v1/jobs/{id}``."""
+        job = runner().submit(request.slide, request.steps, request.classifier, request.detector)
+        return public(runner().get(job))
+
+    @app.get(f"{API}/jobs", dependencies=[Depends(authorised)])
+    def list_jobs() -> dict[str, Any]:
+        return {"jobs": [public(r) for r in runner().store.all()]}
+
+    @app.get(f"{API}/jobs/{{job}}", dependencies=[Depends(authorised)])
+    def job_status(job: str) -> dict[str, Any]:
+        return public(runner().get(job))
+
+    @app.delete(f"{API}/jobs/{{job}}", dependencies=[Depends(authorised)])
+    def cancel(job: str) -> dict[str, Any]:
+        """Cancel a queued or running job; a running slide stops within a batch."""
+        return runner().cancel(job)
+
+    @app.get(f"{API}/jobs/{{job}}/results", dependencies=[Depends(authorised)])
+    def results(job: str) -> dict[str, Any]:
+        return {"id": job, "files": runner().result_files(job)}
+
+    @app.get(f"{API}/jobs/{{job}}/results/{{name:path}}", dependencies=[Depends(authorised)])
+    def result_file(job: str, name: str) -> FileResponse:
+        return FileResponse(runner().result_path(job, name))
 
     if max_upload_mb:
         app.add_middleware(UploadLimit, max_bytes=int(max_upload_mb * 2**20))
