@@ -74,6 +74,37 @@ def _centred_training_fields(args: argparse.Namespace) -> tuple[list, list, floa
     return train, validation, args.mpp, f" (split by slide: {slides} slides held out)"
 
 
+def _slide_training_fields(args: argparse.Namespace) -> tuple[list, list, float, str, str]:
+    """Fields of a slide around its annotated figures, held out by region."""
+    from napari_mitosis.detection.slide_fields import slide_fields
+
+    if args.annotations is None or not args.annotations.is_file():
+        raise ValueError(
+            f"{args.images}: a slide trains with --annotations FILE.geojson (QuPath points or "
+            "boxes, or a reviewed GeoJSON)"
+        )
+    fields = slide_fields(
+        args.images,
+        args.annotations,
+        field=max(4 * args.crop, 512),
+        val_fraction=args.val_fraction,
+        box_um=args.box_um,
+        seed=args.seed,
+        mpp=args.mpp,
+    )
+    provenance = (
+        f"slide {args.images.name}, annotations {args.annotations.name} "
+        f"({fields.positives} figures; {fields.description})"
+    )
+    return (
+        fields.train,
+        fields.validation,
+        fields.mpp or args.mpp,
+        f" ({fields.description})",
+        provenance,
+    )
+
+
 def _train_detector(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -81,7 +112,11 @@ def _train_detector(args: argparse.Namespace) -> int:
     from napari_mitosis.io.detections import Detections
     from napari_mitosis.models.inference_model import pick_device
 
-    if args.centred_crops:
+    notes = args.notes
+    if args.images.is_file():  # a slide, with its annotations in one GeoJSON
+        train, validation, mpp, split, provenance = _slide_training_fields(args)
+        notes = "; ".join(n for n in (notes, provenance) if n)
+    elif args.centred_crops:
         train, validation, mpp, split = _centred_training_fields(args)
     else:
         fields = _detection_fields(args)
@@ -115,7 +150,7 @@ def _train_detector(args: argparse.Namespace) -> int:
         device=args.device,
         init=args.init,
         backbone_weights=args.backbone_weights,
-        notes=args.notes,
+        notes=notes,
         **stain_options(args),
     )
     print(
@@ -233,13 +268,20 @@ def register(command: CommandAdder) -> None:
     add_overwrite(c14)
     c14.set_defaults(run=_convert_icpr2014)
 
-    td = command("train-detector", "train the Faster R-CNN mitosis detector on images + boxes")
-    td.add_argument("images", type=Path, help="folder of high-power fields")
+    td = command(
+        "train-detector", "train the Faster R-CNN mitosis detector on images + boxes, or a slide"
+    )
+    td.add_argument(
+        "images",
+        type=Path,
+        help="folder of high-power fields, or a slide (with --annotations FILE.geojson)",
+    )
     where = td.add_mutually_exclusive_group()
     where.add_argument(
         "--annotations",
         type=Path,
-        help="folder of <image stem>.boxes.csv or .geojson (default: beside the images)",
+        help="folder of <image stem>.boxes.csv or .geojson (default: beside the images); "
+        "for a slide, its GeoJSON (QuPath points or boxes, or a reviewed GeoJSON)",
     )
     where.add_argument("--coco", type=Path, help="one COCO detection JSON for the folder")
     where.add_argument(
@@ -248,7 +290,9 @@ def register(command: CommandAdder) -> None:
         help="the folder holds class sub-folders of crops, each with one figure at its "
         "centre (labels.csv optional: split by slide); each gets a --box-um box there",
     )
-    td.add_argument("--box-um", type=float, default=12.0, help="with --centred-crops: box side")
+    td.add_argument(
+        "--box-um", type=float, default=12.0, help="centred crops and points: box side (µm)"
+    )
     td.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
     td.add_argument(
         "--backbone",
@@ -259,7 +303,7 @@ def register(command: CommandAdder) -> None:
     add_steps(td, crop=256)
     td.add_argument("--distance-um", type=float, default=8.0, help="hit radius for validation")
     td.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
-    td.add_argument("--init", type=Path, help="a detector checkpoint to fine-tune")
+    td.add_argument("--init", help="a detector to fine-tune: a checkpoint or a registered name")
     td.add_argument(
         "--backbone-weights",
         "--pretrained",

@@ -179,7 +179,7 @@ def train_detector(
     refuse_existing((out, log_path), overwrite=overwrite)
     if not train or not validation:
         raise ValueError("need training and validation fields")
-    for i, (image, _) in enumerate(train):
+    for i, (image, *_) in enumerate(train):  # (image, boxes[, hard negatives])
         if min(image.shape[:2]) < config.crop:
             raise ValueError(
                 f"training field {i} ({image.shape[:2]}) is smaller than the {config.crop} px crop"

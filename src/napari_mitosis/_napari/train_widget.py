@@ -1,0 +1,363 @@
+"""Train a mitosis detector from what is on the canvas: a slide's image layer and a points
+or shapes layer of figures (marked by hand, or a review's decisions).
+
+The widget only converts layers to files — the slide's path and a QuPath GeoJSON in
+level-0 pixels — and runs ``napari-mitosis train-detector`` on them in its own process, so
+the viewer stays responsive, a crash cannot take napari down, and the result is exactly the
+command line's for the same data and seed. The process's progress lines drive a live plot
+of training loss and validation F1, the elapsed time and an estimate of what is left.
+Cancel ends the process; the best checkpoint so far (each is written atomically) is kept,
+or nothing. At the end the model is registered in the local model registry, every docked
+widget's model list is refreshed, and "Run on the current view" shows what it learnt.
+"""
+
+from __future__ import annotations
+
+import queue
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, PushButton, SpinBox
+
+if TYPE_CHECKING:
+    import napari
+
+from napari_mitosis.io.geojson import REVIEW_CLASSES, REVIEW_KEY, Annotation, write_geojson
+
+#: "step 50/300: loss 0.812  validation F1 0.400 (P 0.500, R 0.333)" (train-detector's line)
+STEP_LINE = re.compile(r"^step (\d+)/(\d+): loss ([\d.naif]+)\s+validation F1 ([\d.naif]+)")
+
+
+def layer_annotations(image: Any, marks: Any, class_name: str = "") -> list[Annotation]:
+    """A points or shapes layer as level-0 pixel annotations of ``image``'s slide.
+
+    A review's layer (a ``decision`` feature) keeps its decisions, so rejected candidates
+    become hard negatives; otherwise every mark is a mitosis, or with ``class_name`` only
+    those whose ``class``/``classification`` feature is that class."""
+    features = marks.features if len(marks.features) else None
+    decisions = None
+    if features is not None and "decision" in features:
+        decisions = [str(d) if isinstance(d, str) else "" for d in features["decision"]]
+    column = None
+    if features is not None:
+        column = next((c for c in ("classification", "class") if c in features), None)
+    shapes = (
+        marks.data if hasattr(marks, "shape_type") else [np.asarray(p)[None] for p in marks.data]
+    )
+    out = []
+    for index, vertices in enumerate(shapes):
+        if column is not None and class_name and str(features[column].iloc[index]) != class_name:
+            continue
+        world = np.asarray([marks.data_to_world(v) for v in np.asarray(vertices)])
+        pixels = np.asarray([image.world_to_data(w) for w in world])[:, -2:]
+        point = len(pixels) == 1
+        properties: dict[str, Any] = {}
+        classification = "Mitosis"
+        if decisions is not None:
+            classification = REVIEW_CLASSES.get(decisions[index], REVIEW_CLASSES[""])
+            properties = {REVIEW_KEY: {"decision": decisions[index]}}
+        out.append(
+            Annotation(
+                pixels if not point else pixels[:1],
+                "point" if point else "rectangle",
+                classification,
+                properties=properties,
+            )
+        )
+    return out
+
+
+def slide_path(image: Any) -> Path:
+    path = image.source.path or (image.metadata or {}).get("path")
+    if not path or not Path(path).is_file():
+        raise ValueError(
+            f"{image.name}: training reads the slide from its file; open the slide from a file"
+        )
+    return Path(path)
+
+
+class TrainWidget(Container):
+    """Train and register a detector from an image layer and a layer of figures."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from napari.layers import Image, Points, Shapes
+
+        from napari_mitosis._napari import keep_triton_from_mesa
+
+        keep_triton_from_mesa()
+        self.viewer = viewer
+        self.image = ComboBox(label="slide", choices=self._layers_of(Image))
+        self.marks = ComboBox(
+            label="figures (points/shapes)", choices=self._layers_of((Points, Shapes))
+        )
+        self.class_name = LineEdit(label="only this class (blank: all)", value="")
+        self.recipe = FileEdit(label="recipe (optional)", filter="*.yaml", value="")
+        self.init = ComboBox(label="start from", choices=self._detectors, value=None)
+        self.steps = SpinBox(label="steps", value=300, min=10, max=100_000, step=50)
+        self.eval_every = SpinBox(label="evaluate every", value=50, min=5, max=10_000, step=5)
+        self.crop = SpinBox(label="crop (px)", value=128, min=64, max=1024, step=32)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.model_name = LineEdit(label="register as", value="my-detector")
+        self.found = Label(value="")
+        self.train_button = PushButton(text="Train")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        self.view_button = PushButton(text="Run on the current view", enabled=False)
+        self.status = Label(value="")
+        super().__init__(
+            widgets=[
+                self.image, self.marks, self.class_name, self.recipe, self.init, self.steps,
+                self.eval_every, self.crop, self.device, self.model_name, self.found,
+                self.train_button, self.cancel_button, self.view_button, self.status,
+            ]
+        )  # fmt: skip
+        self._plot()
+        self.history: list[tuple[int, float, float]] = []  # (step, loss, validation F1)
+        self.process: subprocess.Popen[str] | None = None
+        self.registered: str | None = None
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._output: list[str] = []
+        self._work: Path | None = None
+        self._started = 0.0
+        self._cancelled = False
+        self._closed = False
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer()
+        self._timer.setInterval(200)
+        self._timer.timeout.connect(self.poll)
+        self.train_button.changed.connect(lambda *_: self.start())
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        self.view_button.changed.connect(lambda *_: self.run_on_view())
+        for widget in (self.image, self.marks, self.class_name):
+            widget.changed.connect(self._count)
+        viewer.layers.events.inserted.connect(self._refresh)
+        viewer.layers.events.removed.connect(self._refresh)
+        self.native.destroyed.connect(self._on_destroyed)
+        self._count()
+
+    # --- choices ------------------------------------------------------------------------
+    def _layers_of(self, kind: Any) -> Any:
+        return lambda _w: [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+
+    def _detectors(self, _widget: Any = None) -> list[str | None]:
+        from napari_mitosis.models.registry import ModelRegistry
+
+        try:
+            return [None, *ModelRegistry().names("detection")]
+        except ValueError:
+            return [None]
+
+    def _refresh(self, _event: Any = None) -> None:
+        if not self._closed:
+            self.image.reset_choices()
+            self.marks.reset_choices()
+            self.init.reset_choices()
+            self._count()
+
+    def _count(self, *_: Any) -> None:
+        """How many examples the chosen layers give, before anything starts."""
+        if self._closed or self.image.value is None or self.marks.value is None:
+            self.found.value = "choose a slide and a layer of figures"
+            return
+        annotations = layer_annotations(self.image.value, self.marks.value, self.class_name.value)
+        counts: dict[str, int] = {}
+        for a in annotations:
+            counts[a.classification or "Mitosis"] = counts.get(a.classification or "Mitosis", 0) + 1
+        self.found.value = ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "no figures"
+
+    # --- the live plot -------------------------------------------------------------------
+    def _plot(self) -> None:
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 2.2), layout="constrained")
+        self.loss_axes = self.figure.add_subplot()
+        self.f1_axes = self.loss_axes.twinx()
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(180)
+        self.native.layout().addWidget(self.canvas)
+
+    def _draw(self) -> None:
+        steps, losses, f1s = (np.asarray(v, float) for v in zip(*self.history, strict=True))
+        self.loss_axes.clear()
+        self.f1_axes.clear()
+        self.loss_axes.plot(steps, losses, "o-", color="tab:blue", label="training loss")
+        self.f1_axes.plot(steps, f1s, "s-", color="tab:orange", label="validation F1")
+        self.f1_axes.set_ylim(0, 1)
+        self.loss_axes.set_xlabel("step")
+        self.loss_axes.set_ylabel("loss", color="tab:blue")
+        self.f1_axes.set_ylabel("F1", color="tab:orange")
+        self.canvas.draw_idle()
+
+    # --- training -------------------------------------------------------------------------
+    def command(self, slide: Path, annotations: Path, out: Path) -> list[str]:
+        """The ``train-detector`` command the process runs (the CLI, exactly)."""
+        image, marks = self.image.value, self.marks.value
+        notes = f"trained in napari from layer {marks.name!r} on {slide.name}" + (
+            f", starting from {self.init.value}" if self.init.value else ""
+        )
+        command = [
+            sys.executable, "-m", "napari_mitosis", "train-detector", str(slide),
+            "--annotations", str(annotations), "--out", str(out),
+            "--steps", str(self.steps.value), "--eval-every", str(self.eval_every.value),
+            "--crop", str(self.crop.value), "--device", self.device.value, "--notes", notes,
+        ]  # fmt: skip
+        del image
+        if self.recipe.value and str(self.recipe.value) not in ("", "."):
+            command += ["--recipe", str(self.recipe.value)]
+        if self.init.value:
+            command += ["--init", str(self.init.value)]
+        return command
+
+    def start(self) -> None:
+        if self.process is not None:
+            return
+        image, marks = self.image.value, self.marks.value
+        if image is None or marks is None:
+            self.status.value = "choose a slide and a layer of figures"
+            return
+        try:
+            slide = slide_path(image)
+            annotations = layer_annotations(image, marks, self.class_name.value)
+            if len(annotations) < 2:
+                raise ValueError(f"{marks.name}: mark at least 2 mitoses")
+        except ValueError as err:
+            self.status.value = str(err)
+            return
+        self._work = Path(tempfile.mkdtemp(prefix="napari-mitosis-train-"))
+        geojson = write_geojson(self._work / f"{marks.name}.geojson", annotations)
+        self.out = self._work / f"{self.model_name.value or 'detector'}.safetensors"
+        self.history.clear()
+        self._output.clear()
+        self._cancelled = False
+        self.process = subprocess.Popen(
+            self.command(slide, geojson, self.out),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
+        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
+        self._started = time.monotonic()
+        self.train_button.enabled = False
+        self.cancel_button.enabled = True
+        self.view_button.enabled = False
+        self.status.value = "training…"
+        self._timer.start()
+
+    def _read(self, process: subprocess.Popen[str]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            self._lines.put(line.rstrip())
+        self._lines.put(None)
+
+    def poll(self) -> None:
+        """Drain the process's lines into the plot; finish when it has ended."""
+        ended = False
+        new = False
+        while True:
+            try:
+                line = self._lines.get_nowait()
+            except queue.Empty:
+                break
+            if line is None:
+                ended = True
+                break
+            self._output.append(line)
+            match = STEP_LINE.match(line)
+            if match:
+                step, total, loss, f1 = match.groups()
+                self.history.append((int(step), float(loss), float(f1)))
+                self._total = int(total)
+                new = True
+        if new and not self._closed:
+            self._draw()
+        elapsed = time.monotonic() - self._started
+        if self.history and not ended:
+            step = self.history[-1][0]
+            left = elapsed / step * (self._total - step)
+            self.status.value = (
+                f"step {step}/{self._total}: {elapsed:.0f} s, about {left:.0f} s left"
+            )
+        if ended:
+            self._finished(elapsed)
+
+    def _finished(self, elapsed: float) -> None:
+        assert self.process is not None
+        code = self.process.wait()
+        self.process = None
+        self._timer.stop()
+        self.train_button.enabled = True
+        self.cancel_button.enabled = False
+        if self._closed:
+            return
+        from napari_mitosis.io.output_file import stale_partials
+
+        for partial in stale_partials(self.out.parent):  # a save the process was killed in
+            if partial.is_file():
+                partial.unlink()
+        kept = self.out.is_file()
+        if code != 0 and not (self._cancelled and kept):
+            tail = " ".join(self._output[-2:])
+            self.status.value = "cancelled: nothing kept" if self._cancelled else f"failed: {tail}"
+            return
+        try:
+            self.registered = self._register()
+        except ValueError as err:
+            self.status.value = f"trained ({self.out}), not registered: {err}"
+            return
+        what = "cancelled: kept the best model so far" if self._cancelled else "trained"
+        self.status.value = f"{what} in {elapsed:.0f} s, registered as {self.registered}"
+        self.view_button.enabled = True
+
+    def _register(self) -> str:
+        """Into the model registry; then every docked widget lists it."""
+        from napari_mitosis.models.checkpoint import import_model
+        from napari_mitosis.models.registry import ModelRegistry
+
+        registry = ModelRegistry()
+        name = base = self.model_name.value or "detector"
+        number = 2
+        while name in registry.names():
+            name, number = f"{base}-{number}", number + 1
+        import_model(self.out, name=name, registry=registry)
+        for widget in getattr(self.viewer.window, "dock_widgets", {}).values():
+            if hasattr(widget, "reset_choices"):
+                widget.reset_choices()
+        return name
+
+    def cancel(self) -> None:
+        """End the training process; its best checkpoint so far stays (or nothing)."""
+        if self.process is not None:
+            self._cancelled = True
+            self.process.terminate()
+
+    def run_on_view(self) -> Any:
+        """The detection widget, on the registered model and the current view."""
+        _dock, widget = self.viewer.window.add_plugin_dock_widget(
+            "napari-mitosis", "Mitosis detection"
+        )
+        widget.reset_choices()
+        widget.image.value = self.image.value
+        widget.registered.value = self.registered
+        widget.region.value = "current view"
+        widget.run()
+        return widget
+
+    def _on_destroyed(self, *_: Any) -> None:
+        """Closing the viewer ends the training process."""
+        self._closed = True
+        self._timer.stop()
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
