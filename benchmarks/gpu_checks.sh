@@ -35,7 +35,7 @@ run() {  # run NAME COMMAND...: time-limited, logged, never stops the other step
 for step in $steps; do
     case $step in
     tests)
-        run tests "$py" -m pytest -q -p no:cacheprovider -o filterwarnings= tests/test_cuda.py
+        run tests "$py" -m pytest -q -p no:cacheprovider -o filterwarnings= tests/test_cuda.py tests/test_device_tiles.py
         ;;
     engine)
         run engine "$py" benchmarks/bench_classify.py --devices cuda --speed-only \

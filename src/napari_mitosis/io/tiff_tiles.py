@@ -28,6 +28,9 @@ PLAIN_TIFF_VENDORS = frozenset({"aperio", "generic-tiff"})
 DECODED_COMPRESSIONS = frozenset({1, 5, 7, 8, 32946})
 #: Decoded tiles kept per slide (a 4096 px reading strip of 256 px tiles needs ≈10 MiB).
 CACHE_BYTES = 64 * 2**20
+#: An Adobe APP14 segment with transform 0: "these components are RGB, not YCbCr". Aperio
+#: writes RGB JPEG tiles (photometric RGB) that decoders would otherwise take for YCbCr.
+ADOBE_RGB = b"\xff\xee\x00\x0eAdobe\x00\x64\x00\x00\x00\x00\x00"
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,8 @@ class TiledPage:
     byte_counts: tuple[int, ...]
     decode: Any  # tifffile's TiffPage.decode
     jpeg_tables: bytes | None
+    jpeg: bool = False  # compression 7: tiles are JPEG streams (`TiffTiles.jpeg_stream`)
+    rgb_jpeg: bool = False  # JPEG in RGB (photometric 2), not YCbCr
 
 
 def _plain_rgb_tiles(page: Any) -> bool:
@@ -107,13 +112,15 @@ class TiffTiles:
                 tuple(match.databytecounts),
                 match.decode,
                 match.jpegtables,
+                int(match.compression) == 7,
+                int(match.compression) == 7 and int(match.photometric) == 2,
             )
         if not pages:
             tif.close()
             return None
         return cls(Path(path), pages, tif)
 
-    def _tile(self, level: int, index: int, background: np.ndarray) -> np.ndarray:
+    def tile(self, level: int, index: int, background: np.ndarray) -> np.ndarray:
         """A decoded tile from the cache; else decoded here, or awaited from the thread
         already decoding it (reader threads on neighbouring patches want the same tiles)."""
         key = (level, index)
@@ -159,6 +166,25 @@ class TiffTiles:
             tile = segment.reshape(page.tile_height, page.tile_width, 3)
         return tile
 
+    def jpeg_stream(self, level: int, index: int) -> bytes | None:
+        """Tile ``index`` of ``level`` as one complete JPEG stream any decoder takes (nvJPEG
+        through `torchvision.io.decode_jpeg` included), or None when the tile is not JPEG
+        or was never written.
+
+        Abbreviated streams (Aperio's: no tables of their own) get the TIFF's JPEGTables
+        spliced in; RGB-coded tiles get an Adobe marker saying so."""
+        page = self.levels[level]
+        count = page.byte_counts[index]
+        if not page.jpeg or count == 0:
+            return None
+        data = os.pread(self._fd, count, page.offsets[index])
+        if len(data) != count or data[:2] != b"\xff\xd8":
+            raise OSError(f"{self.path}: tile {index} of level {level} is not a whole JPEG")
+        body = data[2:]
+        if page.jpeg_tables:  # SOI + tables + EOI: keep the tables, drop both markers
+            body = page.jpeg_tables[2:-2] + body
+        return b"\xff\xd8" + (ADOBE_RGB if page.rgb_jpeg else b"") + body
+
     def read(
         self, level: int, y0: int, y1: int, x0: int, x1: int, background: np.ndarray
     ) -> np.ndarray:
@@ -170,7 +196,7 @@ class TiffTiles:
             top, bottom = max(y0, ty * th), min(y1, (ty + 1) * th)
             for tx in range(x0 // tw, (x1 - 1) // tw + 1):
                 left, right = max(x0, tx * tw), min(x1, (tx + 1) * tw)
-                tile = self._tile(level, ty * page.tiles_across + tx, background)
+                tile = self.tile(level, ty * page.tiles_across + tx, background)
                 out[top - y0 : bottom - y0, left - x0 : right - x0] = tile[
                     top - ty * th : bottom - ty * th, left - tx * tw : right - tx * tw
                 ]

@@ -1,0 +1,103 @@
+"""Patches decoded and assembled on the model's device (the GPU path's own code, run here
+on the CPU through torchvision's CPU `decode_jpeg`, and under CUDA when present): Aperio's
+abbreviated RGB JPEG tiles and YCbCr pyramids decode to the CPU decoder's pixels (±2),
+patches across tile borders and past the level's edge equal the CPU reads, resizing is the
+CPU engines' own, and non-JPEG tiles fall back to the CPU decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_mitosis.engine.device_tiles import DeviceTileReader, decode_jpeg_streams
+from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
+from napari_mitosis.io.tiff_tiles import TiffTiles
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+WHITE = np.array([255, 255, 255], np.uint8)
+
+
+def tiles_of(path: Path) -> TiffTiles:
+    import openslide
+
+    with openslide.OpenSlide(str(path)) as slide:
+        vendor = slide.properties.get("openslide.vendor", "generic-tiff")
+        dimensions = list(slide.level_dimensions)
+    opened = TiffTiles.open(path, vendor, dimensions)
+    assert opened is not None
+    return opened
+
+
+@pytest.fixture(scope="module")
+def slides(cmu_small: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, TiffTiles]:
+    from napari_mitosis.samples.synthetic import synthetic_slide
+
+    folder = tmp_path_factory.mktemp("device-tiles")
+    rgb, _ = synthetic_slide(700, 900, seed=3)
+    ycbcr = write_pyramid_tiff(folder / "jpeg.tif", rgb, mpp=(0.25, 0.25), compression="jpeg")
+    deflate = write_pyramid_tiff(folder / "zlib.tif", rgb, mpp=(0.25, 0.25), compression="zlib")
+    opened = {"aperio": tiles_of(cmu_small), "ycbcr": tiles_of(ycbcr), "deflate": tiles_of(deflate)}
+    yield opened
+    for tiles in opened.values():
+        tiles.close()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["aperio", "ycbcr"])
+def test_jpeg_tiles_decode_on_the_device_as_on_the_cpu(slides, kind: str, device: str) -> None:
+    tiles = slides[kind]
+    for level, page in tiles.levels.items():
+        indices = [i for i, n in enumerate(page.byte_counts) if n][:40]
+        streams = [tiles.jpeg_stream(level, i) for i in indices]
+        decoded = decode_jpeg_streams(streams, device)
+        for index, tile in zip(indices, decoded, strict=True):
+            cpu = tiles.tile(level, index, WHITE).astype(int)
+            ours = tile.permute(1, 2, 0).cpu().numpy().astype(int)
+            assert ours.shape == cpu.shape
+            assert np.abs(ours - cpu).max() <= 2, (kind, level, index)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["aperio", "ycbcr", "deflate"])
+def test_patches_across_tile_borders_and_edges_equal_the_cpu_reads(
+    slides, kind: str, device: str
+) -> None:
+    tiles = slides[kind]
+    reader = DeviceTileReader(tiles, 0, device)
+    page = tiles.levels[0]
+    size = (299, 299)
+    origins = np.array(
+        [[0, 0], [page.tile_height - 100, page.tile_width - 50], [37, 211],
+         [page.height - 150, page.width - 120], [-40, -60]]  # the last two leave the level
+    )  # fmt: skip
+    batch = reader.patches(origins, size)
+    assert batch.shape == (len(origins), 3, *size) and batch.device.type == device
+    for (y, x), patch in zip(origins, batch, strict=True):
+        expected = np.empty((*size, 3), np.uint8)
+        expected[:] = WHITE
+        y0, x0 = max(y, 0), max(x, 0)
+        y1, x1 = min(y + size[0], page.height), min(x + size[1], page.width)
+        expected[y0 - y : y1 - y, x0 - x : x1 - x] = tiles.read(0, y0, y1, x0, x1, WHITE)
+        ours = patch.permute(1, 2, 0).cpu().numpy().astype(int)
+        tolerance = 0 if device == "cpu" or kind == "deflate" else 2
+        assert np.abs(ours - expected.astype(int)).max() <= tolerance, (kind, y, x)
+    if kind == "deflate":
+        assert reader.decoded_on_device == 0  # not JPEG: the CPU decoder, moved over
+    else:
+        assert reader.decoded_on_device > 0
+    resized = reader.patches(origins[:2], size, out_size=(224, 224))
+    cpu = F.interpolate(
+        batch[:2].cpu().float(), size=(224, 224), mode="bilinear", antialias=True
+    ).round()
+    assert torch.equal(resized.cpu().float(), cpu.clamp(0, 255))
+
+
+def test_a_level_our_decoder_does_not_read_is_refused(slides) -> None:
+    tiles = slides["aperio"]
+    missing = max(tiles.levels) + 5
+    with pytest.raises(ValueError, match=f"level {missing} is not one our decoder reads"):
+        DeviceTileReader(tiles, missing)
