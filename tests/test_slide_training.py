@@ -101,3 +101,60 @@ def test_train_detector_on_a_slide_finds_the_held_out_region(
     assert trained >= 0.6, trained
     # the bar an untrained detector fails (on two fields: its many boxes are slow to score)
     assert held_out_f1(None, slide, points, fields=2) < 0.3
+
+
+@pytest.fixture(scope="module")
+def outlined_slide(tmp_path_factory: pytest.TempPathFactory):
+    """A synthetic slide with its figures as GeoJSON outlines and as a labels TIFF."""
+    from skimage.measure import find_contours, label
+
+    from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
+
+    folder = tmp_path_factory.mktemp("outlined")
+    slide = folder / "case.tif"
+    truth = write_synthetic_slide(slide, 2048, 3072, n_mitoses=30, seed=12)
+    figures = label(truth.mitosis_mask)
+    outlines = []
+    for index in range(1, figures.max() + 1):
+        (contour,) = find_contours(np.pad(figures == index, 1).astype(float), 0.5)[:1]
+        outlines.append(Annotation(contour - 1, "polygon", "Mitosis"))
+    geojson = write_geojson(folder / "case.outlines.geojson", outlines)
+    labels = write_pyramid_tiff(
+        folder / "case.labels.tif", truth.mitosis_mask.astype(np.uint8), layer_type="labels"
+    )
+    return slide, geojson, labels, truth
+
+
+def test_unet_pairs_from_outlines_or_labels_are_the_figures_split_by_region(
+    outlined_slide, tmp_path: Path, capsys
+) -> None:
+    from napari_mitosis.segmentation.slide_masks import slide_pairs
+    from napari_mitosis.segmentation.training import dice_score
+
+    slide, geojson, labels, truth = outlined_slide
+    from_labels = slide_pairs(slide, labels)
+    from_outlines = slide_pairs(slide, geojson)
+    assert from_outlines.description == from_labels.description
+    assert "split by region" in from_labels.description and from_labels.validation
+    for a, b in zip(from_labels.train, from_outlines.train, strict=True):
+        np.testing.assert_array_equal(a[0], b[0])  # the same fields
+        assert a[1].any() == b[1].any()
+        if a[1].any():
+            assert dice_score(a[1], b[1]) > 0.8  # outlines drawn back ≈ the painted figures
+    painted = sum(int(m.sum()) for _, m in from_labels.train + from_labels.validation)
+    assert painted <= int(truth.mitosis_mask.sum()) and painted > 0.8 * truth.mitosis_mask.sum()
+    points = tmp_path / "points.geojson"
+    write_geojson(points, [Annotation(truth.mitoses[:1], "point", "Mitosis")] * 2)
+    with pytest.raises(ValueError, match="is a point; the U-Net trains on outlines"):
+        slide_pairs(slide, points)
+    out = tmp_path / "unet.safetensors"
+    code = main(
+        [
+            "train-unet", str(slide), "--annotations", str(labels), "--out", str(out),
+            "--crop", "64", "--steps", "4", "--eval-every", "2", "--base-width", "8",
+            "--depth", "3", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert code == 0 and "split by region" in capsys.readouterr().out
+    _, card = load_checkpoint(out, task="segmentation")
+    assert card.notes.startswith("slide case.tif, annotations case.labels.tif (")

@@ -61,15 +61,39 @@ def _train_unet(args: argparse.Namespace) -> int:
     from napari_mitosis.io.mitosis_datasets import icpr2012_pairs
     from napari_mitosis.segmentation.training import UNetTraining, train_unet
 
-    pairs = icpr2012_pairs(args.data)
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(len(pairs))
-    n_val = max(1, round(len(pairs) * args.val_fraction))
-    if len(pairs) < 2:
-        raise ValueError(f"{args.data}: need at least 2 annotated images (train + validation)")
-    val = [(pairs[i][0].image, pairs[i][1] > 0) for i in order[:n_val]]
-    train = [(pairs[i][0].image, pairs[i][1] > 0) for i in order[n_val:]]
-    mpp = pairs[0][0].mpp[1] if pairs[0][0].mpp else args.mpp
+    notes = ""
+    if args.data.is_file():  # a slide, with its figures' outlines in --annotations
+        from napari_mitosis.segmentation.slide_masks import slide_pairs
+
+        if args.annotations is None or not args.annotations.is_file():
+            raise ValueError(
+                f"{args.data}: a slide trains with --annotations (a GeoJSON of mitosis "
+                "outlines, or a labels TIFF of the slide's size)"
+            )
+        found = slide_pairs(
+            args.data,
+            args.annotations,
+            field=max(4 * args.crop, 512),
+            val_fraction=args.val_fraction,
+            seed=args.seed,
+            mpp=args.mpp,
+        )
+        train, val, mpp = found.train, found.validation, found.mpp or args.mpp
+        notes = (
+            f"slide {args.data.name}, annotations {args.annotations.name} "
+            f"({found.figures} figures; {found.description})"
+        )
+        print(f"{len(train)} training and {len(val)} validation fields ({found.description})")
+    else:
+        pairs = icpr2012_pairs(args.data)
+        rng = np.random.default_rng(args.seed)
+        order = rng.permutation(len(pairs))
+        n_val = max(1, round(len(pairs) * args.val_fraction))
+        if len(pairs) < 2:
+            raise ValueError(f"{args.data}: need at least 2 annotated images (train + validation)")
+        val = [(pairs[i][0].image, pairs[i][1] > 0) for i in order[:n_val]]
+        train = [(pairs[i][0].image, pairs[i][1] > 0) for i in order[n_val:]]
+        mpp = pairs[0][0].mpp[1] if pairs[0][0].mpp else args.mpp
     config = UNetTraining(
         crop=args.crop,
         batch_size=args.batch_size,
@@ -87,6 +111,7 @@ def _train_unet(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
         learning_rate=args.lr,
+        notes=notes,
         **stain_options(args),
     )
     report = train_unet(
@@ -174,7 +199,16 @@ def register(command: CommandAdder) -> None:
     c12.set_defaults(run=_convert_icpr2012)
 
     tr = command("train-unet", "train the mitosis U-Net on ICPR 2012-style data")
-    tr.add_argument("data", type=Path, help="images with ICPR 2012 .csv annotations beside them")
+    tr.add_argument(
+        "data",
+        type=Path,
+        help="images with ICPR 2012 .csv annotations beside them, or a slide (--annotations)",
+    )
+    tr.add_argument(
+        "--annotations",
+        type=Path,
+        help="for a slide: a GeoJSON of mitosis outlines (level-0 px) or a labels TIFF",
+    )
     tr.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
     add_steps(tr, crop=128)
     tr.add_argument(

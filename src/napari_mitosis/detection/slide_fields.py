@@ -1,10 +1,9 @@
 """Detector training data from annotations on a whole slide (QuPath GeoJSON points or
 boxes, or a reviewed GeoJSON), held out by region.
 
-The slide is cut into square fields on a grid. The validation region is the bottom rows
-or the right-most columns of the grid (whichever holds nearer ``val_fraction`` of the
-figures); training fields come only from the rest, so no training crop overlaps a
-validation field.
+The slide is cut into square fields on a grid and a band of them is held out
+(`engine.region_split`): training fields come only from the rest, so no training crop
+overlaps a validation field.
 
 - Training: every field holding a figure, and about as many tissue fields without one
   (negatives), each with its boxes and the rejected look-alikes inside it (hard negatives).
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_mitosis.engine.region_split import field_has_tissue, region_split
 from napari_mitosis.engine.tissue import slide_tissue_mask
 from napari_mitosis.io.formats import open_slide
 from napari_mitosis.io.geojson import read_geojson
@@ -79,25 +79,6 @@ def _inside(boxes: np.ndarray, y: int, x: int, size: int) -> np.ndarray:
     return boxes[keep] - [x, y, x, y]
 
 
-def _held_out_band(
-    cells: np.ndarray, grid: tuple[int, int], val_fraction: float, what: str | Path
-) -> tuple[int, int]:
-    """(axis, first held-out row or column): the bottom rows or right columns whose share
-    of the figures is nearest ``val_fraction``, with figures left on both sides."""
-    best: tuple[float, int, int] | None = None
-    for axis in (0, 1):
-        for cut in range(1, grid[axis]):
-            share = float(np.mean(cells[:, axis] >= cut))
-            if 0 < share < 1 and (best is None or abs(share - val_fraction) < best[0]):
-                best = (abs(share - val_fraction), axis, cut)
-    if best is None:
-        raise ValueError(
-            f"{what}: cannot hold out a region with figures on both sides (all "
-            f"{len(cells)} figures lie in one row and column of fields)"
-        )
-    return best[1], best[2]
-
-
 def slide_fields(
     slide_path: str | Path,
     annotations: str | Path,
@@ -109,8 +90,6 @@ def slide_fields(
     mpp: float | None = None,
 ) -> SlideFields:
     """Fields of ``field`` level-0 px from a slide and its annotations, split by region."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     rng = np.random.default_rng(seed)
     with open_slide(slide_path, mpp=mpp) as slide:
         height, width = slide.levels[0].shape[:2]
@@ -118,19 +97,11 @@ def slide_fields(
         boxes, negatives = slide_mitoses(annotations, (height, width), size, box_um)
         if len(boxes) < 2:
             raise ValueError(f"{annotations}: need at least 2 mitoses (train + validation)")
-        tissue = slide_tissue_mask(slide)
-        field = min(field, height, width)
-        rows, cols = height // field, width // field
         centres = np.c_[(boxes[:, 1] + boxes[:, 3]) / 2, (boxes[:, 0] + boxes[:, 2]) / 2]
-        cells = np.minimum(centres // field, [rows - 1, cols - 1]).astype(int)
-        axis, cut = _held_out_band(cells, (rows, cols), val_fraction, annotations)
-        held = cells[:, axis] >= cut
-
-        def has_tissue(r: int, c: int) -> bool:
-            ds = tissue.downsample
-            y0, x0 = int(r * field / ds[0]), int(c * field / ds[1])
-            y1, x1 = int((r + 1) * field / ds[0]) + 1, int((c + 1) * field / ds[1]) + 1
-            return bool(tissue.mask[y0:y1, x0:x1].mean() > 0.3) if tissue.mask.size else False
+        split = region_split(centres, (height, width), field, val_fraction, annotations)
+        held = split.held_out(*split.cells(centres).T)
+        tissue = slide_tissue_mask(slide)
+        field = split.field
 
         def read(r: int, c: int) -> np.ndarray:
             return np.asarray(slide.read_region(0, r * field, c * field, field, field))[..., :3]
@@ -139,12 +110,12 @@ def slide_fields(
         validation: list[ValidationField] = []
         for validating in (False, True):
             with_figures, empty = [], []
-            for r, c in np.ndindex(rows, cols):
-                if ((r, c)[axis] >= cut) != validating:
+            for r, c in np.ndindex(split.rows, split.cols):
+                if split.held_out(r, c) != validating:
                     continue
                 found = _inside(boxes, r * field, c * field, field)
                 (with_figures if len(found) else empty).append((r, c, found))
-            empty = [e for e in empty if has_tissue(e[0], e[1])]
+            empty = [e for e in empty if field_has_tissue(tissue, e[0], e[1], field)]
             picked = rng.permutation(len(empty))[: max(len(with_figures), 1)]
             for r, c, found in with_figures + [empty[i] for i in picked]:
                 image = read(r, c)
@@ -157,12 +128,7 @@ def slide_fields(
                     near = negatives - [r * field, c * field]
                     near = near[((near >= 0) & (near < field)).all(axis=1)]
                     train.append((image, found, near))
-    side = ("bottom", "rows") if axis == 0 else ("right", "columns")
-    description = (
-        f"split by region: {int(held.sum())} of {len(boxes)} figures held out in the "
-        f"{side[0]}-most {(rows, cols)[axis] - cut} of {(rows, cols)[axis]} {side[1]} of "
-        f"{field} px fields"
-    )
+    description = split.describe(int(held.sum()), len(boxes))
     return SlideFields(train, validation, size, len(boxes), int(held.sum()), description)
 
 
