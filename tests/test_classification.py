@@ -512,7 +512,7 @@ def test_heatmap_layers_end_where_the_slide_ends(
     from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
 
     card = ModelCard(
-        "small_cnn", {"outputs": 1, "width": 4}, task="classification", input_size=64, mpp=1.0
+        "small_cnn", {"outputs": 1, "width": 4}, task="classification", input_size=64, mpp=2.0
     )
     path = save_checkpoint(tmp_path / "m.safetensors", build_model(card), card)
     viewer = make_napari_viewer()
