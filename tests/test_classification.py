@@ -506,13 +506,13 @@ def test_class_folders_say_which_classes_are_there_and_which_are_not(tmp_path: P
 def test_heatmap_layers_end_where_the_slide_ends(
     make_napari_viewer, qtbot, cmu_small, tmp_path
 ) -> None:
-    """CMU-1-Small-Region is 2967 px tall: its last row of 64 px cells reaches past the
-    bottom; the heatmap and mask layers still cover exactly the slide's extent."""
+    """CMU-1-Small-Region is 2967 × 2220 px: its last row and column of 32 px cells reach
+    past the edges; the heatmap and mask layers still cover exactly the slide's extent."""
     from napari_mitosis._napari.classification_widget import ClassificationWidget
     from napari_mitosis.models.checkpoint import ModelCard, build_model, save_checkpoint
 
     card = ModelCard(
-        "small_cnn", {"outputs": 1, "width": 4}, task="classification", input_size=64, mpp=2.0
+        "small_cnn", {"outputs": 1, "width": 4}, task="classification", input_size=64, mpp=0.5
     )
     path = save_checkpoint(tmp_path / "m.safetensors", build_model(card), card)
     viewer = make_napari_viewer()

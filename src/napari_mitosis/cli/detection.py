@@ -21,6 +21,8 @@ from napari_mitosis.cli.options import (
     add_tiling,
     add_training,
     parse_region,
+    slide_provenance,
+    slide_split_options,
     stain_options,
 )
 from napari_mitosis.io.output_file import refuse_existing
@@ -78,23 +80,12 @@ def _slide_training_fields(args: argparse.Namespace) -> tuple[list, list, float,
     """Fields of a slide around its annotated figures, held out by region."""
     from napari_mitosis.detection.slide_fields import slide_fields
 
-    if args.annotations is None or not args.annotations.is_file():
-        raise ValueError(
-            f"{args.images}: a slide trains with --annotations FILE.geojson (QuPath points or "
-            "boxes, or a reviewed GeoJSON)"
-        )
-    fields = slide_fields(
-        args.images,
-        args.annotations,
-        field=max(4 * args.crop, 512),
-        val_fraction=args.val_fraction,
-        box_um=args.box_um,
-        seed=args.seed,
-        mpp=args.mpp,
+    options = slide_split_options(
+        args.images, args, "a GeoJSON of QuPath points or boxes, or a reviewed GeoJSON"
     )
-    provenance = (
-        f"slide {args.images.name}, annotations {args.annotations.name} "
-        f"({fields.positives} figures; {fields.description})"
+    fields = slide_fields(args.images, args.annotations, box_um=args.box_um, **options)
+    provenance = slide_provenance(
+        args.images, args.annotations, fields.positives, fields.description
     )
     return (
         fields.train,

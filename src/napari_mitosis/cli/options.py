@@ -190,3 +190,22 @@ def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
     if len(values) != 4:
         raise ValueError(f"--region takes y0,x0,y1,x1 in level-0 pixels, got {text!r}")
     return values[0], values[1], values[2], values[3]
+
+
+def slide_split_options(slide: Path, args: argparse.Namespace, expects: str) -> dict[str, Any]:
+    """What training from one slide needs of the command line (`engine.region_split`):
+    its ``--annotations`` file (an error saying ``expects`` when missing), fields of
+    4 × ``--crop`` px (at least 512), the validation share, seed and µm/px."""
+    if args.annotations is None or not args.annotations.is_file():
+        raise ValueError(f"{slide}: a slide trains with --annotations ({expects})")
+    return {
+        "field": max(4 * args.crop, 512),
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "mpp": args.mpp,
+    }
+
+
+def slide_provenance(slide: Path, annotations: Path, figures: int, split: str) -> str:
+    """The card's note on where a slide-trained model's examples came from."""
+    return f"slide {slide.name}, annotations {annotations.name} ({figures} figures; {split})"

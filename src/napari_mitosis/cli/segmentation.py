@@ -19,6 +19,8 @@ from napari_mitosis.cli.options import (
     add_tiling,
     add_training,
     parse_region,
+    slide_provenance,
+    slide_split_options,
     stain_options,
 )
 from napari_mitosis.io.output_file import atomic_output, refuse_existing
@@ -65,24 +67,12 @@ def _train_unet(args: argparse.Namespace) -> int:
     if args.data.is_file():  # a slide, with its figures' outlines in --annotations
         from napari_mitosis.segmentation.slide_masks import slide_pairs
 
-        if args.annotations is None or not args.annotations.is_file():
-            raise ValueError(
-                f"{args.data}: a slide trains with --annotations (a GeoJSON of mitosis "
-                "outlines, or a labels TIFF of the slide's size)"
-            )
-        found = slide_pairs(
-            args.data,
-            args.annotations,
-            field=max(4 * args.crop, 512),
-            val_fraction=args.val_fraction,
-            seed=args.seed,
-            mpp=args.mpp,
+        options = slide_split_options(
+            args.data, args, "a GeoJSON of mitosis outlines, or a labels TIFF of the slide's size"
         )
+        found = slide_pairs(args.data, args.annotations, **options)
         train, val, mpp = found.train, found.validation, found.mpp or args.mpp
-        notes = (
-            f"slide {args.data.name}, annotations {args.annotations.name} "
-            f"({found.figures} figures; {found.description})"
-        )
+        notes = slide_provenance(args.data, args.annotations, found.figures, found.description)
         print(f"{len(train)} training and {len(val)} validation fields ({found.description})")
     else:
         pairs = icpr2012_pairs(args.data)

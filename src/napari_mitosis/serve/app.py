@@ -237,7 +237,8 @@ def create_app(
         """Class probabilities (summing to 1) of whole small images or patches."""
         served = pick(model, "classification")
         pixels = [read_image(u, await u.read()) for u in image]
-        assert served.batcher is not None
+        if served.batcher is None:  # a classifier is always loaded with one
+            raise HTTPException(500, f"{served.name}: no batcher")
         scores = await served.batcher(pixels)
         card = served.card
         results = []
