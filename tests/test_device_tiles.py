@@ -101,3 +101,30 @@ def test_a_level_our_decoder_does_not_read_is_refused(slides) -> None:
     missing = max(tiles.levels) + 5
     with pytest.raises(ValueError, match=f"level {missing} is not one our decoder reads"):
         DeviceTileReader(tiles, missing)
+
+
+def test_a_heatmap_from_device_tiles_equals_the_cpu_heatmap(cmu_small: Path, tmp_path) -> None:
+    """The whole classifier run fed from `DeviceTileReader` (here libjpeg-turbo through
+    torchvision; nvJPEG on a GPU) gives the CPU path's heatmap within 1e-4 (float32)."""
+    from napari_mitosis.classification.predictor import ClassifierPredictor
+    from napari_mitosis.classification.run import ClassificationRun, classify_slide
+    from napari_mitosis.io.formats import open_slide
+    from napari_mitosis.models.card import ModelCard, build_model
+
+    torch.manual_seed(0)
+    card = ModelCard(
+        "small_cnn", {"outputs": 1, "width": 8}, task="classification", input_size=48, mpp=0.6
+    )
+    predictor = ClassifierPredictor(build_model(card), card, "cpu")
+    options = {"tissue_only": False, "device": "cpu"}
+    cpu = classify_slide(cmu_small, predictor, **options)
+    ours = classify_slide(cmu_small, predictor, device_tiles=True, **options)
+    assert cpu.heatmap.shape == ours.heatmap.shape
+    np.testing.assert_allclose(np.asarray(ours.heatmap), np.asarray(cpu.heatmap), atol=1e-4)
+    slide = open_slide(cmu_small)
+    run = ClassificationRun(slide.sources[0], predictor, device_tiles=True)
+    assert run.read_batch is not None  # the device path was taken, not the CPU reads
+    wsinfer_like = ModelCard("small_cnn", {"outputs": 1, "width": 8}, task="classification",
+                             input_size=48, mpp=0.6, resize="pil-bilinear")  # fmt: skip
+    pil = ClassifierPredictor(build_model(wsinfer_like), wsinfer_like, "cpu")
+    assert ClassificationRun(slide.sources[0], pil, device_tiles=True).read_batch is None

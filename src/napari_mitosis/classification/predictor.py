@@ -66,7 +66,12 @@ class ClassifierPredictor:
         self.luma = torch.tensor(LUMA, device=self.device).view(1, 3, 1, 1)
         self.normalise = card_normaliser(card)
 
-    def prepare(self, tiles: np.ndarray) -> torch.Tensor:
+    def prepare(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Model input from (n, h, w, c) uint8 patches, or (n, c, h, w) uint8 tensors
+        already on the device (`engine.device_tiles`)."""
+        if isinstance(tiles, torch.Tensor):
+            x = tiles.to(self.device).float().div_(255.0)
+            return self._resized_and_normalised(x)
         if self.normalise is not None:
             tiles = self.normalise(np.asarray(tiles))
         size = self.card.input_size
@@ -80,6 +85,10 @@ class ClassifierPredictor:
             x = torch.cat([(g * self.luma).sum(1, keepdim=True) for g in x.split(3, dim=1)], 1)
         elif self.in_channels == 3 and x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
+        return self._resized_and_normalised(x)
+
+    def _resized_and_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        size = self.card.input_size
         if x.shape[-2:] != (size, size):
             x = torch.nn.functional.interpolate(
                 x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
@@ -102,7 +111,7 @@ class ClassifierPredictor:
         return logits[:, None] if logits.ndim == 1 else logits
 
     @torch.inference_mode()
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
+    def __call__(self, tiles: np.ndarray | torch.Tensor) -> np.ndarray:
         x = channels_last(self.prepare(tiles))
         views = dihedral_views(x) if self.tta else [x]
         total = None

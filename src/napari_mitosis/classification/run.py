@@ -74,6 +74,7 @@ class ClassificationRun(TiledRun):
         context_source: Any = None,
         context_scale: float = 1.0,
         out: Any = None,
+        device_tiles: bool = False,
     ) -> None:
         card = predictor.card
         outputs = predictor.outputs()
@@ -129,6 +130,37 @@ class ClassificationRun(TiledRun):
             context_scale=context_scale,
             fill=0 if card.patching == "wsinfer" else 255,
         )
+        if device_tiles:
+            self.read_batch = self._device_batches(source, stride)
+
+    def _device_batches(self, source: Any, cell: int) -> Any:
+        """Batches decoded and cut on the model's device (`engine.device_tiles`) where the
+        level is a TIFF we decode and the model takes plain RGB patches; else None (the
+        CPU reads, which also do context patches, stain normalisation and Pillow resizing)."""
+        predictor, card = self.predictor, self.predictor.card
+        handle = getattr(source, "handle", None)
+        tiles = handle.tiles(source.level) if hasattr(handle, "tiles") else None
+        plain = not card.context and card.resize == "bilinear" and predictor.in_channels == 3
+        if tiles is None or not plain or predictor.normalise is not None:
+            return None
+        from napari_mitosis.engine.device_tiles import DeviceTileReader
+
+        fill = self.read.fill
+        reader = DeviceTileReader(
+            tiles,
+            source.level,
+            predictor.device,
+            background=(fill,) * 3,
+            unwritten=getattr(handle, "_background", (fill,) * 3),
+        )
+        half = self.patch / 2
+
+        def read_batch(chunk: np.ndarray) -> Any:
+            centres = np.asarray(chunk, float) + cell / 2
+            origins = np.round(centres - half).astype(int)  # as `PatchReader` rounds
+            return reader.patches(origins, (self.patch, self.patch))
+
+        return read_batch
 
     @property
     def read_px(self) -> int:
@@ -196,6 +228,7 @@ def classify_slide(
     mpp: float | None = None,
     progress: Progress | None = None,
     should_stop: Callable[[], bool] | None = None,
+    device_tiles: bool = False,
 ) -> HeatmapResult:
     """Tumour heatmap and mask of a slide at the level matching the model's µm/pixel.
 
@@ -204,7 +237,8 @@ def classify_slide(
     A loaded `ClassifierPredictor` may stand for the checkpoint (cohort workers load
     each model once); ``progress(done, total)`` counts patches. ``amp=False``: float32
     on CUDA too (slower; the CPU's heatmap within 1e-4). ``mpp`` is the image's µm/pixel
-    when the file does not say.
+    when the file does not say. ``device_tiles``: decode JPEG tiles and cut patches on the
+    model's device (nvJPEG on a GPU) where the slide allows (`engine.device_tiles`).
     """
     if isinstance(checkpoint, ClassifierPredictor):
         predictor = checkpoint
@@ -227,6 +261,7 @@ def classify_slide(
             context_source=context_source,
             context_scale=context_scale,
             out=out,
+            device_tiles=device_tiles,
             **where,
         )
     except ValueError as err:  # the run knows the arrays; the file is known here

@@ -43,6 +43,7 @@ def _classify(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         tta=args.tta,
         amp=not args.no_amp,
+        device_tiles=args.device_tiles,
         batch_size=args.batch_size,
         mpp=args.mpp,
     )
@@ -116,6 +117,12 @@ def register(command: CommandAdder) -> None:
         "--no-amp",
         action="store_true",
         help="float32 on CUDA too (slower; the CPU's heatmap within 1e-4, no float16 rounding)",
+    )
+    cl.add_argument(
+        "--device-tiles",
+        action="store_true",
+        help="decode JPEG tiles and cut patches on the model's device (nvJPEG on a GPU) "
+        "where the slide is a TIFF we decode; other slides read as usual",
     )
     add_overwrite(cl)
     cl.set_defaults(run=_classify)

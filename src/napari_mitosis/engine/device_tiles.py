@@ -15,6 +15,7 @@ well-kept path.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,7 +41,8 @@ class DeviceTileReader:
 
     Decoded tiles are kept for the reader's life up to ``cache_tiles`` (neighbouring
     batches share tiles); ``background`` fills what lies outside the level, as the CPU
-    reads do."""
+    reads do, and ``unwritten`` (default: ``background``) the tiles a scanner never wrote.
+    Thread-safe: reader threads take turns (one batch decodes at a time)."""
 
     def __init__(
         self,
@@ -49,6 +51,7 @@ class DeviceTileReader:
         device: str | torch.device = "cpu",
         *,
         background: Sequence[int] = (255, 255, 255),
+        unwritten: Sequence[int] | None = None,
         cache_tiles: int = 4096,
     ) -> None:
         if level not in tiles.levels:
@@ -56,7 +59,9 @@ class DeviceTileReader:
         self.tiles, self.level, self.device = tiles, level, torch.device(device)
         self.page = tiles.levels[level]
         self.background = np.asarray(background, np.uint8)
+        self.unwritten = self.background if unwritten is None else np.asarray(unwritten, np.uint8)
         self.cache_tiles = cache_tiles
+        self._lock = threading.Lock()
         self._cache: dict[int, torch.Tensor] = {}
         self.decoded_on_device = 0  # tiles decoded by decode_jpeg (for tests and benchmarks)
 
@@ -82,7 +87,7 @@ class DeviceTileReader:
         for index in missing:
             stream = self.tiles.jpeg_stream(self.level, index)
             if stream is None:  # not JPEG, or a tile never written: the CPU decoder
-                tile = self.tiles.tile(self.level, index, self.background)
+                tile = self.tiles.tile(self.level, index, self.unwritten)
                 self._cache[index] = (
                     torch.from_numpy(np.array(tile)).permute(2, 0, 1).to(self.device)
                 )
@@ -122,8 +127,9 @@ class DeviceTileReader:
         needed: set[int] = set()
         for y0, x0 in origins:
             needed.update(self._tile_indices(int(y0), int(y0) + height, int(x0), int(x0) + width))
-        self._load(needed)
-        batch = torch.stack([self._patch(int(y), int(x), height, width) for y, x in origins])
+        with self._lock:
+            self._load(needed)
+            batch = torch.stack([self._patch(int(y), int(x), height, width) for y, x in origins])
         if out_size is None or tuple(out_size) == (height, width):
             return batch
         resized = F.interpolate(

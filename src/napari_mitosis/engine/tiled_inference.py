@@ -107,12 +107,15 @@ def iter_tiled(
     batch_size: int = 8,
     read: TileReader | None = None,
     readers: int = 1,
+    read_batch: Callable[[np.ndarray], Any] | None = None,
 ) -> Iterator[tuple[int, int]]:
     """Run ``predict`` over the grid (or the given ``origins``, e.g. tissue tiles only),
     yielding ``(tiles done, total)`` after each batch.
 
     ``read(y, x)`` gives the model input for the tile at that origin (default: the tile
-    itself; classifiers read a larger patch, or a patch and its context, around it).
+    itself; classifiers read a larger patch, or a patch and its context, around it);
+    ``read_batch(origins)`` instead gives a whole batch at once (patches decoded and cut on
+    the model's device: `engine.device_tiles`).
 
     ``readers`` threads read the next batches while the model works on this one, each
     thread a whole batch (``readers`` + 1 batches ahead, merged in order). A batch per
@@ -129,14 +132,16 @@ def iter_tiled(
     ahead: deque[tuple[np.ndarray, Future[np.ndarray]]] = deque()
     pool = ThreadPoolExecutor(max(1, readers), thread_name_prefix="tile-reader")
 
-    def read_batch(chunk: np.ndarray) -> np.ndarray:
+    def stacked(chunk: np.ndarray) -> np.ndarray:
         return np.stack([read(int(y), int(x)) for y, x in chunk])
+
+    read_chunk = read_batch or stacked
 
     def read_ahead() -> None:
         start = next(starts, None)
         if start is not None:
             chunk = origins[start : start + batch_size]
-            ahead.append((chunk, pool.submit(read_batch, chunk)))
+            ahead.append((chunk, pool.submit(read_chunk, chunk)))
 
     try:
         for _ in range(max(1, readers) + 1):
@@ -198,6 +203,7 @@ class TiledRun:
     tissue: TissueMask | None = None
     read: TileReader | None = None  # model input at a tile origin (default: the tile)
     readers: int | None = None  # tile-reading threads (default: `default_readers`)
+    read_batch: Callable[[np.ndarray], Any] | None = None  # a batch's input at once
 
     def restrict_to_tissue(
         self, tissue: TissueMask, min_fraction: float = 0.05, *, source: Any = None
@@ -246,6 +252,7 @@ class TiledRun:
             read=self.read,
             readers=self.readers
             or default_readers(getattr(self.predictor, "device", "cpu"), self.read_px),
+            read_batch=self.read_batch,
         )
 
     def run(
