@@ -4,21 +4,19 @@ or shapes layer of figures (marked by hand, or a review's decisions).
 The widget only converts layers to files — the slide's path and a QuPath GeoJSON in
 level-0 pixels — and runs ``napari-mitosis train-detector`` on them in its own process, so
 the viewer stays responsive, a crash cannot take napari down, and the result is exactly the
-command line's for the same data and seed. The process's progress lines drive a live plot
-of training loss and validation F1, the elapsed time and an estimate of what is left.
-Cancel ends the process; the best checkpoint so far (each is written atomically) is kept,
+command line's for the same data and seed. The process's progress lines, followed by a
+napari ``thread_worker``, drive a live plot of training loss and validation F1, the elapsed
+time and an estimate of what is left. Cancel ends the process; the best checkpoint so far (each is written atomically) is kept,
 or nothing. At the end the model is registered in the local model registry, every docked
 widget's model list is refreshed, and "Run on the current view" shows what it learnt.
 """
 
 from __future__ import annotations
 
-import queue
 import re
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,17 +119,12 @@ class TrainWidget(Container):
         self.history: list[tuple[int, float, float]] = []  # (step, loss, validation F1)
         self.process: subprocess.Popen[str] | None = None
         self.registered: str | None = None
-        self._lines: queue.Queue[str | None] = queue.Queue()
+        self._worker: Any = None  # napari thread_worker following the process's output
         self._output: list[str] = []
         self._work: Path | None = None
         self._started = 0.0
         self._cancelled = False
         self._closed = False
-        from qtpy.QtCore import QTimer
-
-        self._timer = QTimer()
-        self._timer.setInterval(200)
-        self._timer.timeout.connect(self.poll)
         self.train_button.changed.connect(lambda *_: self.start())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         self.view_button.changed.connect(lambda *_: self.run_on_view())
@@ -244,56 +237,49 @@ class TrainWidget(Container):
             text=True,
             bufsize=1,
         )
-        threading.Thread(target=self._read, args=(self.process,), daemon=True).start()
         self._started = time.monotonic()
         self.train_button.enabled = False
         self.cancel_button.enabled = True
         self.view_button.enabled = False
         self.status.value = "training…"
-        self._timer.start()
+        self._worker = self._follow(self.process)
 
-    def _read(self, process: subprocess.Popen[str]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            self._lines.put(line.rstrip())
-        self._lines.put(None)
+    def _follow(self, process: subprocess.Popen[str]) -> Any:
+        """A napari ``thread_worker`` reading the process's lines (delivered to
+        `on_line` in the Qt thread) until it ends."""
+        from napari.qt.threading import thread_worker
 
-    def poll(self) -> None:
-        """Drain the process's lines into the plot; finish when it has ended."""
-        ended = False
-        new = False
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                ended = True
-                break
-            self._output.append(line)
-            match = STEP_LINE.match(line)
-            if match:
-                step, total, loss, f1 = match.groups()
-                self.history.append((int(step), float(loss), float(f1)))
-                self._total = int(total)
-                new = True
-        if new and not self._closed:
-            self._draw()
+        @thread_worker(connect={"yielded": self.on_line, "finished": self._on_exit})
+        def lines() -> Any:
+            assert process.stdout is not None
+            for line in process.stdout:
+                yield line.rstrip()
+
+        return lines()
+
+    def on_line(self, line: str) -> None:
+        """One line of the training process: a step line extends the curve and the
+        estimate of what is left."""
+        self._output.append(line)
+        match = STEP_LINE.match(line)
+        if match is None or self._closed:
+            return
+        step, total, loss, f1 = match.groups()
+        self.history.append((int(step), float(loss), float(f1)))
+        self._draw()
         elapsed = time.monotonic() - self._started
-        if self.history and not ended:
-            step = self.history[-1][0]
-            left = elapsed / step * (self._total - step)
-            self.status.value = (
-                f"step {step}/{self._total}: {elapsed:.0f} s, about {left:.0f} s left"
-            )
-        if ended:
-            self._finished(elapsed)
+        left = elapsed / int(step) * (int(total) - int(step))
+        self.status.value = f"step {step}/{total}: {elapsed:.0f} s, about {left:.0f} s left"
+
+    def _on_exit(self) -> None:
+        if self.process is not None:
+            self._finished(time.monotonic() - self._started)
 
     def _finished(self, elapsed: float) -> None:
         assert self.process is not None
         code = self.process.wait()
         self.process = None
-        self._timer.stop()
+        self._worker = None
         self.train_button.enabled = True
         self.cancel_button.enabled = False
         if self._closed:
@@ -354,10 +340,10 @@ class TrainWidget(Container):
     def _on_destroyed(self, *_: Any) -> None:
         """Closing the viewer ends the training process."""
         self._closed = True
-        self._timer.stop()
         if self.process is not None:
             self.process.terminate()
             try:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.process.kill()
+            self.process = None  # the reader's late "finished" then finds nothing to do
