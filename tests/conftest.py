@@ -192,3 +192,17 @@ def dicom_series(pyramid_path, tmp_path_factory: pytest.TempPathFactory) -> Path
         include_thumbnail=False,
     )
     return folder
+
+
+def tiny_classifier(
+    path: Path, classes: tuple[str, ...] = ("benign", "idc"), threshold: float = 0.5
+) -> Path:
+    """An untrained width-4 small CNN for 50 px images, saved with its card (one sigmoid
+    output for two classes, a softmax over more)."""
+    from napari_mitosis.models.card import ModelCard, build_model
+    from napari_mitosis.models.checkpoint import save_checkpoint
+
+    outputs = 1 if len(classes) == 2 else len(classes)
+    card = ModelCard("small_cnn", {"outputs": outputs, "width": 4}, task="classification",
+                     input_size=50, mpp=None, classes=classes, threshold=threshold)  # fmt: skip
+    return save_checkpoint(path, build_model(card), card)

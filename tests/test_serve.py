@@ -20,8 +20,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
-from napari_mitosis.models.card import ModelCard, build_model
-from napari_mitosis.models.checkpoint import save_checkpoint
+from conftest import tiny_classifier
 from napari_mitosis.serve.app import create_app, load_served
 
 
@@ -34,26 +33,9 @@ def png(array: np.ndarray) -> bytes:
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory: pytest.TempPathFactory, trained_detector) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("served")
-    binary = ModelCard(
-        "small_cnn",
-        {"outputs": 1, "width": 4},
-        task="classification",
-        input_size=50,
-        mpp=None,
-        classes=("benign", "idc"),
-        threshold=0.4,
-    )
-    three = ModelCard(
-        "small_cnn",
-        {"outputs": 3, "width": 4},
-        task="classification",
-        input_size=50,
-        mpp=None,
-        classes=("a", "b", "c"),
-    )
     return {
-        "idc": save_checkpoint(folder / "idc.safetensors", build_model(binary), binary),
-        "three": save_checkpoint(folder / "three.safetensors", build_model(three), three),
+        "idc": tiny_classifier(folder / "idc.safetensors", threshold=0.4),
+        "three": tiny_classifier(folder / "three.safetensors", classes=("a", "b", "c")),
         "detector": trained_detector[0],
     }
 

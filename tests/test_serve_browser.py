@@ -26,19 +26,10 @@ def server(tmp_path: Path):
     """The app on a real uvicorn server in a thread, on a free loopback port."""
     import uvicorn
 
-    from napari_mitosis.models.card import ModelCard, build_model
-    from napari_mitosis.models.checkpoint import save_checkpoint
+    from conftest import tiny_classifier
     from napari_mitosis.serve.app import create_app, load_served
 
-    card = ModelCard(
-        "small_cnn",
-        {"outputs": 1, "width": 4},
-        task="classification",
-        input_size=50,
-        mpp=None,
-        classes=("benign", "idc"),
-    )
-    path = save_checkpoint(tmp_path / "idc.safetensors", build_model(card), card)
+    path = tiny_classifier(tmp_path / "idc.safetensors")
     served = load_served([str(path)], device="cpu")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
