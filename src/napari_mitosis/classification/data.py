@@ -16,10 +16,7 @@ from pathlib import Path
 import numpy as np
 from skimage.draw import polygon as fill_polygon
 
-from napari_mitosis.classification.patches import (
-    PatchReader,
-    context_level,
-)
+from napari_mitosis.classification.slide_regions import cell_grid, read_patches
 from napari_mitosis.engine.tiling import TileGrid
 from napari_mitosis.engine.tissue import TissueMask, slide_tissue_mask
 from napari_mitosis.io.asap_xml import read_asap_xml
@@ -54,11 +51,21 @@ def rasterize(
     return mask & ~holes
 
 
-ANNOTATION_SUFFIXES = (".xml", ".geojson", "_mask.png", ".mask.png", "_mask.tif", ".mask.tif")
+ANNOTATION_SUFFIXES = (
+    ".xml",
+    ".geojson",
+    "_mask.png",
+    ".mask.png",
+    "_mask.tif",
+    ".mask.tif",
+    ".labels.tif",
+    "_labels.tif",
+)
 
 
 def annotation_for(slide_path: Path, folder: Path) -> Path:
-    """The tumour annotation of a slide: ``<stem>.xml`` (ASAP), ``.geojson`` or a mask image."""
+    """The annotation of a slide: ``<stem>.xml`` (ASAP), ``.geojson``, or a mask or labels
+    image."""
     for suffix in ANNOTATION_SUFFIXES:
         candidate = Path(folder) / f"{Path(slide_path).stem}{suffix}"
         if candidate.is_file():
@@ -98,6 +105,21 @@ def tumour_mask(slide: Slide, annotation: str | Path, *, max_size: int = 4096) -
     return TissueMask(mask, (ratio_h, ratio_w))
 
 
+def tumour_cells(
+    slide: Slide, tumour: TissueMask, *, level: int, window: int, min_tissue: float = 0.3
+) -> tuple[TileGrid, np.ndarray]:
+    """The ``window``-px cells of ``level`` (the cells inference scores) and their class:
+    1 (tumour) when any of the cell is tumour, 0 (normal) when none is and it holds
+    ``min_tissue`` tissue, −1 otherwise."""
+    grid = cell_grid(slide, level, window)
+    tumour_fraction = tumour.tile_fractions(grid)
+    tissue_fraction = slide_tissue_mask(slide).tile_fractions(grid)
+    labels = np.full(len(tumour_fraction), -1)
+    labels[(tumour_fraction == 0) & (tissue_fraction >= min_tissue)] = 0
+    labels[tumour_fraction > 0] = 1
+    return grid, labels
+
+
 def slide_patches(
     slide: Slide,
     tumour: TissueMask,
@@ -110,26 +132,10 @@ def slide_patches(
     context: float | None = None,
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Balanced patches of ``slide``: (N, patch, patch, C) uint8 and 0/1 labels.
-
-    The slide is cut into ``window``-px cells at ``level`` (the cells inference scores);
-    a cell is tumour when any of it is, normal when none is and it holds ``min_tissue``
-    tissue; each patch is centred on its cell (``PatchReader``, as at inference).
-    """
-    source = slide.sources[level]
-    grid = TileGrid.over(
-        source.shape,
-        window,
-        0,
-        level=level,
-        downsample=slide.level_downsample(level)[1],
-        uniform=True,
-    )
-    tumour_fraction = tumour.tile_fractions(grid)
-    tissue_fraction = slide_tissue_mask(slide).tile_fractions(grid)
-    origins = grid.origins()
-    positive = np.flatnonzero(tumour_fraction > 0)
-    negative = np.flatnonzero((tumour_fraction == 0) & (tissue_fraction >= min_tissue))
+    """Balanced patches of ``slide``: (N, patch, patch, C) uint8 and 0/1 labels of its
+    `tumour_cells`, each patch centred on its cell (as at inference)."""
+    grid, labels = tumour_cells(slide, tumour, level=level, window=window, min_tissue=min_tissue)
+    positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     n = min(per_class, len(positive), len(negative))
     if n == 0:
         raise ValueError(
@@ -137,16 +143,7 @@ def slide_patches(
             f"at level {level} to sample"
         )
     chosen = np.concatenate([rng.choice(positive, n, False), rng.choice(negative, n, False)])
-    context_source, scale = context_level(slide, level, context)
-    read = PatchReader(
-        source,
-        patch=patch,
-        cell=window,
-        context=context,
-        context_source=context_source,
-        context_scale=scale,
-    )
-    patches = np.stack([read(int(origins[i, 0]), int(origins[i, 1])) for i in chosen])
+    patches = read_patches(slide, grid, grid.origins()[chosen], patch, context)
     return patches, np.r_[np.ones(n, int), np.zeros(n, int)]
 
 

@@ -1,8 +1,10 @@
-"""Binary classification metrics from scikit-learn, and the operating threshold.
+"""Classification metrics from scikit-learn, and the operating threshold.
 
 F_med is the harmonic mean of sensitivity and specificity (the metric of the
 breast-ultrasound and IDC literature our users compare against); it is computed from
-scikit-learn's confusion matrix, not by hand-counting.
+scikit-learn's confusion matrix, not by hand-counting. Models of K > 2 classes (tissue
+types) are scored by the argmax: one-vs-rest macro AUC, macro F1, balanced accuracy (the
+mean per-class sensitivity) and F_med of the mean per-class sensitivity and specificity.
 """
 
 from __future__ import annotations
@@ -75,6 +77,63 @@ def binary_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> 
     )
 
 
+@dataclass(frozen=True)
+class MulticlassMetrics:
+    """Argmax metrics of K-class probabilities; ``recall`` per class, in class order."""
+
+    auc: float  # one-vs-rest, macro
+    f1: float  # macro
+    f_med: float
+    balanced_accuracy: float
+    accuracy: float
+    recall: tuple[float, ...]
+    n: int
+
+    def as_dict(self) -> dict[str, float]:
+        values = {k: float(v) for k, v in self.__dict__.items() if k != "recall"}
+        return values | {f"recall_{k}": float(r) for k, r in enumerate(self.recall)}
+
+    def summary(self, classes: tuple[str, ...] | None = None) -> str:
+        names = classes or tuple(str(k) for k in range(len(self.recall)))
+        recalls = ", ".join(f"{c} {r:.3f}" for c, r in zip(names, self.recall, strict=True))
+        return (
+            f"macro AUC {self.auc:.3f}  macro F1 {self.f1:.3f}  F_med {self.f_med:.3f}  "
+            f"balanced accuracy {self.balanced_accuracy:.3f}  accuracy {self.accuracy:.3f}  "
+            f"recall: {recalls}  (n = {self.n})"
+        )
+
+
+def multiclass_metrics(labels: np.ndarray, probabilities: np.ndarray) -> MulticlassMetrics:
+    """Metrics of (N, K) class ``probabilities`` against labels 0…K−1, by the argmax."""
+    labels = np.asarray(labels).astype(int).ravel()
+    probabilities = np.asarray(probabilities, float)
+    k = probabilities.shape[1]
+    predicted = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(labels, predicted, labels=list(range(k)))
+    truths, calls = matrix.sum(axis=1), matrix.sum(axis=0)
+    hits = np.diag(matrix)
+    present = truths > 0
+    recall = np.where(present, hits / np.maximum(truths, 1), 0.0)
+    negatives = len(labels) - truths
+    specificity = (negatives - (calls - hits)) / np.maximum(negatives, 1)
+    sensitivity = float(recall[present].mean()) if present.any() else 0.0
+    try:
+        auc = float(roc_auc_score(labels, probabilities, multi_class="ovr", labels=list(range(k))))
+    except ValueError:  # a class missing from these labels
+        auc = float("nan")
+    macro_specificity = float(specificity[present].mean()) if present.any() else 0.0
+    f1 = f1_score(labels, predicted, labels=list(range(k)), average="macro", zero_division=0.0)
+    return MulticlassMetrics(
+        auc=auc,
+        f1=float(f1),
+        f_med=harmonic_mean(sensitivity, macro_specificity),
+        balanced_accuracy=sensitivity,
+        accuracy=float((predicted == labels).mean()) if len(labels) else 0.0,
+        recall=tuple(float(r) for r in recall),
+        n=len(labels),
+    )
+
+
 def best_threshold(labels: np.ndarray, scores: np.ndarray, metric: str = "f_med") -> float:
     """The score threshold that maximises ``metric`` ("f_med" or "f1") on these scores.
 
@@ -132,6 +191,39 @@ def write_roc_plot(
         title=f"{title} (n = {metrics.n})",
     )
     axes.legend(loc="lower right", fontsize=8)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        figure.savefig(tmp, format="png")
+    return Path(path)
+
+
+def write_confusion_plot(
+    path: str | Path,
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    classes: tuple[str, ...],
+    *,
+    title: str = "confusion",
+    overwrite: bool = False,
+) -> Path:
+    """A K-class model's confusion matrix (rows: truth, normalised per row), as PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    figure = Figure(figsize=(5, 5), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    ConfusionMatrixDisplay.from_predictions(
+        np.asarray(labels).astype(int),
+        np.asarray(probabilities).argmax(axis=1),
+        labels=list(range(len(classes))),
+        display_labels=list(classes),
+        normalize="true",
+        ax=axes,
+        colorbar=False,
+        values_format=".2f",
+    )
+    axes.set_title(f"{title} (n = {len(labels)})")
     with atomic_output(path, overwrite=overwrite) as tmp:
         figure.savefig(tmp, format="png")
     return Path(path)

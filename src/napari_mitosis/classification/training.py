@@ -1,11 +1,16 @@
 """Train a patch/image classifier; keep the best checkpoint by a chosen validation metric.
 
-Each epoch shows every training image once, augmented with the 8 orthogonal
-rotations/flips and colour jitter (torchvision transforms v2, the same parameters for a
-two-tower model's patch and context); the loss carries class weights; after each epoch the
-validation set is scored with scikit-learn (AUC, F1, F_med, loss), the best epoch's weights
-and card (with the F_med- or F1-optimal threshold) are saved, and training stops after
-``patience`` epochs without improvement. Images of another size are resized to the input.
+Two classes train one sigmoid output (binary cross-entropy, the positive class weighted by
+the negatives' share); K > 2 classes (tissue types) a softmax over K outputs (cross-entropy
+with inverse-frequency class weights), scored by `multiclass_metrics` and called by the
+argmax, so their card has no threshold to tune.
+
+Each epoch shows every training image once, augmented with the 8 orthogonal rotations/flips
+and colour jitter (torchvision transforms v2, the same parameters for a two-tower model's
+patch and context); after each epoch the validation set is scored with scikit-learn (AUC,
+F1, F_med, loss), the best epoch's weights and card (two classes: with the F_med- or
+F1-optimal threshold) are saved, and training stops after ``patience`` epochs without
+improvement. Images of another size are resized to the input.
 """
 
 from __future__ import annotations
@@ -22,7 +27,12 @@ from torch import nn
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
-from napari_mitosis.classification.metrics import MONITORED, best_threshold, binary_metrics
+from napari_mitosis.classification.metrics import (
+    MONITORED,
+    best_threshold,
+    binary_metrics,
+    multiclass_metrics,
+)
 from napari_mitosis.classification.run import ClassifierPredictor
 from napari_mitosis.engine.training_log import EarlyStopping, write_history
 from napari_mitosis.io.output_file import refuse_existing
@@ -53,7 +63,7 @@ ARCHITECTURES = (
     "efficientnet_b0",
     "convnext_tiny",
 )
-Labelled = tuple[np.ndarray, np.ndarray]  # images (N, H, W, C) uint8, labels (N,) 0/1
+Labelled = tuple[np.ndarray, np.ndarray]  # images (N, H, W, C) uint8, labels (N,) 0…K−1
 
 
 @dataclass
@@ -62,7 +72,7 @@ class ClassifierTraining(StainTraining):
     tower: str = "small_cnn"  # two_tower only
     width: int = 32  # small_cnn (and small towers) channel width
     input_size: int = 96  # inception_v3 wants 299
-    classes: tuple[str, str] = ("normal", "tumour")
+    classes: tuple[str, ...] = ("normal", "tumour")  # two: a sigmoid; more: a softmax
     epochs: int = 30
     batch_size: int = 32
     optimiser: str = "adam"  # or "sgd" (Nesterov momentum 0.9)
@@ -126,14 +136,14 @@ class Augmenter:
         return torch.cat([o.as_subclass(torch.Tensor) for o in out], 0).permute(1, 2, 0).numpy()
 
 
-def _check(data: Labelled, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _check(data: Labelled, what: str, classes: int) -> tuple[np.ndarray, np.ndarray]:
     images, labels = np.asarray(data[0]), np.asarray(data[1]).astype(int)
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or len(images) != len(labels):
         raise ValueError(f"{what}: expected N images (N, H, W, C) and N labels")
-    if not len(labels) or set(np.unique(labels)) - {0, 1}:
-        raise ValueError(f"{what}: labels must be 0/1 and not empty")
+    if not len(labels) or set(np.unique(labels)) - set(range(classes)):
+        raise ValueError(f"{what}: labels must be 0…{classes - 1} and not empty")
     return images, labels
 
 
@@ -141,7 +151,8 @@ def _options(config: ClassifierTraining, channels: int) -> dict[str, Any]:
     if config.architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.architecture!r}; choose {ARCHITECTURES}")
     in_channels = channels // 2 if config.architecture == "two_tower" else channels
-    options: dict[str, Any] = {"outputs": 1, "in_channels": in_channels}
+    outputs = 1 if len(config.classes) == 2 else len(config.classes)
+    options: dict[str, Any] = {"outputs": outputs, "in_channels": in_channels}
     if config.architecture in ("small_cnn", "two_tower"):
         options["width"] = config.width
     if config.architecture == "two_tower":
@@ -165,10 +176,14 @@ def train_classifier(
     out = Path(out)
     log_path = out.with_suffix(".csv")
     refuse_existing((out, log_path), overwrite=overwrite)
-    images, labels = _check(train, "training set")
-    val_images, val_labels = _check(validation, "validation set")
-    if len(np.unique(labels)) < 2:
-        raise ValueError("training set: needs examples of both classes")
+    k = len(config.classes)
+    if k < 2:
+        raise ValueError(f"a classifier needs at least two classes, got {config.classes}")
+    images, labels = _check(train, "training set", k)
+    val_images, val_labels = _check(validation, "validation set", k)
+    missing = [config.classes[c] for c in range(k) if not np.any(labels == c)]
+    if missing:
+        raise ValueError(f"training set: no examples of {', '.join(missing)}")
     if images.shape[3] != val_images.shape[3]:
         raise ValueError("training and validation images have different channel counts")
     torch.manual_seed(config.seed)
@@ -216,9 +231,7 @@ def train_classifier(
         )
     else:
         raise ValueError(f"optimiser must be adam or sgd, got {config.optimiser!r}")
-    positives = labels.sum()
-    weight = (len(labels) - positives) / positives if config.class_weights else 1.0
-    loss_fn = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(float(weight), device=device))
+    loss_fn = _loss(labels, k, config.class_weights, device)
     augment = Augmenter(config, channels, config.stain_rng(config.seed))
     predictor = ClassifierPredictor(model, card, device, optimise=False)
     stopping = EarlyStopping(config.patience)
@@ -236,20 +249,21 @@ def train_classifier(
                 continue
             batch = np.stack([augment(images[i]) for i in index])
             x = predictor.prepare(batch)
-            y = torch.from_numpy(labels[index].astype(np.float32)).to(device)
-            loss = loss_fn(model(x)[:, 0], y)
+            loss = loss_fn(model(x), torch.from_numpy(labels[index]).to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
         scores = _scores(predictor, val_images)
         with torch.no_grad():
-            logits = torch.logit(torch.from_numpy(scores).clamp(1e-6, 1 - 1e-6)).to(device)
-            val_loss = float(
-                loss_fn(logits, torch.from_numpy(val_labels.astype(np.float32)).to(device))
+            val_loss = float(loss_fn.of_probabilities(scores, val_labels))
+        if k == 2:
+            threshold = best_threshold(
+                val_labels, scores, "f1" if config.monitor == "f1" else "f_med"
             )
-        threshold = best_threshold(val_labels, scores, "f1" if config.monitor == "f1" else "f_med")
-        metrics = binary_metrics(val_labels, scores, threshold)
+            metrics: Any = binary_metrics(val_labels, scores, threshold)
+        else:
+            threshold, metrics = 0.5, multiclass_metrics(val_labels, scores)
         record = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
@@ -271,6 +285,44 @@ def train_classifier(
     write_history(log_path, history)
     best = stopping.best if config.monitor != "loss" else -stopping.best
     return ClassifierReport(card, stopping.best_step, best, history)
+
+
+class _Loss(nn.Module):
+    """Weighted binary (one output) or K-class cross-entropy on logits and 0…K−1 labels;
+    ``of_probabilities`` scores the predictor's probabilities (the validation loss)."""
+
+    def __init__(self, weights: torch.Tensor, binary: bool) -> None:
+        super().__init__()
+        self.binary = binary
+        self.weights = weights
+        if binary:
+            self.fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=weights)
+        else:
+            self.fn = nn.CrossEntropyLoss(weight=weights)
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.binary:
+            return self.fn(logits[:, 0], labels.float())
+        return self.fn(logits, labels.long())
+
+    def of_probabilities(self, probabilities: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        p = torch.from_numpy(np.asarray(probabilities, np.float32)).clamp(1e-6, 1 - 1e-6)
+        p = p.to(self.weights.device)
+        y = torch.from_numpy(np.asarray(labels)).to(self.weights.device)
+        if self.binary:
+            return self.fn(torch.logit(p), y.float())
+        return nn.functional.nll_loss(torch.log(p), y.long(), weight=self.weights)
+
+
+def _loss(labels: np.ndarray, k: int, weighted: bool, device: torch.device) -> _Loss:
+    """Class weights by inverse frequency (binary: the positive class weighted by
+    negatives / positives), or none."""
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    if k == 2:
+        weight = counts[0] / counts[1] if weighted else 1.0
+        return _Loss(torch.tensor(float(weight), device=device), binary=True)
+    weights = counts.sum() / (k * counts) if weighted else np.ones(k)
+    return _Loss(torch.tensor(weights, dtype=torch.float32, device=device), binary=False)
 
 
 def _scores(predictor: ClassifierPredictor, images: np.ndarray, batch: int = 64) -> np.ndarray:

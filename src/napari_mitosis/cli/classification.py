@@ -18,6 +18,7 @@ from napari_mitosis.cli.options import (
     add_recipe,
     add_stain,
     add_training,
+    slide_provenance,
     stain_options,
 )
 from napari_mitosis.io.output_file import atomic_output, refuse_existing
@@ -74,9 +75,9 @@ def _train_classifier(args: argparse.Namespace) -> int:
     from napari_mitosis.io.class_folders import class_folders, describe, split_by_group
 
     folder = class_folders(args.data[0], tuple(args.classes) if args.classes else None)
-    if len(folder.classes) != 2:
+    if len(folder.classes) < 2:
         raise ValueError(
-            f"{args.data[0]}: training needs exactly two classes, found {folder.classes}"
+            f"{args.data[0]}: training needs at least two classes, found {folder.classes}"
         )
     test_path, roc_path = args.out.with_suffix(".test.csv"), args.out.with_suffix(".roc.png")
     refuse_existing(
@@ -130,76 +131,135 @@ def _evaluate_folder_subset(
     return the metrics."""
     import numpy as np
 
-    from napari_mitosis.classification.metrics import binary_metrics, write_roc_plot
+    from napari_mitosis.classification.metrics import (
+        binary_metrics,
+        multiclass_metrics,
+        write_confusion_plot,
+        write_roc_plot,
+    )
     from napari_mitosis.classification.run import ClassifierPredictor, classify_images
     from napari_mitosis.models.checkpoint import load_checkpoint
 
     model, card = load_checkpoint(model_path, task="classification")
     predictor = ClassifierPredictor(model, card, args.device, tta=getattr(args, "tta", False))
     scores = classify_images(images[subset], predictor)
-    threshold = getattr(args, "threshold", None)
-    threshold = card.threshold if threshold is None else threshold
     labels = folder.labels[subset]
-    metrics = binary_metrics(labels, scores, threshold)
     groups = len(np.unique(folder.groups[subset]))
-    print(f"held-out: {len(subset)} images from {groups} groups\n{metrics.summary()}")
-    with atomic_output(table, overwrite=args.overwrite) as tmp, tmp.open("w", newline="") as f:
-        f.write("file,group,label,score\n")
-        for i, score in zip(subset, scores, strict=True):
-            label = folder.classes[folder.labels[i]]
-            f.write(f"{folder.paths[i]},{folder.groups[i]},{label},{score:.6f}\n")
     title = f"{card.architecture}: {' vs '.join(card.classes)}"
-    write_roc_plot(plot, labels, scores, metrics, title=title, overwrite=args.overwrite)
+    if scores.ndim == 2:  # K classes: the argmax
+        metrics: Any = multiclass_metrics(labels, scores)
+        summary = metrics.summary(tuple(card.classes))
+        header = ",".join(f"p_{c}" for c in card.classes)
+        rows = [",".join(f"{v:.6f}" for v in row) for row in scores]
+    else:
+        threshold = getattr(args, "threshold", None)
+        threshold = card.threshold if threshold is None else threshold
+        metrics = binary_metrics(labels, scores, threshold)
+        summary, header, rows = metrics.summary(), "score", [f"{v:.6f}" for v in scores]
+    print(f"held-out: {len(subset)} images from {groups} groups\n{summary}")
+    with atomic_output(table, overwrite=args.overwrite) as tmp, tmp.open("w", newline="") as f:
+        f.write(f"file,group,label,{header}\n")
+        for i, row in zip(subset, rows, strict=True):
+            label = folder.classes[folder.labels[i]]
+            f.write(f"{folder.paths[i]},{folder.groups[i]},{label},{row}\n")
+    if scores.ndim == 2:
+        write_confusion_plot(plot, labels, scores, card.classes, title=title,
+                             overwrite=args.overwrite)  # fmt: skip
+    else:
+        write_roc_plot(plot, labels, scores, metrics, title=title, overwrite=args.overwrite)
     print(f"  {table}\n  {plot}")
     return metrics
 
 
+def _slide_cells(args: argparse.Namespace, slide: Any, annotation: Path) -> tuple[Any, Any]:
+    """The cells of a slide at the patches' level and their classes (−1: none): from
+    per-class regions with ``--classes``, else tumour against the rest of the tissue."""
+    from napari_mitosis.classification.data import tumour_cells, tumour_mask
+    from napari_mitosis.classification.slide_regions import cell_classes, cell_grid, class_regions
+
+    level = slide.level_for_mpp(args.mpp) if args.level is None else args.level
+    window = args.window or (args.input_size or 96) // 2
+    if args.classes:
+        regions = class_regions(slide, annotation, args.classes)
+        grid = cell_grid(slide, level, window)
+        return grid, cell_classes(grid, regions, args.min_coverage)
+    tumour = tumour_mask(slide, annotation)
+    return tumour_cells(slide, tumour, level=level, window=window, min_tissue=args.min_tissue)
+
+
 def _train_classifier_on_slides(args: argparse.Namespace) -> int:
+    """One slide: held out by region; several: by slide (each with its own annotation)."""
     import numpy as np
 
-    from napari_mitosis.classification.data import annotation_for, slide_patches, tumour_mask
+    from napari_mitosis.classification.data import annotation_for
+    from napari_mitosis.classification.slide_regions import (
+        read_patches,
+        region_examples,
+        sample_cells,
+    )
     from napari_mitosis.classification.training import train_classifier
     from napari_mitosis.io.formats import open_slide
 
-    pairs = [(path, annotation_for(path, args.annotations)) for path in args.data]
-    if len(pairs) < 2:
-        raise ValueError("slide training needs at least two annotated slides (split by slide)")
+    if args.annotations.is_file():
+        if len(args.data) != 1:
+            raise ValueError(
+                f"{args.annotations}: one file annotates one slide; for {len(args.data)} "
+                "slides give a folder of <slide stem>.geojson (or .xml, _mask.png, .labels.tif)"
+            )
+        pairs = [(args.data[0], args.annotations)]
+    else:
+        pairs = [(path, annotation_for(path, args.annotations)) for path in args.data]
     refuse_existing((args.out, args.out.with_suffix(".csv")), overwrite=args.overwrite)
+    classes = tuple(args.classes) if args.classes else ("normal", "tumour")
     rng = np.random.default_rng(args.seed)
     size = args.input_size or 96
+    mpp, notes = None, []
+    sets: dict[str, list] = {"train": [], "val": []}
     order = rng.permutation(len(pairs))
     n_val = max(1, round(len(pairs) * args.val_fraction))
-    sets: dict[str, list] = {"train": [], "val": []}
-    mpp = None
     for rank, index in enumerate(order):
         slide_path, annotation = pairs[index]
         slide = open_slide(slide_path)
-        level = slide.level_for_mpp(args.mpp) if args.level is None else args.level
-        mpp = slide.level_mpp(level)[1] if slide.mpp else None
-        patches = slide_patches(
-            slide,
-            tumour_mask(slide, annotation),
-            level=level,
-            patch=size,
-            window=args.window or size // 2,
-            per_class=args.per_class,
-            min_tissue=args.min_tissue,
-            context=args.context,
-            rng=rng,
-        )
-        sets["val" if rank < n_val else "train"].append(patches)
-        print(f"{slide_path.name}: {len(patches[1])} patches at level {level}")
+        grid, labels = _slide_cells(args, slide, annotation)
+        mpp = slide.level_mpp(grid.level)[1] if slide.mpp else None
+        if len(pairs) == 1:
+            found = region_examples(
+                slide, grid, labels, classes, patch=size, per_class=args.per_class,
+                val_fraction=args.val_fraction, context=args.context, rng=rng, what=annotation,
+            )  # fmt: skip
+            sets["train"].append(found.train)
+            sets["val"].append(found.validation)
+            counts = ", ".join(f"{c} {a} + {b}" for c, (a, b) in found.counts().items())
+            print(f"{slide_path.name}: training + validation patches: {counts}")
+            print(found.description)
+            notes.append(slide_provenance(slide_path, annotation, len(labels), found.description))
+            break
+        if args.classes:
+            chosen = sample_cells(labels, len(classes), args.per_class, rng)
+        else:  # balanced, as `data.slide_patches`
+            n = min(args.per_class, *(int(np.sum(labels == k)) for k in (0, 1)))
+            chosen = np.concatenate(
+                [rng.choice(np.flatnonzero(labels == k), n, False) for k in (1, 0)]
+            )
+        if not len(chosen):
+            raise ValueError(f"{annotation}: no annotated cells at level {grid.level} to sample")
+        patches = read_patches(slide, grid, grid.origins()[chosen], size, args.context)
+        sets["val" if rank < n_val else "train"].append((patches, labels[chosen].astype(int)))
+        notes.append(f"slide {slide_path.name} ({'validation' if rank < n_val else 'training'})")
+        print(f"{slide_path.name}: {len(chosen)} patches at level {grid.level}")
     joined = {
         k: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v]))
         for k, v in sets.items()
     }
     config = _classifier_config(
         args,
-        input_size=args.input_size,
-        classes=("normal", "tumour"),
+        input_size=args.input_size or size,
+        classes=classes,
         mpp=mpp,
         context=args.context,
     )
+    split = "split by " + ("region" if len(pairs) == 1 else "slide")
+    config.notes = "; ".join(n for n in (args.notes, split, *notes) if n)
     report = train_classifier(
         joined["train"],
         joined["val"],
@@ -223,7 +283,10 @@ def _evaluate_on_slides(args: argparse.Namespace) -> int:
     from napari_mitosis.classification.metrics import binary_metrics, write_roc_plot
     from napari_mitosis.classification.run import classify_slide
     from napari_mitosis.io.formats import open_slide
+    from napari_mitosis.models.checkpoint import read_card
 
+    if len(read_card(args.model).classes) > 2:
+        return _evaluate_classes_on_slides(args)
     table, plot = args.out / "evaluation.csv", args.out / "roc.png"
     refuse_existing((table, plot), overwrite=args.overwrite)
     labels, scores, per_slide, rows = [], [], [], ["slide,cells,tumour_cells,lesions,candidates"]
@@ -263,6 +326,49 @@ def _evaluate_on_slides(args: argparse.Namespace) -> int:
     print(f"  {table}\n  {plot}")
     if args.json:
         print(json.dumps({**metrics.as_dict(), "froc": curve.score}))
+    return 0
+
+
+def _evaluate_classes_on_slides(args: argparse.Namespace) -> int:
+    """A K-class model's cells against each slide's class regions (its card's classes)."""
+    import numpy as np
+
+    from napari_mitosis.classification.data import annotation_for
+    from napari_mitosis.classification.metrics import multiclass_metrics, write_confusion_plot
+    from napari_mitosis.classification.run import classify_slide
+    from napari_mitosis.classification.slide_regions import class_regions
+    from napari_mitosis.io.formats import open_slide
+
+    table, plot = args.out / "evaluation.csv", args.out / "confusion.png"
+    refuse_existing((table, plot), overwrite=args.overwrite)
+    labels, scores, rows, classes = [], [], ["slide,cells,annotated_cells"], ()
+    for path in args.data:
+        slide = open_slide(path, mpp=args.mpp)
+        result = classify_slide(slide, args.model, device=args.device, tta=args.tta)
+        classes = result.classes
+        regions = class_regions(slide, annotation_for(path, args.annotations), classes)
+        cells = np.argwhere(result.visited)
+        centres = (cells + 0.5) * result.cell_level0 + np.asarray(result.origin_level0)
+        at = [
+            np.clip((centres[:, i] / regions.downsample[i]).astype(int), 0, n - 1)
+            for i, n in enumerate(regions.labels.shape)
+        ]
+        truth = regions.labels[at[0], at[1]] - 1
+        known = truth >= 0
+        probabilities = np.asarray(result.probabilities)[:, cells[:, 0], cells[:, 1]].T
+        labels.append(truth[known])
+        scores.append(probabilities[known])
+        rows.append(f"{path.name},{len(cells)},{int(known.sum())}")
+    y, p = np.concatenate(labels), np.concatenate(scores)
+    metrics = multiclass_metrics(y, p)
+    print(f"annotated cells of {len(args.data)} slides: {metrics.summary(tuple(classes))}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    with atomic_output(table, overwrite=args.overwrite) as tmp:
+        tmp.write_text("\n".join(rows) + "\n")
+    write_confusion_plot(plot, y, p, tuple(classes), title="cells", overwrite=args.overwrite)
+    print(f"  {table}\n  {plot}")
+    if args.json:
+        print(json.dumps(metrics.as_dict()))
     return 0
 
 
@@ -307,7 +413,8 @@ def register(command: CommandAdder) -> None:
     tc.add_argument(
         "--annotations",
         type=Path,
-        help="with slides: folder of <slide stem>.xml (ASAP) / .geojson / _mask.png tumour annotations",
+        help="with slides: a folder of <slide stem>.xml (ASAP) / .geojson / _mask.png / "
+        ".labels.tif annotations, or one slide's file (held out by region)",
     )
     tc.add_argument("--out", type=Path, required=True, help="checkpoint (.safetensors)")
     tc.add_argument(
@@ -326,7 +433,19 @@ def register(command: CommandAdder) -> None:
     tc.add_argument(
         "--input-size", type=int, default=None, help="px (folders: the images' own; slides: 96)"
     )
-    tc.add_argument("--classes", nargs=2, help="class folder names, negative first")
+    tc.add_argument(
+        "--classes",
+        nargs="+",
+        help="folders: the class sub-folders to use, negative first; slides: the classes of "
+        "the annotation's polygons (or labels 1…K), for a K-class model (default: tumour "
+        "against the rest of the tissue)",
+    )
+    tc.add_argument(
+        "--min-coverage",
+        type=float,
+        default=0.5,
+        help="slides with --classes: least share of a cell its class must cover",
+    )
     tc.add_argument("--level", type=int, default=None, help="slides: pyramid level of the patches")
     tc.add_argument(
         "--mpp", type=float, default=None, help="slides: µm/px of the patches (picks the level)"

@@ -2,7 +2,9 @@
 region a band of whole rows or columns, so no training crop overlaps a validation field.
 
 The band is the bottom rows or the right-most columns — whichever holds nearer
-``val_fraction`` of the annotated objects — with objects left on both sides.
+``val_fraction`` of the annotated objects — with objects left on both sides; with the
+objects' classes, every class on both sides, and the band nearest ``val_fraction`` of the
+class that strays furthest from it.
 """
 
 from __future__ import annotations
@@ -48,23 +50,32 @@ def region_split(
     field: int,
     val_fraction: float,
     what: str | Path,
+    classes: np.ndarray | None = None,
 ) -> RegionSplit:
-    """The grid over a level-0 ``shape`` and its held-out band for these object centres."""
+    """The grid over a level-0 ``shape`` and its held-out band for these object centres
+    (of these ``classes``, when given)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     field = min(field, *shape)
     grid = RegionSplit(field, shape[0] // field, shape[1] // field, 0, 0)
     cells = grid.cells(centres_yx)
+    groups = np.zeros(len(cells), int) if classes is None else np.asarray(classes)
+    members = [groups == g for g in np.unique(groups)]
     best: tuple[float, int, int] | None = None
     for axis in (0, 1):
         for cut in range(1, (grid.rows, grid.cols)[axis]):
-            share = float(np.mean(cells[:, axis] >= cut))
-            if 0 < share < 1 and (best is None or abs(share - val_fraction) < best[0]):
-                best = (abs(share - val_fraction), axis, cut)
+            held = cells[:, axis] >= cut
+            shares = [float(np.mean(held[m])) for m in members]
+            if min(shares) <= 0 or max(shares) >= 1:
+                continue
+            error = max(abs(s - val_fraction) for s in shares)
+            if best is None or error < best[0]:
+                best = (error, axis, cut)
     if best is None:
+        what_lies = "figures" if classes is None else "every class's annotations"
         raise ValueError(
-            f"{what}: cannot hold out a region with figures on both sides (all "
-            f"{len(cells)} figures lie in one row and column of {field} px fields)"
+            f"{what}: cannot hold out a region with {what_lies} on both sides of a band "
+            f"of {field} px fields"
         )
     return RegionSplit(field, grid.rows, grid.cols, best[1], best[2])
 
