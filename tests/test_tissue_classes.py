@@ -141,3 +141,34 @@ def test_cli_trains_a_three_class_model_on_one_slide_and_maps_another(
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["recall_1"] > 0.9 and metrics["recall_2"] > 0.9 and metrics["n"] > 500
     assert (report / "confusion.png").is_file()
+
+
+def test_three_class_folders_train_and_evaluate(tumour_slides, tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from napari_mitosis.classification.slide_regions import read_patches
+
+    path, truth = tumour_slides[1]
+    slide = open_slide(path)
+    grid = cell_grid(slide, 0, 32)
+    kinds = np.eye(3)[true_classes(truth)].reshape(32, 32, 48, 32, 3).mean(axis=(1, 3))
+    pure = kinds.reshape(-1, 3).max(axis=1) > 0.95
+    labels = kinds.reshape(-1, 3).argmax(axis=1)
+    rng = np.random.default_rng(0)
+    data = tmp_path / "patches"
+    for k, name in enumerate(CLASSES):
+        (data / name).mkdir(parents=True)
+        chosen = rng.choice(np.flatnonzero(pure & (labels == k)), 40, replace=False)
+        patches = read_patches(slide, grid, grid.origins()[chosen], 64, None)
+        for i, patch in zip(chosen, patches, strict=True):
+            Image.fromarray(patch).save(data / name / f"{i}.png")
+    out = tmp_path / "folders.safetensors"
+    assert main([
+        "train-classifier", str(data), "--width", "8", "--epochs", "2", "--out", str(out),
+        "--device", "cpu",
+    ]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "macro AUC" in printed and "recall: glass" in printed
+    header = out.with_suffix(".test.csv").read_text().splitlines()[0]
+    assert header == "file,group,label,p_glass,p_stroma,p_tumour"
+    assert out.with_suffix(".confusion.png").is_file() and read_card(out).classes == CLASSES

@@ -79,7 +79,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.data[0]}: training needs at least two classes, found {folder.classes}"
         )
-    test_path, roc_path = args.out.with_suffix(".test.csv"), args.out.with_suffix(".roc.png")
+    plot = ".roc.png" if len(folder.classes) == 2 else ".confusion.png"
+    test_path, roc_path = args.out.with_suffix(".test.csv"), args.out.with_suffix(plot)
     refuse_existing(
         (args.out, args.out.with_suffix(".csv"), test_path, roc_path), overwrite=args.overwrite
     )
@@ -392,7 +393,8 @@ def _evaluate_classifier(args: argparse.Namespace) -> int:
         subset = np.asarray([i for i, p in enumerate(folder.paths) if str(p) in listed])
         if not len(subset):
             raise ValueError(f"{args.split_file}: lists none of the images in {args.data}")
-    table, plot = args.out / "evaluation.csv", args.out / "roc.png"
+    plot = args.out / ("roc.png" if len(card.classes) == 2 else "confusion.png")
+    table = args.out / "evaluation.csv"
     refuse_existing((table, plot), overwrite=args.overwrite)
     args.out.mkdir(parents=True, exist_ok=True)
     images = folder.load(card.input_size, centre_crop=card.centre_crop)
