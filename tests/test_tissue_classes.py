@@ -99,21 +99,25 @@ def test_polygons_and_a_labels_image_give_the_same_cell_classes(
         class_regions(slide, labels_tif, ("glass", "stroma"))
 
 
-def test_cli_trains_a_three_class_model_on_one_slide_and_maps_another(
-    tumour_slides, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_cli_fine_tunes_a_three_class_model_on_one_slide_and_maps_another(
+    tumour_slides, trained_classifier, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """From the suite's two-class tumour model (--init): its network, input size and
+    µm/px, with a new three-class last layer."""
     path, truth = tumour_slides[0]
     polygons = region_polygons(truth, tmp_path / "regions.geojson")
     out = tmp_path / "tissue.safetensors"
     assert main([
         "train-classifier", str(path), "--annotations", str(polygons), "--classes", *CLASSES,
-        "--input-size", "64", "--window", "32", "--width", "16", "--per-class", "80",
-        "--epochs", "3", "--patience", "3", "--out", str(out), "--device", "cpu",
+        "--init", str(trained_classifier[0]), "--window", "32", "--per-class", "80",
+        "--epochs", "4", "--patience", "4", "--out", str(out), "--device", "cpu",
     ]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "split by region" in printed and "glass" in printed and "tumour" in printed
-    card = read_card(out)
-    assert card.classes == CLASSES and card.options["outputs"] == 3
+    card, base = read_card(out), read_card(trained_classifier[0])
+    assert card.classes == CLASSES and card.options == {**base.options, "outputs": 3}
+    assert card.input_size == 64 and card.mpp == 1.0
+    assert card.training["init"] == str(trained_classifier[0])
     assert card.metrics["val_balanced_accuracy"] > 0.8
     assert min(card.metrics[f"val_recall_{k}"] for k in range(3)) > 0.7  # glass too
     assert "split by region" in card.notes and "regions.geojson" in card.notes
@@ -139,7 +143,7 @@ def test_cli_trains_a_three_class_model_on_one_slide_and_maps_another(
         "--model", str(out), "--out", str(report), "--device", "cpu", "--json",
     ]) == 0  # fmt: skip
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert metrics["recall_1"] > 0.9 and metrics["recall_2"] > 0.9 and metrics["n"] > 500
+    assert metrics["recall_1"] > 0.8 and metrics["recall_2"] > 0.8 and metrics["n"] > 500
     assert (report / "confusion.png").is_file()
 
 

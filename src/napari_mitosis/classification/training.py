@@ -79,7 +79,7 @@ class ClassifierTraining(StainTraining):
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     class_weights: bool = True
-    monitor: str = "auc"  # auc, f1, f_med or loss
+    monitor: str | None = None  # auc, f1, f_med or loss; None: auc (2 classes), f1 (K)
     patience: int = 5
     brightness: float = 64 / 255
     contrast: float = 0.75
@@ -96,6 +96,7 @@ class ClassifierTraining(StainTraining):
     pretrained: str | None = None  # torchvision weights name or a local state-dict file
     freeze_epochs: int = 0  # epochs that train the last layer only (fine-tuning)
     backbone_lr_scale: float = 1.0  # all but the last layer learn at lr × this (e.g. 0.1)
+    init: str | None = None  # a classifier of ours to fine-tune: a checkpoint or registered name
 
 
 @dataclass
@@ -104,6 +105,7 @@ class ClassifierReport:
     best_epoch: int
     best_value: float
     history: list[dict[str, float]] = field(default_factory=list)
+    monitor: str = "auc"  # the metric ``best_value`` is of
 
 
 class Augmenter:
@@ -171,7 +173,7 @@ def train_classifier(
 ) -> ClassifierReport:
     """Train on (images, labels); validate each epoch; save the best to ``out`` (+ ``.csv``)."""
     config = config or ClassifierTraining()
-    if config.monitor not in MONITORED:
+    if config.monitor is not None and config.monitor not in MONITORED:
         raise ValueError(f"monitor must be one of {MONITORED}, got {config.monitor!r}")
     out = Path(out)
     log_path = out.with_suffix(".csv")
@@ -179,6 +181,8 @@ def train_classifier(
     k = len(config.classes)
     if k < 2:
         raise ValueError(f"a classifier needs at least two classes, got {config.classes}")
+    # K classes are called by the argmax, which a saturated AUC does not follow
+    monitor = config.monitor or ("auc" if k == 2 else "f1")
     images, labels = _check(train, "training set", k)
     val_images, val_labels = _check(validation, "validation set", k)
     missing = [config.classes[c] for c in range(k) if not np.any(labels == c)]
@@ -210,7 +214,7 @@ def train_classifier(
         stain=config.stain_record(),
         training=training_record(config),
     )
-    model = build_model(card)
+    model = build_model(card) if config.init is None else _initial_model(config, card)
     if config.pretrained:
         record = load_pretrained(model, config.pretrained)
         card.mean, card.std = IMAGENET_MEAN, IMAGENET_STD  # what such weights expect
@@ -258,9 +262,7 @@ def train_classifier(
         with torch.no_grad():
             val_loss = float(loss_fn.of_probabilities(scores, val_labels))
         if k == 2:
-            threshold = best_threshold(
-                val_labels, scores, "f1" if config.monitor == "f1" else "f_med"
-            )
+            threshold = best_threshold(val_labels, scores, "f1" if monitor == "f1" else "f_med")
             metrics: Any = binary_metrics(val_labels, scores, threshold)
         else:
             threshold, metrics = 0.5, multiclass_metrics(val_labels, scores)
@@ -274,7 +276,7 @@ def train_classifier(
         history.append(record)
         if progress is not None:
             progress(epoch, config.epochs, record)
-        value = -val_loss if config.monitor == "loss" else record[f"val_{config.monitor}"]
+        value = -val_loss if monitor == "loss" else record[f"val_{monitor}"]
         if stopping.improved(value, epoch):
             card.threshold = threshold
             card.metrics = {k: float(v) for k, v in record.items() if k.startswith("val_")}
@@ -283,8 +285,33 @@ def train_classifier(
         elif stopping.should_stop:
             break
     write_history(log_path, history)
-    best = stopping.best if config.monitor != "loss" else -stopping.best
-    return ClassifierReport(card, stopping.best_step, best, history)
+    best = stopping.best if monitor != "loss" else -stopping.best
+    return ClassifierReport(card, stopping.best_step, best, history, monitor)
+
+
+def _initial_model(config: ClassifierTraining, card: ModelCard) -> nn.Module:
+    """The ``init`` classifier, its network, input and normalisation taken over by
+    ``card``; a new last layer where its classes differ in number."""
+    from napari_mitosis.models.checkpoint import load_checkpoint
+
+    base_model, base = load_checkpoint(str(config.init), task="classification")
+    if base.architecture not in ARCHITECTURES or base.context != card.context:
+        raise ValueError(
+            f"{config.init}: a {base.architecture} model"
+            f"{' with context' if base.context else ''} cannot be fine-tuned here; "
+            "start from one trained by train-classifier"
+        )
+    card.architecture = base.architecture
+    card.options = {**base.options, "outputs": card.options["outputs"]}
+    card.input_size, card.mean, card.std = base.input_size, base.mean, base.std
+    model = build_model(card)
+    own = model.state_dict()
+    state = base_model.state_dict()
+    model.load_state_dict(
+        {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False
+    )
+    card.training = {**(card.training or {}), "init": str(config.init)}
+    return model
 
 
 class _Loss(nn.Module):

@@ -49,6 +49,7 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         pretrained=args.pretrained,
         freeze_epochs=args.freeze_epochs,
         backbone_lr_scale=args.backbone_lr_scale,
+        init=args.init,
         **stain_options(args),
         **fixed,
     )
@@ -113,7 +114,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=_print_epoch,
     )
-    print(f"best validation {args.monitor} {report.best_value:.3f} at epoch {report.best_epoch}")
+    print(f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch}")
     if len(test):
         _evaluate_folder_subset(args, args.out, folder, images, test, test_path, roc_path)
     return 0
@@ -212,6 +213,14 @@ def _train_classifier_on_slides(args: argparse.Namespace) -> int:
         pairs = [(path, annotation_for(path, args.annotations)) for path in args.data]
     refuse_existing((args.out, args.out.with_suffix(".csv")), overwrite=args.overwrite)
     classes = tuple(args.classes) if args.classes else ("normal", "tumour")
+    if args.init is not None:  # patches as the model to fine-tune saw them
+        from napari_mitosis.models.checkpoint import read_card
+        from napari_mitosis.models.registry import resolve_model
+
+        base = read_card(resolve_model(args.init))
+        args.input_size = args.input_size or base.input_size
+        if args.mpp is None and args.level is None:
+            args.mpp = base.mpp
     rng = np.random.default_rng(args.seed)
     size = args.input_size or 96
     mpp, notes = None, []
@@ -270,7 +279,7 @@ def _train_classifier_on_slides(args: argparse.Namespace) -> int:
         progress=_print_epoch,
     )
     print(
-        f"best validation {args.monitor} {report.best_value:.3f} at epoch {report.best_epoch} → {args.out}"
+        f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch} → {args.out}"
     )
     return 0
 
@@ -492,6 +501,11 @@ def register(command: CommandAdder) -> None:
         default=1.0,
         help="all but the last layer learn at --lr × this (fine-tuning: e.g. 0.1)",
     )
+    tc.add_argument(
+        "--init",
+        help="a classifier to fine-tune (a checkpoint or a registered name): its network, "
+        "input size, µm/px and normalisation, with a new last layer for other classes",
+    )
     add_stain(tc)
     add_recipe(tc, "train-classifier")
     tc.add_argument("--epochs", type=int, default=30, help="most epochs")
@@ -504,7 +518,12 @@ def register(command: CommandAdder) -> None:
         action="store_true",
         help="weigh every example alike (default: inverse class frequency)",
     )
-    tc.add_argument("--monitor", choices=MONITORED, default="auc", help="early-stopping metric")
+    tc.add_argument(
+        "--monitor",
+        choices=MONITORED,
+        default=None,
+        help="early-stopping metric (default: auc for two classes, macro f1 for more)",
+    )
     tc.add_argument(
         "--patience", type=int, default=5, help="stop after this many epochs without improvement"
     )
