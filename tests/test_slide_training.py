@@ -158,3 +158,15 @@ def test_unet_pairs_from_outlines_or_labels_are_the_figures_split_by_region(
     assert code == 0 and "split by region" in capsys.readouterr().out
     _, card = load_checkpoint(out, task="segmentation")
     assert card.notes.startswith("slide case.tif, annotations case.labels.tif (")
+    # It fine-tunes (--init): the same network, the run's own record.
+    tuned = tmp_path / "tuned.safetensors"
+    code = main(
+        [
+            "train-unet", str(slide), "--annotations", str(labels), "--out", str(tuned),
+            "--crop", "64", "--steps", "2", "--eval-every", "2", "--init", str(out),
+            "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert code == 0 and "validation Dice" in capsys.readouterr().out
+    _, again = load_checkpoint(tuned, task="segmentation")
+    assert again.options == card.options and again.training["init"] == str(out)

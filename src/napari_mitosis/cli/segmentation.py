@@ -97,6 +97,7 @@ def _train_unet(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         encoder_lr_scale=args.encoder_lr_scale,
         freeze_encoder_steps=args.freeze_encoder_steps,
+        init=args.init,
         mpp=mpp,
         seed=args.seed,
         device=args.device,
@@ -110,7 +111,11 @@ def _train_unet(args: argparse.Namespace) -> int:
         args.out,
         config,
         overwrite=args.overwrite,
-        progress=lambda s, n, r: print(f"step {s}/{n}: {r}", flush=True),
+        progress=lambda s, n, r: print(
+            f"step {s}/{n}: loss {r['train_loss']:.3f}  validation Dice {r['val_dice']:.3f}  "
+            f"({r['seconds']:.0f} s)",
+            flush=True,
+        ),
     )
     print(f"best validation Dice {report.best_dice:.3f} at step {report.best_step} → {args.out}")
     return 0
@@ -234,6 +239,7 @@ def register(command: CommandAdder) -> None:
     )
     tr.add_argument("--mpp", type=float, default=0.25, help="µm/px when the images do not say")
     add_stain(tr)
+    tr.add_argument("--init", help="a U-Net to fine-tune: a checkpoint or a registered name")
     add_recipe(tr, "train-unet")
     add_training(tr, batch=8, lr=1e-3)
     tr.set_defaults(run=_train_unet)

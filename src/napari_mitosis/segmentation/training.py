@@ -49,6 +49,7 @@ class UNetTraining(StainTraining):
     pretrained: str | None = None  # weights for the encoder: torchvision name or local file
     encoder_lr_scale: float = 1.0  # the encoder's learning rate × this (fine-tuning: 0.1)
     freeze_encoder_steps: int = 0  # steps that train the decoder only (fine-tuning)
+    init: str | None = None  # a U-Net of ours to fine-tune: a checkpoint or registered name
     positive_fraction: float = 0.5
     brightness: float = 64 / 255
     contrast: float = 0.75
@@ -200,10 +201,32 @@ def _model_and_card(config: UNetTraining, channels: int) -> tuple[torch.nn.Modul
         stain=config.stain_record(),
         training=training_record(config),
     )
+    if config.init is not None:
+        return _initial_model(config, card, channels)
     if config.pretrained:
         record = load_pretrained(model.encoder, config.pretrained)
         card.mean, card.std = IMAGENET_MEAN[:channels], IMAGENET_STD[:channels]
         card.training = {**(card.training or {}), "pretrained_weights": record}
+    return model, card
+
+
+def _initial_model(
+    config: UNetTraining, card: ModelCard, channels: int
+) -> tuple[torch.nn.Module, ModelCard]:
+    """The ``init`` U-Net with its architecture and normalisation; this run's card
+    otherwise (the data's µm/px, training record, notes)."""
+    from napari_mitosis.models.checkpoint import load_checkpoint
+
+    model, base = load_checkpoint(str(config.init), task="segmentation")
+    if int(base.options.get("in_channels", 3)) != channels:
+        raise ValueError(
+            f"{config.init}: takes {base.options.get('in_channels', 3)}-channel images, "
+            f"these are {channels}-channel"
+        )
+    card.architecture, card.options = base.architecture, dict(base.options)
+    card.mean, card.std, card.mpp = base.mean, base.std, card.mpp or base.mpp
+    card.stain = base.stain or card.stain
+    card.training = {**(card.training or {}), "init": str(config.init)}
     return model, card
 
 
