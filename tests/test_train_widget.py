@@ -61,12 +61,12 @@ def test_the_widget_trains_registers_and_matches_the_cli(
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="train")
     configure(widget, image, points, steps=10, name="from-napari")
-    assert widget.found.value == "40 Mitosis"  # counted before anything starts
+    assert widget.found.value == "40 Mitosis (figures)"  # counted before anything starts
     widget.start()
     qtbot.waitUntil(lambda: widget.process is None, timeout=300_000)
     assert widget.registered == "from-napari", widget.status.value
     assert [step for step, _, _ in widget.history] == [5, 10]
-    assert len(widget.loss_axes.lines) == 1 and len(widget.f1_axes.lines[0].get_xdata()) == 2
+    assert len(widget.loss_axes.lines) == 1 and len(widget.metric_axes.lines[0].get_xdata()) == 2
     assert "registered as from-napari" in widget.status.value
     assert "from-napari" in detection.registered.choices  # listed at once
     card = read_card(registry.path("from-napari"))

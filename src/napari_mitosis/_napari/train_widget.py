@@ -1,21 +1,21 @@
-"""Train a mitosis detector from what is on the canvas: a slide's image layer and a points
-or shapes layer of figures (marked by hand, or a review's decisions).
+"""Train a model from what is on the canvas: a slide's image layer and a layer of
+annotations — mitoses for a detector, tissue regions for a classifier, figure outlines or
+labels for a U-Net (`train_tasks`).
 
-The widget only converts layers to files — the slide's path and a QuPath GeoJSON in
-level-0 pixels — and runs ``napari-mitosis train-detector`` on them in its own process, so
-the viewer stays responsive, a crash cannot take napari down, and the result is exactly the
-command line's for the same data and seed. The process's progress lines, followed by a
-napari ``thread_worker``, drive a live plot of training loss and validation F1, the elapsed
-time and an estimate of what is left. Cancel ends the process; the best checkpoint so far (each is written atomically) is kept,
-or nothing. At the end the model is registered in the local model registry, every docked
-widget's model list is refreshed, and "Run on the current view" shows what it learnt.
+The widget only converts layers to files and runs the task's ``napari-mitosis train-…``
+command on them in its own process, so the viewer stays responsive, a crash cannot take
+napari down, and the result is exactly the command line's for the same data and seed. The
+process's progress lines, followed by a napari ``thread_worker``, drive a live plot of
+training loss and the validation metric, the elapsed time and an estimate of what is
+left. Cancel ends the process; the best checkpoint so far (each is written atomically) is
+kept, or nothing. At the end the model is registered in the local model registry, every
+docked widget's model list is refreshed, and "Run on the current view" shows what it
+learnt.
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,49 +27,11 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, LineEdit, Pus
 if TYPE_CHECKING:
     import napari
 
-from napari_mitosis.io.geojson import REVIEW_CLASSES, REVIEW_KEY, Annotation, write_geojson
+from napari_mitosis._napari.train_tasks import PROGRESS_LINE, TASKS, command, examples, task
 
-#: "step 50/300: loss 0.812  validation F1 0.400 (P 0.500, R 0.333)" (train-detector's line)
-STEP_LINE = re.compile(r"^step (\d+)/(\d+): loss ([\d.naif]+)\s+validation F1 ([\d.naif]+)")
-
-
-def layer_annotations(image: Any, marks: Any, class_name: str = "") -> list[Annotation]:
-    """A points or shapes layer as level-0 pixel annotations of ``image``'s slide.
-
-    A review's layer (a ``decision`` feature) keeps its decisions, so rejected candidates
-    become hard negatives; otherwise every mark is a mitosis, or with ``class_name`` only
-    those whose ``class``/``classification`` feature is that class."""
-    features = marks.features if len(marks.features) else None
-    decisions = None
-    if features is not None and "decision" in features:
-        decisions = [str(d) if isinstance(d, str) else "" for d in features["decision"]]
-    column = None
-    if features is not None:
-        column = next((c for c in ("classification", "class") if c in features), None)
-    shapes = (
-        marks.data if hasattr(marks, "shape_type") else [np.asarray(p)[None] for p in marks.data]
-    )
-    out = []
-    for index, vertices in enumerate(shapes):
-        if column is not None and class_name and str(features[column].iloc[index]) != class_name:
-            continue
-        world = np.asarray([marks.data_to_world(v) for v in np.asarray(vertices)])
-        pixels = np.asarray([image.world_to_data(w) for w in world])[:, -2:]
-        point = len(pixels) == 1
-        properties: dict[str, Any] = {}
-        classification = "Mitosis"
-        if decisions is not None:
-            classification = REVIEW_CLASSES.get(decisions[index], REVIEW_CLASSES[""])
-            properties = {REVIEW_KEY: {"decision": decisions[index]}}
-        out.append(
-            Annotation(
-                pixels if not point else pixels[:1],
-                "point" if point else "rectangle",
-                classification,
-                properties=properties,
-            )
-        )
-    return out
+#: (steps or epochs, evaluate every, crop or patch px) a task starts with
+DEFAULTS = {"train-detector": (300, 50, 128), "train-classifier": (10, 1, 96),
+            "train-unet": (300, 50, 128)}  # fmt: skip
 
 
 def slide_path(image: Any) -> Path:
@@ -82,25 +44,22 @@ def slide_path(image: Any) -> Path:
 
 
 class TrainWidget(Container):
-    """Train and register a detector from an image layer and a layer of figures."""
+    """Train and register a model from an image layer and a layer of annotations."""
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        from napari.layers import Image, Points, Shapes
-
         from napari_mitosis._napari import keep_triton_from_mesa
 
         keep_triton_from_mesa()
         self.viewer = viewer
-        self.image = ComboBox(label="slide", choices=self._layers_of(Image))
-        self.marks = ComboBox(
-            label="figures (points/shapes)", choices=self._layers_of((Points, Shapes))
-        )
-        self.class_name = LineEdit(label="only this class (blank: all)", value="")
+        self.task = ComboBox(label="task", choices=[t.name for t in TASKS], value=TASKS[0].name)
+        self.image = ComboBox(label="slide", choices=self._layers_of(("Image",)))
+        self.marks = ComboBox(label="annotations", choices=self._annotation_layers)
+        self.class_name = LineEdit(label="class (blank: from the layer)", value="")
         self.recipe = FileEdit(label="recipe (optional)", filter="*.yaml", value="")
-        self.init = ComboBox(label="start from", choices=self._detectors, value=None)
-        self.steps = SpinBox(label="steps", value=300, min=10, max=100_000, step=50)
-        self.eval_every = SpinBox(label="evaluate every", value=50, min=5, max=10_000, step=5)
-        self.crop = SpinBox(label="crop (px)", value=128, min=64, max=1024, step=32)
+        self.init = ComboBox(label="start from", choices=self._models, value=None)
+        self.steps = SpinBox(label="steps", value=300, min=1, max=100_000, step=50)
+        self.eval_every = SpinBox(label="evaluate every", value=50, min=1, max=10_000, step=5)
+        self.crop = SpinBox(label="crop (px)", value=128, min=32, max=1024, step=32)
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.model_name = LineEdit(label="register as", value="my-detector")
         self.found = Label(value="")
@@ -110,13 +69,15 @@ class TrainWidget(Container):
         self.status = Label(value="")
         super().__init__(
             widgets=[
-                self.image, self.marks, self.class_name, self.recipe, self.init, self.steps,
-                self.eval_every, self.crop, self.device, self.model_name, self.found,
-                self.train_button, self.cancel_button, self.view_button, self.status,
+                self.task, self.image, self.marks, self.class_name, self.recipe, self.init,
+                self.steps, self.eval_every, self.crop, self.device, self.model_name,
+                self.found, self.train_button, self.cancel_button, self.view_button,
+                self.status,
             ]
         )  # fmt: skip
         self._plot()
-        self.history: list[tuple[int, float, float]] = []  # (step, loss, validation F1)
+        self.history: list[tuple[int, float, float]] = []  # (step, loss, validation metric)
+        self.metric = "F1"
         self.process: subprocess.Popen[str] | None = None
         self.registered: str | None = None
         self._worker: Any = None  # napari thread_worker following the process's output
@@ -128,6 +89,7 @@ class TrainWidget(Container):
         self.train_button.changed.connect(lambda *_: self.start())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         self.view_button.changed.connect(lambda *_: self.run_on_view())
+        self.task.changed.connect(self._on_task)
         for widget in (self.image, self.marks, self.class_name):
             widget.changed.connect(self._count)
         viewer.layers.events.inserted.connect(self._refresh)
@@ -136,16 +98,34 @@ class TrainWidget(Container):
         self._count()
 
     # --- choices ------------------------------------------------------------------------
-    def _layers_of(self, kind: Any) -> Any:
-        return lambda _w: [layer for layer in self.viewer.layers if isinstance(layer, kind)]
+    @property
+    def chosen(self) -> Any:
+        return task(self.task.value)
 
-    def _detectors(self, _widget: Any = None) -> list[str | None]:
+    def _layers_of(self, kinds: tuple[str, ...]) -> Any:
+        return lambda _w: [layer for layer in self.viewer.layers if type(layer).__name__ in kinds]
+
+    def _annotation_layers(self, _widget: Any = None) -> list[Any]:
+        return self._layers_of(self.chosen.layers)(None)
+
+    def _models(self, _widget: Any = None) -> list[str | None]:
         from napari_mitosis.models.registry import ModelRegistry
 
         try:
-            return [None, *ModelRegistry().names("detection")]
+            return [None, *ModelRegistry().names(self.chosen.kind)]
         except ValueError:
             return [None]
+
+    def _on_task(self, *_: Any) -> None:
+        """Another task: its layers, its models to start from, its defaults."""
+        chosen = self.chosen
+        length, every, size = DEFAULTS[chosen.command]
+        self.steps.label = chosen.unit
+        self.steps.value, self.eval_every.value, self.crop.value = length, every, size
+        self.eval_every.visible = chosen.command != "train-classifier"
+        self.crop.label = "patch (px)" if chosen.command == "train-classifier" else "crop (px)"
+        self.model_name.value = chosen.model_name
+        self._refresh()
 
     def _refresh(self, _event: Any = None) -> None:
         if not self._closed:
@@ -154,16 +134,18 @@ class TrainWidget(Container):
             self.init.reset_choices()
             self._count()
 
+    def _examples(self) -> Any:
+        return examples(self.chosen, self.image.value, self.marks.value, self.class_name.value)
+
     def _count(self, *_: Any) -> None:
         """How many examples the chosen layers give, before anything starts."""
         if self._closed or self.image.value is None or self.marks.value is None:
-            self.found.value = "choose a slide and a layer of figures"
+            self.found.value = "choose a slide and a layer of annotations"
             return
-        annotations = layer_annotations(self.image.value, self.marks.value, self.class_name.value)
-        counts: dict[str, int] = {}
-        for a in annotations:
-            counts[a.classification or "Mitosis"] = counts.get(a.classification or "Mitosis", 0) + 1
-        self.found.value = ", ".join(f"{n} {c}" for c, n in sorted(counts.items())) or "no figures"
+        try:
+            self.found.value = self._examples().describe()
+        except ValueError as err:
+            self.found.value = str(err)
 
     # --- the live plot -------------------------------------------------------------------
     def _plot(self) -> None:
@@ -172,66 +154,73 @@ class TrainWidget(Container):
 
         self.figure = Figure(figsize=(3.2, 2.2), layout="constrained")
         self.loss_axes = self.figure.add_subplot()
-        self.f1_axes = self.loss_axes.twinx()
+        self.metric_axes = self.loss_axes.twinx()
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setMinimumHeight(180)
         self.native.layout().addWidget(self.canvas)
 
     def _draw(self) -> None:
-        steps, losses, f1s = (np.asarray(v, float) for v in zip(*self.history, strict=True))
+        steps, losses, metric = (np.asarray(v, float) for v in zip(*self.history, strict=True))
         self.loss_axes.clear()
-        self.f1_axes.clear()
+        self.metric_axes.clear()
         self.loss_axes.plot(steps, losses, "o-", color="tab:blue", label="training loss")
-        self.f1_axes.plot(steps, f1s, "s-", color="tab:orange", label="validation F1")
-        self.f1_axes.set_ylim(0, 1)
-        self.loss_axes.set_xlabel("step")
+        self.metric_axes.plot(
+            steps, metric, "s-", color="tab:orange", label=f"validation {self.metric}"
+        )
+        self.metric_axes.set_ylim(0, 1)
+        self.loss_axes.set_xlabel(self.chosen.unit[:-1])
         self.loss_axes.set_ylabel("loss", color="tab:blue")
-        self.f1_axes.set_ylabel("F1", color="tab:orange")
+        self.metric_axes.set_ylabel(self.metric, color="tab:orange")
         self.canvas.draw_idle()
 
     # --- training -------------------------------------------------------------------------
-    def command(self, slide: Path, annotations: Path, out: Path) -> list[str]:
-        """The ``train-detector`` command the process runs (the CLI, exactly)."""
-        image, marks = self.image.value, self.marks.value
-        notes = f"trained in napari from layer {marks.name!r} on {slide.name}" + (
+    def command(
+        self, slide: Path, annotations: Path, out: Path, classes: tuple[str, ...] = ()
+    ) -> list[str]:
+        """The task's ``train-…`` command the process runs (the CLI, exactly)."""
+        notes = f"trained in napari from layer {self.marks.value.name!r} on {slide.name}" + (
             f", starting from {self.init.value}" if self.init.value else ""
         )
-        command = [
-            sys.executable, "-m", "napari_mitosis", "train-detector", str(slide),
-            "--annotations", str(annotations), "--out", str(out),
-            "--steps", str(self.steps.value), "--eval-every", str(self.eval_every.value),
-            "--crop", str(self.crop.value), "--device", self.device.value, "--notes", notes,
-        ]  # fmt: skip
-        del image
-        if self.recipe.value and str(self.recipe.value) not in ("", "."):
-            command += ["--recipe", str(self.recipe.value)]
-        if self.init.value:
-            command += ["--init", str(self.init.value)]
-        return command
+        recipe = str(self.recipe.value) if self.recipe.value else ""
+        return command(
+            self.chosen,
+            slide,
+            annotations,
+            out,
+            classes=classes,
+            length=self.steps.value,
+            eval_every=self.eval_every.value,
+            size=self.crop.value,
+            device=self.device.value,
+            notes=notes,
+            recipe=recipe if recipe not in ("", ".") else None,
+            init=str(self.init.value) if self.init.value else None,
+        )
 
     def start(self) -> None:
         if self.process is not None:
             return
         image, marks = self.image.value, self.marks.value
         if image is None or marks is None:
-            self.status.value = "choose a slide and a layer of figures"
+            self.status.value = "choose a slide and a layer of annotations"
             return
         try:
             slide = slide_path(image)
-            annotations = layer_annotations(image, marks, self.class_name.value)
-            if len(annotations) < 2:
-                raise ValueError(f"{marks.name}: mark at least 2 mitoses")
+            found = self._examples()
+            least = 1 if self.chosen.command == "train-classifier" else 2
+            if sum(found.counts.values()) < least:
+                raise ValueError(f"{marks.name}: {found.describe()}; annotate more")
         except ValueError as err:
             self.status.value = str(err)
             return
         self._work = Path(tempfile.mkdtemp(prefix="napari-mitosis-train-"))
-        geojson = write_geojson(self._work / f"{marks.name}.geojson", annotations)
-        self.out = self._work / f"{self.model_name.value or 'detector'}.safetensors"
+        annotations = found.write(self._work)
+        self.out = self._work / f"{self.model_name.value or self.chosen.model_name}.safetensors"
         self.history.clear()
         self._output.clear()
         self._cancelled = False
         self.process = subprocess.Popen(
-            self.command(slide, geojson, self.out),
+            self.command(slide, annotations, self.out, found.classes),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -258,18 +247,20 @@ class TrainWidget(Container):
         return lines()
 
     def on_line(self, line: str) -> None:
-        """One line of the training process: a step line extends the curve and the
+        """One line of the training process: a progress line extends the curve and the
         estimate of what is left."""
         self._output.append(line)
-        match = STEP_LINE.match(line)
+        match = PROGRESS_LINE.match(line)
         if match is None or self._closed:
             return
-        step, total, loss, f1 = match.groups()
-        self.history.append((int(step), float(loss), float(f1)))
+        step, total, loss, metric, value = match.groups()
+        self.metric = metric
+        self.history.append((int(step), float(loss), float(value)))
         self._draw()
         elapsed = time.monotonic() - self._started
         left = elapsed / int(step) * (int(total) - int(step))
-        self.status.value = f"step {step}/{total}: {elapsed:.0f} s, about {left:.0f} s left"
+        unit = self.chosen.unit[:-1]
+        self.status.value = f"{unit} {step}/{total}: {elapsed:.0f} s, about {left:.0f} s left"
 
     def _on_exit(self) -> None:
         if self.process is not None:
@@ -309,7 +300,7 @@ class TrainWidget(Container):
         from napari_mitosis.models.registry import ModelRegistry
 
         registry = ModelRegistry()
-        name = base = self.model_name.value or "detector"
+        name = base = self.model_name.value or self.chosen.model_name
         number = 2
         while name in registry.names():
             name, number = f"{base}-{number}", number + 1
@@ -326,9 +317,9 @@ class TrainWidget(Container):
             self.process.terminate()
 
     def run_on_view(self) -> Any:
-        """The detection widget, on the registered model and the current view."""
+        """The task's model widget, on the registered model and the current view."""
         _dock, widget = self.viewer.window.add_plugin_dock_widget(
-            "napari-mitosis", "Mitosis detection"
+            "napari-mitosis", self.chosen.runs_in
         )
         widget.reset_choices()
         widget.image.value = self.image.value

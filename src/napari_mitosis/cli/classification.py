@@ -37,7 +37,7 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
         class_weights=not args.no_class_weights,
-        monitor=args.monitor,
+        monitor=args.monitor or ("auc" if len(fixed["classes"]) == 2 else "f1"),
         patience=args.patience,
         brightness=args.brightness,
         contrast=args.contrast,
@@ -55,12 +55,23 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
     )
 
 
-def _print_epoch(epoch: int, total: int, r: dict[str, float]) -> None:
-    print(
-        f"epoch {epoch}/{total}: loss {r['train_loss']:.3f}  validation AUC {r['val_auc']:.3f}  "
-        f"F1 {r['val_f1']:.3f}  F_med {r['val_f_med']:.3f}  ({r['seconds']:.0f} s)",
-        flush=True,
-    )
+#: how the epoch line names each metric
+METRIC_NAMES = {"auc": "AUC", "f1": "F1", "f_med": "F_med", "loss": "loss"}
+
+
+def _epoch_printer(monitor: str) -> Any:
+    """The epoch line, the monitored validation metric first (the Train widget plots it)."""
+    order = [monitor, *(m for m in ("auc", "f1", "f_med") if m != monitor)]
+
+    def show(epoch: int, total: int, r: dict[str, float]) -> None:
+        values = "  ".join(f"{METRIC_NAMES[m]} {r[f'val_{m}']:.3f}" for m in order)
+        print(
+            f"epoch {epoch}/{total}: loss {r['train_loss']:.3f}  validation {values}  "
+            f"({r['seconds']:.0f} s)",
+            flush=True,
+        )
+
+    return show
 
 
 def _train_classifier(args: argparse.Namespace) -> int:
@@ -112,7 +123,7 @@ def _train_classifier(args: argparse.Namespace) -> int:
         args.out,
         config,
         overwrite=args.overwrite,
-        progress=_print_epoch,
+        progress=_epoch_printer(config.monitor),
     )
     print(f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch}")
     if len(test):
@@ -276,7 +287,7 @@ def _train_classifier_on_slides(args: argparse.Namespace) -> int:
         args.out,
         config,
         overwrite=args.overwrite,
-        progress=_print_epoch,
+        progress=_epoch_printer(config.monitor),
     )
     print(
         f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch} → {args.out}"
