@@ -128,3 +128,36 @@ def test_a_heatmap_from_device_tiles_equals_the_cpu_heatmap(cmu_small: Path, tmp
                              input_size=48, mpp=0.6, resize="pil-bilinear")  # fmt: skip
     pil = ClassifierPredictor(build_model(wsinfer_like), wsinfer_like, "cpu")
     assert ClassificationRun(slide.sources[0], pil, device_tiles=True).read_batch is None
+
+
+def test_unet_and_detector_runs_from_device_tiles_equal_the_cpu_runs(
+    cmu_small: Path, trained_unet, trained_detector
+) -> None:
+    """The U-Net's blended probability map and the detector's boxes from device tiles
+    equal the CPU reads' (float32 on the CPU; ±2 decode differences under CUDA)."""
+    from napari_mitosis.detection.run import DetectionRun, detect_slide
+    from napari_mitosis.engine.tiled_inference import TilePredictor
+    from napari_mitosis.io.formats import open_slide
+    from napari_mitosis.models.checkpoint import load_checkpoint
+    from napari_mitosis.models.detector import DetectionPredictor
+    from napari_mitosis.segmentation.run import SegmentationRun, segment_slide
+
+    region = (300, 500, 812, 1268)  # level-0 px, across JPEG tile borders
+    options = {"region": region, "device": "cpu", "overlap": 32}
+    cpu = segment_slide(cmu_small, trained_unet[0], **options)
+    ours = segment_slide(cmu_small, trained_unet[0], device_tiles=True, **options)
+    np.testing.assert_allclose(
+        np.asarray(ours.probability), np.asarray(cpu.probability), atol=1e-4
+    )
+    found_cpu = detect_slide(cmu_small, trained_detector[0], **options)
+    found = detect_slide(cmu_small, trained_detector[0], device_tiles=True, **options)
+    assert len(found.detections) == len(found_cpu.detections)
+    np.testing.assert_allclose(found.detections.boxes, found_cpu.detections.boxes, atol=1e-2)
+    np.testing.assert_allclose(found.detections.scores, found_cpu.detections.scores, atol=1e-4)
+    # the device path was the one taken
+    source = open_slide(cmu_small).sources[0]
+    unet = TilePredictor(*load_checkpoint(trained_unet[0], task="segmentation"), "cpu")
+    assert SegmentationRun(source, unet, device_tiles=True).read_batch is not None
+    detector = DetectionPredictor(*load_checkpoint(trained_detector[0], task="detection"), "cpu")
+    assert DetectionRun(source, detector, device_tiles=True).read_batch is not None
+    assert DetectionRun(source, detector).read_batch is None

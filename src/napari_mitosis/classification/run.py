@@ -138,29 +138,16 @@ class ClassificationRun(TiledRun):
         level is a TIFF we decode and the model takes plain RGB patches; else None (the
         CPU reads, which also do context patches, stain normalisation and Pillow resizing)."""
         predictor, card = self.predictor, self.predictor.card
-        handle = getattr(source, "handle", None)
-        tiles = handle.tiles(source.level) if hasattr(handle, "tiles") else None
         plain = not card.context and card.resize == "bilinear" and predictor.in_channels == 3
-        if tiles is None or not plain or predictor.normalise is not None:
+        if not plain or predictor.normalise is not None:
             return None
-        from napari_mitosis.engine.device_tiles import DeviceTileReader
+        from napari_mitosis.engine.device_tiles import level_batch_reader
 
-        fill = self.read.fill
-        reader = DeviceTileReader(
-            tiles,
-            source.level,
-            predictor.device,
-            background=(fill,) * 3,
-            unwritten=getattr(handle, "_background", (fill,) * 3),
-        )
-        half = self.patch / 2
-
-        def read_batch(chunk: np.ndarray) -> Any:
-            centres = np.asarray(chunk, float) + cell / 2
-            origins = np.round(centres - half).astype(int)  # as `PatchReader` rounds
-            return reader.patches(origins, (self.patch, self.patch))
-
-        return read_batch
+        # each patch centred on its cell, as `PatchReader` places it
+        return level_batch_reader(
+            source, predictor.device, self.patch, fill=self.read.fill,
+            shift=cell / 2 - self.patch / 2,
+        )  # fmt: skip
 
     @property
     def read_px(self) -> int:

@@ -10,6 +10,7 @@ from napari_mitosis.cli.options import (
     IMAGE_HELP,
     CommandAdder,
     add_device,
+    add_device_tiles,
     add_model,
     add_mpp,
     add_overwrite,
@@ -118,11 +119,6 @@ def register(command: CommandAdder) -> None:
         action="store_true",
         help="float32 on CUDA too (slower; the CPU's heatmap within 1e-4, no float16 rounding)",
     )
-    cl.add_argument(
-        "--device-tiles",
-        action="store_true",
-        help="decode JPEG tiles and cut patches on the model's device (nvJPEG on a GPU) "
-        "where the slide is a TIFF we decode; other slides read as usual",
-    )
+    add_device_tiles(cl)
     add_overwrite(cl)
     cl.set_defaults(run=_classify)

@@ -12,6 +12,7 @@ from napari_mitosis.cli.options import (
     IMAGE_HELP,
     CommandAdder,
     add_device,
+    add_device_tiles,
     add_model,
     add_mpp,
     add_overwrite,
@@ -180,6 +181,7 @@ def _detect(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         batch_size=args.batch_size,
         mpp=args.mpp,
+        device_tiles=args.device_tiles,
     )
     _write_boxes(result.detections, outputs, args.overwrite)
     print(f"{args.image}: {result.summary()}")
@@ -320,6 +322,7 @@ def register(command: CommandAdder) -> None:
     dt.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
     add_mpp(dt)
     add_tiling(dt, batch=4)
+    add_device_tiles(dt)
     add_device(dt)
     add_overwrite(dt)
     dt.set_defaults(run=_detect)

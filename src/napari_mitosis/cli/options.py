@@ -183,6 +183,15 @@ def add_tiling(parser: argparse.ArgumentParser, *, batch: int) -> None:
     parser.add_argument("--batch-size", type=int, default=batch, help="tiles per forward pass")
 
 
+def add_device_tiles(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device-tiles",
+        action="store_true",
+        help="decode JPEG tiles and cut patches on the model's device (nvJPEG on a GPU) "
+        "where the slide is a TIFF we decode; other slides read as usual",
+    )
+
+
 def parse_region(text: str | None) -> tuple[int, int, int, int] | None:
     if text is None:
         return None

@@ -10,6 +10,7 @@ from napari_mitosis.cli.options import (
     IMAGE_HELP,
     CommandAdder,
     add_device,
+    add_device_tiles,
     add_model,
     add_mpp,
     add_overwrite,
@@ -137,6 +138,7 @@ def _segment(args: argparse.Namespace) -> int:
         tissue_only=args.tissue_only,
         min_tissue=args.min_tissue,
         mpp=args.mpp,
+        device_tiles=args.device_tiles,
     )
     paths = write_segmentation(result, args.out, Path(args.image).stem, overwrite=args.overwrite)
     print(f"{args.image}: {len(result.detections)} mitotic figures at level {result.level}")
@@ -260,6 +262,7 @@ def register(command: CommandAdder) -> None:
     sg.add_argument("--min-area", type=int, default=0, help="smallest figure kept (level px)")
     add_mpp(sg)
     add_tiling(sg, batch=4)
+    add_device_tiles(sg)
     add_device(sg)
     add_overwrite(sg)
     sg.set_defaults(run=_segment)

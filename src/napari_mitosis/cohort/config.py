@@ -14,7 +14,7 @@ from napari_mitosis.io.output_file import atomic_output
 
 RUN_CONFIG = "run-config.yaml"
 #: Settings that do not change results; a resumed run may differ in them.
-RUN_ONLY = ("device", "classify_batch_size", "detect_batch_size")
+RUN_ONLY = ("device", "device_tiles", "classify_batch_size", "detect_batch_size")
 
 
 def sha256_of(path: str | Path) -> str:

@@ -32,6 +32,9 @@ class PipelineSettings:
     detector: str | None = None  # checkpoint path; None skips mitosis detection
     detect_in: Literal["tumour", "tissue"] = "tumour"  # "tumour" needs a classifier
     device: str = "auto"
+    #: decode JPEG tiles and cut patches on the model's device (`engine.device_tiles`);
+    #: "auto": on a CUDA device, where the CPU's JPEG decoding would feed it too slowly
+    device_tiles: bool | Literal["auto"] = "auto"
     classify_min_tissue: float = 0.3
     classify_stride: int | None = None  # level px per heatmap cell (None: patch / 2)
     classify_threshold: float | None = None  # None: the card's
@@ -51,6 +54,12 @@ class PipelineSettings:
             raise ValueError(f"detect_in must be 'tumour' or 'tissue', not {self.detect_in!r}")
         if self.detect_in == "tumour" and self.detector and not self.classifier:
             raise ValueError("detecting inside tumour needs a classifier; use detect_in='tissue'")
+
+    def on_device_tiles(self, device: Any) -> bool:
+        """Whether a model on ``device`` reads device tiles (``device_tiles``)."""
+        if self.device_tiles == "auto":
+            return getattr(device, "type", str(device)) == "cuda"
+        return bool(self.device_tiles)
 
     @classmethod
     def from_dict(cls, record: dict[str, Any]) -> PipelineSettings:
@@ -158,6 +167,7 @@ def analyse_slide(
                 stride=settings.classify_stride,
                 threshold=settings.classify_threshold,
                 batch_size=settings.classify_batch_size,
+                device_tiles=settings.on_device_tiles(models.classifier.device),
                 progress=_stage(progress, "classify"),
                 should_stop=should_stop,
             )
@@ -174,6 +184,7 @@ def analyse_slide(
                     score_threshold=settings.score_threshold,
                     overlap=settings.detect_overlap,
                     batch_size=settings.detect_batch_size,
+                    device_tiles=settings.on_device_tiles(models.detector.device),
                     progress=_stage(progress, "detect"),
                     should_stop=should_stop,
                 )

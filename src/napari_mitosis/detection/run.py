@@ -38,6 +38,7 @@ class DetectionRun(TiledRun):
         level: int = 0,
         downsample: float = 1.0,
         level_mpp: tuple[float, float] | None = None,
+        device_tiles: bool = False,
     ) -> None:
         if len(source.shape) != 3 or source.shape[2] != 3:
             raise ValueError(f"the detector needs an RGB image; got shape {tuple(source.shape)}")
@@ -50,6 +51,10 @@ class DetectionRun(TiledRun):
             self.grid, overlap=overlap, class_names=tuple(predictor.card.classes)
         )
         self.origins = self.grid.origins()
+        if device_tiles and predictor.normalise is None:
+            from napari_mitosis.engine.device_tiles import level_batch_reader
+
+            self.read_batch = level_batch_reader(source, predictor.device, tile, fill=0)
         self.mpp0 = (level_mpp[0] / downsample, level_mpp[1] / downsample) if level_mpp else None
 
     def area_mm2(self) -> float | None:

@@ -15,13 +15,19 @@ well-kept path.
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def _on(stream: Any) -> Any:
+    """``torch.cuda.stream(stream)``, or nothing to enter on the CPU."""
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def decode_jpeg_streams(streams: Sequence[bytes], device: str | torch.device) -> list[torch.Tensor]:
@@ -61,6 +67,9 @@ class DeviceTileReader:
         self.background = np.asarray(background, np.uint8)
         self.unwritten = self.background if unwritten is None else np.asarray(unwritten, np.uint8)
         self.cache_tiles = cache_tiles
+        # On CUDA a reader decodes and assembles on its own stream, so reading the next
+        # batch overlaps the forward pass on the default stream.
+        self._stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
         self._lock = threading.Lock()
         self._cache: dict[int, torch.Tensor] = {}
         self.decoded_on_device = 0  # tiles decoded by decode_jpeg (for tests and benchmarks)
@@ -87,10 +96,12 @@ class DeviceTileReader:
         for index in missing:
             stream = self.tiles.jpeg_stream(self.level, index)
             if stream is None:  # not JPEG, or a tile never written: the CPU decoder
-                tile = self.tiles.tile(self.level, index, self.unwritten)
-                self._cache[index] = (
-                    torch.from_numpy(np.array(tile)).permute(2, 0, 1).to(self.device)
+                tile = torch.from_numpy(
+                    np.array(self.tiles.tile(self.level, index, self.unwritten))
                 )
+                if self._stream is not None:  # pinned, so the copy is asynchronous
+                    tile = tile.pin_memory()
+                self._cache[index] = tile.permute(2, 0, 1).to(self.device, non_blocking=True)
             else:
                 streams.append(stream)
                 jpeg.append(index)
@@ -127,16 +138,58 @@ class DeviceTileReader:
         needed: set[int] = set()
         for y0, x0 in origins:
             needed.update(self._tile_indices(int(y0), int(y0) + height, int(x0), int(x0) + width))
-        with self._lock:
+        with self._lock, _on(self._stream):
             self._load(needed)
             batch = torch.stack([self._patch(int(y), int(x), height, width) for y, x in origins])
-        if out_size is None or tuple(out_size) == (height, width):
-            return batch
-        resized = F.interpolate(
-            batch.float(),
-            size=tuple(out_size),
-            mode="bilinear",
-            antialias=True,
-            align_corners=False,
-        )
-        return resized.round().clamp(0, 255).to(torch.uint8)
+            if out_size is not None and tuple(out_size) != (height, width):
+                batch = (
+                    F.interpolate(
+                        batch.float(),
+                        size=tuple(out_size),
+                        mode="bilinear",
+                        antialias=True,
+                        align_corners=False,
+                    )
+                    .round()
+                    .clamp(0, 255)
+                    .to(torch.uint8)
+                )
+            if self._stream is not None:
+                # whole before it is handed over; the allocator keeps it until the
+                # default stream, where the model reads it, is done with it
+                self._stream.synchronize()
+                batch.record_stream(torch.cuda.default_stream(self.device))
+        return batch
+
+
+def level_batch_reader(
+    source: Any,
+    device: str | torch.device,
+    size: int,
+    *,
+    fill: int = 0,
+    shift: float = 0.0,
+) -> Callable[[np.ndarray], torch.Tensor] | None:
+    """A tiled run's ``read_batch`` from device tiles: (n, 2) origins of one level → the
+    (n, 3, size, size) uint8 patches at ``origins + shift`` (rounded as the CPU reads
+    round), on ``device``; ``fill`` outside the level and in tiles never written, as the
+    CPU reads. None when the level is not a TIFF our decoder reads (OpenSlide-only
+    formats, plain images): the run keeps its CPU reads."""
+    handle = getattr(source, "handle", None)
+    level = getattr(source, "level", None)
+    tiles = handle.tiles(level) if level is not None and hasattr(handle, "tiles") else None
+    if tiles is None or level not in tiles.levels:
+        return None
+    reader = DeviceTileReader(
+        tiles,
+        level,
+        device,
+        background=(fill,) * 3,
+        unwritten=getattr(handle, "_background", (fill,) * 3),
+    )
+
+    def read_batch(origins: np.ndarray) -> torch.Tensor:
+        corners = np.round(np.asarray(origins, float) + shift).astype(int)
+        return reader.patches(corners, (size, size))
+
+    return read_batch

@@ -67,13 +67,19 @@ class TilePredictor:
         self.normalise = card_normaliser(card)
 
     @torch.inference_mode()
-    def __call__(self, tiles: np.ndarray) -> np.ndarray:
-        if self.normalise is not None:
-            tiles = self.normalise(tiles)
-        batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
-        if batch.ndim == 3:  # greyscale tiles
-            batch = batch[..., None]
-        batch = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(self.mean).div_(self.std)
+    def __call__(self, tiles: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Outputs for (n, h, w[, c]) uint8 tiles, or (n, c, h, w) uint8 tensors already
+        on the device (`engine.device_tiles`)."""
+        if isinstance(tiles, torch.Tensor):
+            batch = tiles.to(self.device).float().div_(255.0)
+        else:
+            if self.normalise is not None:
+                tiles = self.normalise(tiles)
+            batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device, non_blocking=True)
+            if batch.ndim == 3:  # greyscale tiles
+                batch = batch[..., None]
+            batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        batch = batch.sub_(self.mean).div_(self.std)
         out = self.activation(forward_amp(self.model, channels_last(batch), self.amp))
         return out.cpu().numpy()
 

@@ -157,16 +157,21 @@ class DetectionPredictor:
             self.model.transform.max_size = self.tile
 
     @torch.inference_mode()
-    def __call__(self, tiles: np.ndarray) -> list[dict[str, np.ndarray]]:
-        if self.normalise is not None:
-            tiles = self.normalise(np.asarray(tiles))
-        batch = (
-            torch.from_numpy(np.ascontiguousarray(tiles))
-            .to(self.device)
-            .permute(0, 3, 1, 2)
-            .float()
-            / 255.0
-        )
+    def __call__(self, tiles: np.ndarray | torch.Tensor) -> list[dict[str, np.ndarray]]:
+        """Boxes for (n, t, t, 3) uint8 tiles, or (n, 3, t, t) uint8 tensors already on the
+        device (`engine.device_tiles`)."""
+        if isinstance(tiles, torch.Tensor):
+            batch = tiles.to(self.device).float() / 255.0
+        else:
+            if self.normalise is not None:
+                tiles = self.normalise(np.asarray(tiles))
+            batch = (
+                torch.from_numpy(np.ascontiguousarray(tiles))
+                .to(self.device)
+                .permute(0, 3, 1, 2)
+                .float()
+                / 255.0
+            )
         with torch.autocast(
             self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda"
         ):

@@ -60,6 +60,7 @@ class SegmentationRun(TiledRun):
         downsample: float = 1.0,
         level_mpp: tuple[float, float] | None = None,
         out: Any = None,
+        device_tiles: bool = False,
     ) -> None:
         card = predictor.card
         tile = tile or card.input_size
@@ -80,6 +81,10 @@ class SegmentationRun(TiledRun):
         out = out if out is not None else np.zeros((y1 - y0, x1 - x0), np.float32)
         self.stitcher = self.merger = BlendedStitcher(self.grid, out, overlap=overlap)
         self.origins = self.grid.origins()
+        if device_tiles and channels == 3 and predictor.normalise is None:
+            from napari_mitosis.engine.device_tiles import level_batch_reader
+
+            self.read_batch = level_batch_reader(source, predictor.device, tile, fill=0)
 
     def result(
         self, threshold: float | None = None, min_area: int = 0, labels_out: Any = None
