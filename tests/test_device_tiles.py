@@ -146,9 +146,7 @@ def test_unet_and_detector_runs_from_device_tiles_equal_the_cpu_runs(
     options = {"region": region, "device": "cpu", "overlap": 32}
     cpu = segment_slide(cmu_small, trained_unet[0], **options)
     ours = segment_slide(cmu_small, trained_unet[0], device_tiles=True, **options)
-    np.testing.assert_allclose(
-        np.asarray(ours.probability), np.asarray(cpu.probability), atol=1e-4
-    )
+    np.testing.assert_allclose(np.asarray(ours.probability), np.asarray(cpu.probability), atol=1e-4)
     found_cpu = detect_slide(cmu_small, trained_detector[0], **options)
     found = detect_slide(cmu_small, trained_detector[0], device_tiles=True, **options)
     assert len(found.detections) == len(found_cpu.detections)
