@@ -6,7 +6,9 @@
 #
 # Steps: tests engine reads peers peers-inception (default: all), and on request the
 # large-slide steps reads-large and peers-inception-large (a 36,864² px slide: ≈10k
-# Inception patches, minutes to write). Each step's log goes to
+# Inception patches, minutes to write), and gpu-json (benchmarks/results/gpu.json: a
+# 49,152² px slide end to end on device tiles, engines vs models, and the Inception ratio
+# of peers-inception-large's log; run it after that step). Each step's log goes to
 # OUT_DIR/STEP.log. PYTHON names our interpreter (default python3), WSINFER_PYTHON
 # WSInfer's (default .bench/peers/bin/python); STEP_LIMIT caps each step in seconds.
 #
@@ -65,6 +67,11 @@ for step in $steps; do
         run peers-inception-large "$py" benchmarks/bench_vs_peers.py --device cuda \
             --size 6144 --copies 6 --architecture inception_v3 --patch 299 --batch 64 \
             --wsinfer-python "$wsinfer" --tiatoolbox-python /nonexistent
+        ;;
+    gpu-json)  # benchmarks/results/gpu.json; the Inception ratio from peers-inception-large
+        run gpu-json "$py" benchmarks/gpu_json.py benchmarks/results/gpu.json \
+            --peers-log "$out/peers-inception-large.log"
+        cp benchmarks/results/gpu.json "$out/gpu.json" 2>/dev/null || true
         ;;
     *) echo "unknown step $step" ;;
     esac
