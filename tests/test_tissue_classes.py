@@ -120,7 +120,8 @@ def test_cli_fine_tunes_a_three_class_model_on_one_slide_and_maps_another(
     assert card.training["init"] == str(trained_classifier[0])
     assert card.metrics["val_balanced_accuracy"] > 0.8
     assert min(card.metrics[f"val_recall_{k}"] for k in range(3)) > 0.7  # glass too
-    assert "split by region" in card.notes and "regions.geojson" in card.notes
+    assert "split by region" in card.notes and "regions.geojson (" in card.notes
+    assert "annotated cells;" in card.notes
 
     # On a slide it never saw, the argmax map matches the true tissue types in every cell
     # of one type (cells on a border between types are either).

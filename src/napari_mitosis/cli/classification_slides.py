@@ -83,7 +83,15 @@ def train_on_slides(args: argparse.Namespace, make_config: Any, printer: Any) ->
             counts = ", ".join(f"{c} {a} + {b}" for c, (a, b) in found.counts().items())
             print(f"{slide_path.name}: training + validation patches: {counts}")
             print(found.description)
-            notes.append(slide_provenance(slide_path, annotation, len(labels), found.description))
+            notes.append(
+                slide_provenance(
+                    slide_path,
+                    annotation,
+                    int(np.sum(labels >= 0)),
+                    found.description,
+                    "annotated cells",
+                )
+            )
             break
         if args.classes:
             chosen = sample_cells(labels, len(classes), args.per_class, rng)

@@ -215,6 +215,8 @@ def slide_split_options(slide: Path, args: argparse.Namespace, expects: str) -> 
     }
 
 
-def slide_provenance(slide: Path, annotations: Path, figures: int, split: str) -> str:
+def slide_provenance(
+    slide: Path, annotations: Path, count: int, split: str, what: str = "figures"
+) -> str:
     """The card's note on where a slide-trained model's examples came from."""
-    return f"slide {slide.name}, annotations {annotations.name} ({figures} figures; {split})"
+    return f"slide {slide.name}, annotations {annotations.name} ({count} {what}; {split})"
