@@ -529,3 +529,19 @@ def test_heatmap_layers_end_where_the_slide_ends(
     assert 2967 % cell and 2220 % cell  # cells do overhang both edges
     for layer in viewer.layers[1:]:
         np.testing.assert_allclose(layer.extent.world, image.extent.world)
+
+
+def test_images_with_an_up_keep_it_under_left_right_flips_and_crops() -> None:
+    """Ultrasound has a top (the skin): ``flips="horizontal"`` never turns it over, where
+    the histology default does; random crops keep the image's size."""
+    from napari_mitosis.classification.training import Augmenter
+
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[:20] = 200  # a bright top half
+    still = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, hed_jitter=0.0)
+    upright = Augmenter(ClassifierTraining(flips="horizontal", crop_scale=0.6, **still), 3)
+    seen = [upright(image) for _ in range(40)]
+    assert all(s.shape == image.shape for s in seen)
+    assert all(s[:10].mean() > s[-10:].mean() + 100 for s in seen)
+    turned = Augmenter(ClassifierTraining(**still), 3)
+    assert any(t[:10].mean() < t[-10:].mean() for t in (turned(image) for _ in range(40)))

@@ -85,6 +85,11 @@ class ClassifierTraining(StainTraining):
     contrast: float = 0.75
     saturation: float = 0.25
     hue: float = 0.04
+    #: "dihedral": the 8 rotations/flips (histology has no up); "horizontal": left-right
+    #: flips only (ultrasound: the skin is at the top)
+    flips: str = "dihedral"
+    #: random crops of at least this share of the image's area, resized back (1: none)
+    crop_scale: float = 1.0
     mpp: float | None = None  # µm/pixel of the patches (None: whole images, pixel units)
     context: float | None = None  # two_tower: context patch covers this × the patch side
     centre_crop: int | None = None  # whole images were cropped to their central N px
@@ -109,7 +114,8 @@ class ClassifierReport:
 
 
 class Augmenter:
-    """Dihedral + colour jitter per sample; patch and context share the parameters."""
+    """Flips (dihedral or left-right), optional random crops and colour jitter per sample;
+    patch and context share the parameters."""
 
     def __init__(
         self, config: ClassifierTraining, channels: int, rng: np.random.Generator | None = None
@@ -121,18 +127,25 @@ class Augmenter:
             if self.group == 3
             else v2.ColorJitter(config.brightness, config.contrast)
         )
-        self.transform = v2.Compose(
-            [
-                v2.RandomHorizontalFlip(),
+        if config.flips not in ("dihedral", "horizontal"):
+            raise ValueError(f"flips must be 'dihedral' or 'horizontal', got {config.flips!r}")
+        steps: list[Any] = [v2.RandomHorizontalFlip()]
+        if config.flips == "dihedral":
+            steps += [
                 v2.RandomVerticalFlip(),
                 v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0, 90, 180, 270)]),
-                jitter,
             ]
-        )
+        self.steps, self.jitter, self.transform = steps, jitter, None
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         image = self.config.jitter(image, self.rng)  # HED first: it needs the stored colours
         tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
+        if self.transform is None:  # crops resize back to the images' own size
+            crop = []
+            if self.config.crop_scale < 1:
+                scale = (self.config.crop_scale, 1.0)
+                crop = [v2.RandomResizedCrop(tuple(image.shape[:2]), scale=scale, antialias=True)]
+            self.transform = v2.Compose([*self.steps, *crop, self.jitter])
         parts = [tv_tensors.Image(p) for p in tensor.split(self.group, dim=0)]
         out = self.transform(*parts) if len(parts) > 1 else (self.transform(parts[0]),)
         return torch.cat([o.as_subclass(torch.Tensor) for o in out], 0).permute(1, 2, 0).numpy()

@@ -42,6 +42,8 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         contrast=args.contrast,
         saturation=args.saturation,
         hue=args.hue,
+        flips=args.flips,
+        crop_scale=args.crop_scale,
         seed=args.seed,
         device=args.device,
         notes=args.notes,
@@ -287,6 +289,19 @@ def register(command: CommandAdder) -> None:
     tc.add_argument("--contrast", type=float, default=0.75, help="colour jitter")
     tc.add_argument("--saturation", type=float, default=0.25, help="colour jitter")
     tc.add_argument("--hue", type=float, default=0.04, help="colour jitter")
+    tc.add_argument(
+        "--flips",
+        choices=("dihedral", "horizontal"),
+        default="dihedral",
+        help="dihedral: the 8 rotations/flips (histology); horizontal: left-right only "
+        "(images with an up, e.g. ultrasound)",
+    )
+    tc.add_argument(
+        "--crop-scale",
+        type=float,
+        default=1.0,
+        help="random crops of at least this share of the area, resized back (1: none)",
+    )
     tc.add_argument(
         "--pretrained",
         help="start from these weights: a torchvision weights name (e.g. "
