@@ -18,6 +18,7 @@ command line's for the same data and seed:
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -131,11 +132,15 @@ def _ellipse_outline(corners: np.ndarray, n: int = 64) -> np.ndarray:
     return centre + np.c_[np.sin(angles), np.cos(angles)] * radii
 
 
+def labels_data(labels: Any) -> np.ndarray:
+    """A labels layer's full-resolution array."""
+    return np.asarray(labels.data[0] if labels.multiscale else labels.data)
+
+
 def label_names(labels: Any, typed: str) -> dict[int, str]:
     """Label value → class name: the layer's ``class`` feature (by its ``index`` column,
     else by row), the names typed (comma-separated, label 1 first), or "class k"."""
-    values = [int(v) for v in np.unique(np.asarray(labels.data[0] if labels.multiscale
-                                                   else labels.data)) if v > 0]  # fmt: skip
+    values = [int(v) for v in np.unique(labels_data(labels)) if v > 0]
     features = labels.features
     names: dict[int, str] = {}
     if len(features) and "class" in features:
@@ -151,15 +156,15 @@ def label_names(labels: Any, typed: str) -> dict[int, str]:
 def labels_on_slide(image: Any, labels: Any, *, full: bool) -> np.ndarray:
     """A labels layer as an array over the whole slide: at the layer's own resolution, or
     (``full``) resampled to the slide's level-0 pixels. The layer must cover the slide."""
-    data = np.asarray(labels.data[0] if labels.multiscale else labels.data)
+    data = labels_data(labels)
     if data.ndim != 2:
         raise ValueError(f"{labels.name}: a 2-D labels layer is needed, not {data.ndim}-D")
     height, width = image.level_shapes[0][-2:] if image.multiscale else image.data.shape[:2]
-    corners = _in_slide_pixels(image, labels, np.array([[-0.5, -0.5], [data.shape[0] - 0.5,
-                                                       data.shape[1] - 0.5]]))  # fmt: skip
-    if np.abs(corners - [[-0.5, -0.5], [height - 0.5, width - 0.5]]).max() > 1.5 * max(
-        height / data.shape[0], width / data.shape[1]
-    ):
+    # the layer's outer pixel edges, in slide pixels, against the slide's own
+    edges = np.array([[-0.5, -0.5], [data.shape[0] - 0.5, data.shape[1] - 0.5]])
+    corners = _in_slide_pixels(image, labels, edges)
+    tolerance = 1.5 * max(height / data.shape[0], width / data.shape[1])  # a layer pixel
+    if np.abs(corners - [[-0.5, -0.5], [height - 0.5, width - 0.5]]).max() > tolerance:
         raise ValueError(
             f"{labels.name}: does not cover {image.name} ({data.shape[1]} × {data.shape[0]} "
             f"labels over a {width} × {height} px slide); add the labels layer over the slide"
@@ -197,40 +202,46 @@ class Examples:
 
 def examples(chosen: Task, image: Any, layer: Any, class_name: str) -> Examples:
     """The examples ``layer`` gives ``chosen`` on ``image``."""
-    kind = type(layer).__name__
     if chosen.command == "train-detector":
-        found = layer_annotations(image, layer, class_name)
-        counts: dict[str, int] = {}
-        for a in found:
-            counts[a.classification or "Mitosis"] = counts.get(a.classification or "Mitosis", 0) + 1
-        return Examples(dict(sorted(counts.items())), "figures",
-                        lambda folder: write_geojson(folder / f"{layer.name}.geojson", found))  # fmt: skip
-    if kind == "Labels":
+        marks = layer_annotations(image, layer, class_name)
+        counts = Counter(a.classification or "Mitosis" for a in marks)
+        return Examples(dict(sorted(counts.items())), "figures", _geojson(layer, marks))
+    if type(layer).__name__ == "Labels":
         names = label_names(layer, class_name)
-        data = np.asarray(layer.data[0] if layer.multiscale else layer.data)
-        if chosen.command == "train-unet":
-            figures = len(names)
-            return Examples({"Mitosis": figures}, "figures", lambda folder: write_labels_tiff(
-                folder / f"{layer.name}.labels.tif", labels_on_slide(image, layer, full=True)))  # fmt: skip
+        if chosen.command == "train-unet":  # each label one figure, at the slide's pixels
+
+            def write(folder: Path) -> Path:
+                labels = labels_on_slide(image, layer, full=True)
+                return write_labels_tiff(folder / f"{layer.name}.labels.tif", labels)
+
+            return Examples({"Mitosis": len(names)}, "figures", write)
+        data = labels_data(layer)
         area = np.bincount(data.ravel(), minlength=max(names, default=0) + 1)
-        classes = tuple(names[v] for v in sorted(names))
-        return Examples({names[v]: int(area[v]) for v in sorted(names)}, "px",
-                        lambda folder: _write_classes(folder, image, layer, names), classes)  # fmt: skip
+        values = sorted(names)
+        return Examples(
+            {names[v]: int(area[v]) for v in values},
+            "px",
+            lambda folder: _write_classes(folder, image, layer, names),
+            tuple(names[v] for v in values),
+        )
     if chosen.command == "train-unet":
-        outlines = [a for a in layer_regions(image, layer, "Mitosis")
-                    if a.classification.lower().startswith("mitos")]  # fmt: skip
-        return Examples({"Mitosis": len(outlines)}, "figures",
-                        lambda folder: write_geojson(folder / f"{layer.name}.geojson", outlines))  # fmt: skip
+        outlines = [
+            a
+            for a in layer_regions(image, layer, "Mitosis")
+            if a.classification.lower().startswith("mitos")
+        ]
+        return Examples({"Mitosis": len(outlines)}, "figures", _geojson(layer, outlines))
     regions = layer_regions(image, layer, class_name or "Tumour")
-    counts = {}
-    for a in regions:
-        counts[a.classification] = counts.get(a.classification, 0) + 1
+    counts = Counter(a.classification for a in regions)
     classes = tuple(counts) if len(counts) > 1 else ()
     if not classes:  # one class: tumour against the rest of the tissue
         regions = [replace(a, classification=None) for a in regions]
-    return Examples(counts, "regions",
-                    lambda folder: write_geojson(folder / f"{layer.name}.geojson", regions),
-                    classes)  # fmt: skip
+    return Examples(dict(counts), "regions", _geojson(layer, regions), classes)
+
+
+def _geojson(layer: Any, annotations: list[Annotation]) -> Any:
+    """What writes these annotations, as the layer's GeoJSON, into a folder."""
+    return lambda folder: write_geojson(folder / f"{layer.name}.geojson", annotations)
 
 
 def _write_classes(folder: Path, image: Any, layer: Any, names: dict[int, str]) -> Path:
