@@ -1,9 +1,12 @@
 """The Train widget's other tasks in a real viewer under Xvfb: a tissue classifier from a
-shapes layer of classified regions (trained, registered and run on the view), and the
+shapes layer of classified regions (trained, registered, run on the view, and equal to the
+command line's result), and the
 labels layers a classifier or a U-Net takes, turned into the files the command line reads."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +68,16 @@ def test_the_widget_trains_a_tissue_classifier_from_classified_regions(
     card = read_card(registry.path("tissue"))
     assert card.classes == ("Glass", "Stroma", "Tumour") and card.input_size == 64
     assert "split by region" in card.notes and "layer 'tissue types'" in card.notes
+    # The command line, in its own process as the widget's, on the same file and seed.
+    geojson = next(Path(widget._work).glob("*.geojson"))
+    out = tmp_path / "cli.safetensors"
+    command = [
+        sys.executable, "-m", "napari_mitosis", "train-classifier", str(path),
+        "--annotations", str(geojson), "--classes", "Glass", "Stroma", "Tumour",
+        "--input-size", "64", "--epochs", "2", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True)
+    assert read_card(out).metrics == card.metrics
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.center = tuple(np.asarray(truth.tumour_mask.shape) / 2 * image.scale[-2:])
     camera.zoom = 2
