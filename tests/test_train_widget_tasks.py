@@ -1,7 +1,7 @@
 """The Train widget's other tasks in a real viewer under Xvfb: a tissue classifier from a
 shapes layer of classified regions (trained, registered, run on the view, and equal to the
-command line's result), and the
-labels layers a classifier or a U-Net takes, turned into the files the command line reads."""
+command line's result), and the labels layers a classifier or a U-Net takes, turned into
+the files the command line reads."""
 
 from __future__ import annotations
 
