@@ -83,6 +83,9 @@ _EXPORTS: dict[str, str] = {
     "ClassifierTraining": "classification.training",
     "train_classifier": "classification.training",
     "binary_metrics": "classification.metrics",
+    "multiclass_metrics": "classification.metrics",
+    "class_regions": "classification.slide_regions",
+    "region_examples": "classification.slide_regions",
     "froc": "classification.froc",
     # cohort
     "analyse_slide": "cohort.pipeline",
