@@ -538,10 +538,14 @@ def test_images_with_an_up_keep_it_under_left_right_flips_and_crops() -> None:
 
     image = np.zeros((40, 40, 3), np.uint8)
     image[:20] = 200  # a bright top half
+    image[:, :, 2] = np.arange(40, dtype=np.uint8)[None, :] * 6  # a left-right ramp
     still = dict(brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, hed_jitter=0.0)
     upright = Augmenter(ClassifierTraining(flips="horizontal", crop_scale=0.6, **still), 3)
     seen = [upright(image) for _ in range(40)]
     assert all(s.shape == image.shape for s in seen)
     assert all(s[:10].mean() > s[-10:].mean() + 100 for s in seen)
+    # crops show a part of the image enlarged: neither it nor its mirror image
+    cropped = [s for s in seen if not any(np.array_equal(s, v) for v in (image, image[:, ::-1]))]
+    assert len(cropped) > 30
     turned = Augmenter(ClassifierTraining(**still), 3)
     assert any(t[:10].mean() < t[-10:].mean() for t in (turned(image) for _ in range(40)))

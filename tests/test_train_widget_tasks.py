@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,7 @@ def test_the_widget_trains_a_tissue_classifier_from_classified_regions(
 
 
 def test_labels_layers_become_the_files_each_task_reads(
-    make_napari_viewer, tumour_slides, tmp_path: Path
+    make_napari_viewer, tumour_slides, tmp_path: Path, monkeypatch
 ) -> None:
     from napari_mitosis._napari.train_tasks import command, examples, task
     from napari_mitosis.segmentation.slide_masks import slide_pairs
@@ -137,6 +138,19 @@ def test_labels_layers_become_the_files_each_task_reads(
     (tmp_path / "resampled").mkdir()
     assert tifffile.imread(resampled.write(tmp_path / "resampled")).shape == kinds.shape
     # Labels that do not cover the slide are refused by name.
-    corner = viewer.add_labels(coarse[:100, :100], scale=image.scale[-2:], name="corner")
+    two = np.zeros((100, 100), np.uint8)
+    two[10:20, 10:20], two[50:60, 50:60] = 1, 2  # two figures, in one corner only
+    corner = viewer.add_labels(two, scale=image.scale[-2:], name="corner")
     with pytest.raises(ValueError, match="corner: does not cover"):
         examples(task("mitosis segmentation (U-Net)"), image, corner, "").write(tmp_path)
+    # The widget says so and starts nothing, leaving no working folder behind.
+    from napari_mitosis._napari.train_widget import TrainWidget
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "temp"))
+    (tmp_path / "temp").mkdir()
+    widget = TrainWidget(viewer)
+    widget.task.value = "mitosis segmentation (U-Net)"
+    widget.image.value, widget.marks.value = image, corner
+    widget.start()
+    assert "corner: does not cover" in widget.status.value
+    assert widget.process is None and not list((tmp_path / "temp").iterdir())

@@ -107,29 +107,22 @@ def layer_annotations(image: Any, marks: Any, class_name: str = "") -> list[Anno
 
 
 def layer_regions(image: Any, shapes: Any, default: str) -> list[Annotation]:
-    """A shapes layer's regions as level-0 pixel polygons, each named by its class
-    feature, else ``default``; rectangles and ellipses become their outlines."""
+    """A shapes layer's regions as level-0 pixel polygons (and ellipses), each named by
+    its class feature, else ``default``; lines and paths are not regions."""
     column = _class_column(shapes)
     out = []
     for index, vertices in enumerate(shapes.data):
         kind = shapes.shape_type[index]
-        if kind in ("line", "path") or (len(vertices) < 3 and kind != "ellipse"):
+        if kind in ("line", "path") or len(vertices) < 3:
             continue
-        if kind == "ellipse":  # napari keeps an ellipse as its bounding box's corners
-            vertices = _ellipse_outline(np.asarray(vertices))
         name = default
         if column is not None:
             value = shapes.features[column].iloc[index]
             name = str(value) if isinstance(value, str) and value else default
-        out.append(Annotation(_in_slide_pixels(image, shapes, vertices), "polygon", name))
+        # an ellipse stays its 4 corners: the GeoJSON writer traces it, rotated or not
+        shape = "ellipse" if kind == "ellipse" else "polygon"
+        out.append(Annotation(_in_slide_pixels(image, shapes, vertices), shape, name))
     return out
-
-
-def _ellipse_outline(corners: np.ndarray, n: int = 64) -> np.ndarray:
-    centre = corners.mean(axis=0)
-    radii = (corners.max(axis=0) - corners.min(axis=0)) / 2
-    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return centre + np.c_[np.sin(angles), np.cos(angles)] * radii
 
 
 def labels_data(labels: Any) -> np.ndarray:
@@ -177,12 +170,12 @@ def labels_on_slide(image: Any, labels: Any, *, full: bool) -> np.ndarray:
 
 
 def write_labels_tiff(path: Path, labels: np.ndarray) -> Path:
-    """A labels array as a tiled, compressed TIFF the readers open."""
-    import tifffile
+    """A labels array as our lossless pyramidal labels TIFF (written atomically;
+    nearest-neighbour levels, so a reader takes a small level without mixing labels)."""
+    from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
 
     dtype = np.uint8 if labels.max() < 256 else np.uint16
-    tifffile.imwrite(path, labels.astype(dtype), tile=(256, 256), compression="zlib")
-    return path
+    return write_pyramid_tiff(path, labels.astype(dtype), layer_type="labels")
 
 
 @dataclass

@@ -15,6 +15,7 @@ learnt.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import tempfile
 import time
@@ -204,17 +205,19 @@ class TrainWidget(Container):
         if image is None or marks is None:
             self.status.value = "choose a slide and a layer of annotations"
             return
+        work = Path(tempfile.mkdtemp(prefix="napari-mitosis-train-"))
         try:
             slide = slide_path(image)
             found = self._examples()
             least = 1 if self.chosen.command == "train-classifier" else 2
             if sum(found.counts.values()) < least:
                 raise ValueError(f"{marks.name}: {found.describe()}; annotate more")
+            annotations = found.write(work)  # e.g. a labels layer that misses the slide
         except ValueError as err:
+            shutil.rmtree(work, ignore_errors=True)
             self.status.value = str(err)
             return
-        self._work = Path(tempfile.mkdtemp(prefix="napari-mitosis-train-"))
-        annotations = found.write(self._work)
+        self._work = work
         self.out = self._work / f"{self.model_name.value or self.chosen.model_name}.safetensors"
         self.history.clear()
         self._output.clear()

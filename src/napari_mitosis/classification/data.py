@@ -71,7 +71,8 @@ def annotation_for(slide_path: Path, folder: Path) -> Path:
         if candidate.is_file():
             return candidate
     raise FileNotFoundError(
-        f"{slide_path}: no tumour annotation ({', '.join(ANNOTATION_SUFFIXES)}) in {folder}"
+        f"{slide_path}: no annotation named {Path(slide_path).stem}"
+        f"{{{', '.join(ANNOTATION_SUFFIXES)}}} in {folder}"
     )
 
 
@@ -135,16 +136,21 @@ def slide_patches(
     """Balanced patches of ``slide``: (N, patch, patch, C) uint8 and 0/1 labels of its
     `tumour_cells`, each patch centred on its cell (as at inference)."""
     grid, labels = tumour_cells(slide, tumour, level=level, window=window, min_tissue=min_tissue)
+    chosen = balanced_cells(labels, per_class, rng, slide.path)
+    patches = read_patches(slide, grid, grid.origins()[chosen], patch, context)
+    return patches, labels[chosen].astype(int)
+
+
+def balanced_cells(
+    labels: np.ndarray, per_class: int, rng: np.random.Generator, what: object
+) -> np.ndarray:
+    """As many tumour (1) as normal (0) cells, up to ``per_class`` each: tumour first."""
     positive, negative = np.flatnonzero(labels == 1), np.flatnonzero(labels == 0)
     n = min(per_class, len(positive), len(negative))
     if n == 0:
-        raise ValueError(
-            f"{slide.path}: no {'tumour' if not len(positive) else 'normal tissue'} cells "
-            f"at level {level} to sample"
-        )
-    chosen = np.concatenate([rng.choice(positive, n, False), rng.choice(negative, n, False)])
-    patches = read_patches(slide, grid, grid.origins()[chosen], patch, context)
-    return patches, np.r_[np.ones(n, int), np.zeros(n, int)]
+        kind = "tumour" if not len(positive) else "normal tissue"
+        raise ValueError(f"{what}: no {kind} cells to sample")
+    return np.concatenate([rng.choice(positive, n, False), rng.choice(negative, n, False)])
 
 
 def patch_level(slide: Slide, mpp: float | None, level: int | None) -> int:

@@ -29,12 +29,28 @@ def _slide_cells(args: argparse.Namespace, slide: Any, annotation: Path) -> tupl
     return tumour_cells(slide, tumour, level=level, window=window, min_tissue=args.min_tissue)
 
 
+def _annotated_slides(args: argparse.Namespace) -> list[tuple[Path, Path]]:
+    """(slide, annotation) pairs: one file for one slide, or a folder of them by stem."""
+    from napari_mitosis.classification.data import annotation_for
+
+    if not args.annotations.exists():
+        raise FileNotFoundError(f"{args.annotations}: no such annotation file or folder")
+    if args.annotations.is_file():
+        if len(args.data) != 1:
+            raise ValueError(
+                f"{args.annotations}: one file annotates one slide; for {len(args.data)} "
+                "slides give a folder of <slide stem>.geojson (or .xml, _mask.png, .labels.tif)"
+            )
+        return [(args.data[0], args.annotations)]
+    return [(path, annotation_for(path, args.annotations)) for path in args.data]
+
+
 def train_on_slides(args: argparse.Namespace, make_config: Any, printer: Any) -> int:
     """One slide: held out by region; several: by slide (each with its own annotation).
     ``make_config`` and ``printer`` are the folder command's config and epoch line."""
     import numpy as np
 
-    from napari_mitosis.classification.data import annotation_for
+    from napari_mitosis.classification.data import balanced_cells
     from napari_mitosis.classification.slide_regions import (
         read_patches,
         region_examples,
@@ -43,15 +59,7 @@ def train_on_slides(args: argparse.Namespace, make_config: Any, printer: Any) ->
     from napari_mitosis.classification.training import train_classifier
     from napari_mitosis.io.formats import open_slide
 
-    if args.annotations.is_file():
-        if len(args.data) != 1:
-            raise ValueError(
-                f"{args.annotations}: one file annotates one slide; for {len(args.data)} "
-                "slides give a folder of <slide stem>.geojson (or .xml, _mask.png, .labels.tif)"
-            )
-        pairs = [(args.data[0], args.annotations)]
-    else:
-        pairs = [(path, annotation_for(path, args.annotations)) for path in args.data]
+    pairs = _annotated_slides(args)
     refuse_existing((args.out, args.out.with_suffix(".csv")), overwrite=args.overwrite)
     classes = tuple(args.classes) if args.classes else ("normal", "tumour")
     if args.init is not None:  # patches as the model to fine-tune saw them
@@ -64,48 +72,45 @@ def train_on_slides(args: argparse.Namespace, make_config: Any, printer: Any) ->
             args.mpp = base.mpp
     rng = np.random.default_rng(args.seed)
     size = args.input_size or 96
-    mpp, notes = None, []
     sets: dict[str, list] = {"train": [], "val": []}
-    order = rng.permutation(len(pairs))
-    n_val = max(1, round(len(pairs) * args.val_fraction))
-    for rank, index in enumerate(order):
-        slide_path, annotation = pairs[index]
+    if len(pairs) == 1:  # held out by region
+        slide_path, annotation = pairs[0]
         slide = open_slide(slide_path)
         grid, labels = _slide_cells(args, slide, annotation)
-        mpp = slide.level_mpp(grid.level)[1] if slide.mpp else None
-        if len(pairs) == 1:
-            found = region_examples(
-                slide, grid, labels, classes, patch=size, per_class=args.per_class,
-                val_fraction=args.val_fraction, context=args.context, rng=rng, what=annotation,
-            )  # fmt: skip
-            sets["train"].append(found.train)
-            sets["val"].append(found.validation)
-            counts = ", ".join(f"{c} {a} + {b}" for c, (a, b) in found.counts().items())
-            print(f"{slide_path.name}: training + validation patches: {counts}")
-            print(found.description)
+        found = region_examples(
+            slide, grid, labels, classes, patch=size, per_class=args.per_class,
+            val_fraction=args.val_fraction, context=args.context, rng=rng, what=annotation,
+        )  # fmt: skip
+        sets = {"train": [found.train], "val": [found.validation]}
+        counts = ", ".join(f"{c} {a} + {b}" for c, (a, b) in found.counts().items())
+        print(f"{slide_path.name}: training + validation patches: {counts}")
+        print(found.description)
+        cells = int(np.sum(labels >= 0))
+        notes = [
+            slide_provenance(slide_path, annotation, cells, found.description, "annotated cells")
+        ]
+    else:  # held out by slide
+        notes = []
+        order = rng.permutation(len(pairs))
+        n_val = max(1, round(len(pairs) * args.val_fraction))
+        for rank, index in enumerate(order):
+            slide_path, annotation = pairs[index]
+            slide = open_slide(slide_path)
+            grid, labels = _slide_cells(args, slide, annotation)
+            if args.classes:
+                chosen = sample_cells(labels, len(classes), args.per_class, rng)
+            else:
+                chosen = balanced_cells(labels, args.per_class, rng, slide_path)
+            if not len(chosen):
+                raise ValueError(f"{annotation}: no annotated cells at level {grid.level}")
+            patches = read_patches(slide, grid, grid.origins()[chosen], size, args.context)
+            side = "val" if rank < n_val else "train"
+            sets[side].append((patches, labels[chosen].astype(int)))
             notes.append(
-                slide_provenance(
-                    slide_path,
-                    annotation,
-                    int(np.sum(labels >= 0)),
-                    found.description,
-                    "annotated cells",
-                )
+                f"slide {slide_path.name} ({'validation' if side == 'val' else 'training'})"
             )
-            break
-        if args.classes:
-            chosen = sample_cells(labels, len(classes), args.per_class, rng)
-        else:  # balanced, as `data.slide_patches`
-            n = min(args.per_class, *(int(np.sum(labels == k)) for k in (0, 1)))
-            chosen = np.concatenate(
-                [rng.choice(np.flatnonzero(labels == k), n, False) for k in (1, 0)]
-            )
-        if not len(chosen):
-            raise ValueError(f"{annotation}: no annotated cells at level {grid.level} to sample")
-        patches = read_patches(slide, grid, grid.origins()[chosen], size, args.context)
-        sets["val" if rank < n_val else "train"].append((patches, labels[chosen].astype(int)))
-        notes.append(f"slide {slide_path.name} ({'validation' if rank < n_val else 'training'})")
-        print(f"{slide_path.name}: {len(chosen)} patches at level {grid.level}")
+            print(f"{slide_path.name}: {len(chosen)} patches at level {grid.level}")
+    mpp = slide.level_mpp(grid.level)[1] if slide.mpp else None
     joined = {
         k: (np.concatenate([p[0] for p in v]), np.concatenate([p[1] for p in v]))
         for k, v in sets.items()
