@@ -159,3 +159,15 @@ def test_unet_and_detector_runs_from_device_tiles_equal_the_cpu_runs(
     detector = DetectionPredictor(*load_checkpoint(trained_detector[0], task="detection"), "cpu")
     assert DetectionRun(source, detector, device_tiles=True).read_batch is not None
     assert DetectionRun(source, detector).read_batch is None
+
+
+def test_cohort_workers_take_device_tiles_on_cuda_unless_told() -> None:
+    from napari_mitosis.cohort.pipeline import PipelineSettings
+
+    auto = PipelineSettings(detector="d.safetensors", detect_in="tissue")
+    assert auto.on_device_tiles(torch.device("cuda")) and not auto.on_device_tiles("cpu")
+    off = PipelineSettings(detector="d.safetensors", detect_in="tissue", device_tiles=False)
+    assert not off.on_device_tiles(torch.device("cuda"))
+    assert PipelineSettings(detector="d", detect_in="tissue", device_tiles=True).on_device_tiles(
+        "cpu"
+    )

@@ -6,7 +6,9 @@ streams (`TiffTiles.jpeg_stream`, Aperio's abbreviated ones completed) are decod
 by `torchvision.io.decode_jpeg` on ``device`` — nvJPEG on CUDA, libjpeg-turbo on the CPU,
 the same call — and the patches are cut across tile borders and resized there, so on a
 GPU the pixels never return to the host. Tiles that are not JPEG (LZW, Deflate, raw) or were
-never written are decoded on the CPU as before and moved over.
+never written are decoded on the CPU as before and moved over. On CUDA each reader works
+on its own stream, so the next batch is decoded while the model runs on the default
+stream, and CPU-decoded tiles travel from pinned memory.
 
 torchvision marks its image decoders deprecated (0.29) in favour of TorchCodec; the call
 here is one function, to be swapped when TorchCodec's batched GPU JPEG decoding is the
@@ -185,7 +187,7 @@ def level_batch_reader(
         level,
         device,
         background=(fill,) * 3,
-        unwritten=getattr(handle, "_background", (fill,) * 3),
+        unwritten=getattr(handle, "background", (fill,) * 3),
     )
 
     def read_batch(origins: np.ndarray) -> torch.Tensor:

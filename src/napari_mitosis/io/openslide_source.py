@@ -98,6 +98,14 @@ class OpenSlideHandle:
                     self._slide = self._open()
         return self._slide
 
+    @property
+    def background(self) -> tuple[int, int, int]:
+        """The slide's background colour (OpenSlide's property, else white): what fills
+        the tiles a scanner never wrote."""
+        _ = self.slide  # opening reads it
+        r, g, b = (int(v) for v in self._background)
+        return r, g, b
+
     def _open(self) -> openslide.OpenSlide:
         try:
             slide = openslide.OpenSlide(str(self.path))
@@ -298,7 +306,7 @@ def open_openslide(path: Path, *, color: ColorMode = "raw") -> Slide:
         level_dimensions=tuple(tuple(d) for d in slide.level_dimensions),
         level_downsamples=tuple(float(d) for d in slide.level_downsamples),
         tile_sizes=tuple(tile_sizes),
-        background_rgb=tuple(int(v) for v in handle._background),
+        background_rgb=handle.background,
         associated_images=tuple(slide.associated_images.keys()),
         color=color,
         color_profile=(ImageCms.getProfileDescription(profile).strip() if profile else None),
