@@ -82,6 +82,7 @@ _EXPORTS: dict[str, str] = {
     "class_folders": "io.class_folders",
     "ClassifierTraining": "classification.training",
     "train_classifier": "classification.training",
+    "train_cross_validated": "classification.cross_validation",
     "binary_metrics": "classification.metrics",
     "multiclass_metrics": "classification.metrics",
     "class_regions": "classification.slide_regions",

@@ -34,7 +34,9 @@ class ClassificationWidget(TiledModelWidget):
             label="threshold (0 = model's)", value=0.0, min=0.0, max=1.0, step=0.05
         )
         self.batch_size = SpinBox(label="batch size", value=16, min=1, max=1024)
-        self.tta = CheckBox(label="test-time augmentation (8 flips/rotations)", value=False)
+        self.tta = CheckBox(
+            label="test-time augmentation (the flips the model trained on)", value=False
+        )
         self.show_tissue = CheckBox(label="add the tissue mask", value=False)
         super().__init__(
             viewer,

@@ -33,12 +33,19 @@ def dihedral_views(x: torch.Tensor) -> list[torch.Tensor]:
     return views + [torch.flip(v, dims=(3,)) for v in views]
 
 
+def tta_views(x: torch.Tensor, flips: str = "dihedral") -> list[torch.Tensor]:
+    """The views test-time augmentation averages: those the model trained on, so an
+    image with an up (ultrasound: ``flips="horizontal"``) is never seen upside down."""
+    return [x, torch.flip(x, dims=(3,))] if flips == "horizontal" else dihedral_views(x)
+
+
 class ClassifierPredictor:
     """uint8 (N, H, W, C) patches → (N,) probability of the positive class (``classes[1]``)
     for one-output (sigmoid) models, or (N, K) class probabilities (softmax) for K outputs.
 
     Greyscale models get BT.601 luma of RGB input; input of another size is resized to
-    the card's; ``tta`` averages the 8 dihedral views. On CUDA ``amp`` runs the model
+    the card's; ``tta`` averages the 8 dihedral views (left-right flips only for a model
+    trained with ``flips="horizontal"``). On CUDA ``amp`` runs the model
     under float16 autocast; ``amp=False`` gives the CPU's float32 answers (within 1e-4).
     ``optimise`` predicts with a `for_inference` copy (batch norm folded, channels-last);
     training passes False so that scores follow the model being trained.
@@ -57,6 +64,7 @@ class ClassifierPredictor:
         self.device, self.model = predicting_model(model, device, optimise=optimise)
         self.card = card
         self.tta = tta
+        self.flips = str((card.training or {}).get("flips", "dihedral"))
         self.amp = amp and self.device.type == "cuda"  # float16 autocast (`forward_amp`)
         self.in_channels = int(card.options.get("in_channels", 3))
         towers = 2 if card.architecture == "two_tower" else 1
@@ -113,7 +121,7 @@ class ClassifierPredictor:
     @torch.inference_mode()
     def __call__(self, tiles: np.ndarray | torch.Tensor) -> np.ndarray:
         x = channels_last(self.prepare(tiles))
-        views = dihedral_views(x) if self.tta else [x]
+        views = tta_views(x, self.flips) if self.tta else [x]
         total = None
         for view in views:
             logits = self._logits(view)

@@ -308,6 +308,11 @@ def _initial_model(config: ClassifierTraining, card: ModelCard) -> nn.Module:
     from napari_mitosis.models.checkpoint import load_checkpoint
 
     base_model, base = load_checkpoint(str(config.init), task="classification")
+    if int(base.options.get("members", 1)) > 1:
+        raise ValueError(
+            f"{config.init}: an ensemble of {base.options['members']} models cannot be "
+            "fine-tuned as one; fine-tune a single model (train-classifier without --folds)"
+        )
     if base.architecture not in ARCHITECTURES or base.context != card.context:
         raise ValueError(
             f"{config.init}: a {base.architecture} model"

@@ -10,6 +10,7 @@ from typing import Any
 from napari_mitosis.cli.options import (
     ARCHITECTURES,
     MONITORED,
+    TTA_HELP,
     CommandAdder,
     add_device,
     add_model,
@@ -66,8 +67,9 @@ def _epoch_printer(monitor: str) -> Any:
 
     def show(epoch: int, total: int, r: dict[str, float]) -> None:
         values = "  ".join(f"{METRIC_NAMES[m]} {r[f'val_{m}']:.3f}" for m in order)
+        fold = f"fold {r['fold']}/{r['folds']} " if "fold" in r else ""
         print(
-            f"epoch {epoch}/{total}: loss {r['train_loss']:.3f}  validation {values}  "
+            f"{fold}epoch {epoch}/{total}: loss {r['train_loss']:.3f}  validation {values}  "
             f"({r['seconds']:.0f} s)",
             flush=True,
         )
@@ -77,6 +79,8 @@ def _epoch_printer(monitor: str) -> Any:
 
 def _train_classifier(args: argparse.Namespace) -> int:
     if args.annotations is not None:
+        if args.folds > 1:
+            raise ValueError("--folds trains on class folders; slides use --val-fraction")
         from napari_mitosis.cli.classification_slides import train_on_slides
 
         return train_on_slides(args, _classifier_config, _epoch_printer)
@@ -107,31 +111,65 @@ def _train_classifier(args: argparse.Namespace) -> int:
             folder.labels, folder.groups, fraction=args.test_fraction, seed=args.seed
         )
         rest, test = everything[rest], everything[test]
-    fit, val = split_by_group(
-        folder.labels[rest], folder.groups[rest], fraction=args.val_fraction, seed=args.seed + 1
-    )
-    fit, val = rest[fit], rest[val]
     images = folder.load(args.input_size, centre_crop=args.centre_crop)
     size = images.shape[1]
-    print(
-        f"{len(fit)} training, {len(val)} validation, {len(test)} test images ({size} px), "
-        f"split by {'slide' if len(np.unique(folder.groups)) < len(folder.paths) else 'image'}"
-    )
+    by = "slide" if len(np.unique(folder.groups)) < len(folder.paths) else "image"
     config = _classifier_config(
         args, input_size=size, classes=folder.classes, mpp=args.mpp, centre_crop=args.centre_crop
     )
-    report = train_classifier(
-        (images[fit], folder.labels[fit]),
-        (images[val], folder.labels[val]),
-        args.out,
-        config,
-        overwrite=args.overwrite,
-        progress=_epoch_printer(config.monitor),
-    )
-    print(f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch}")
+    if args.folds > 1:
+        _train_folds(args, config, images, folder, rest, test, by)
+    else:
+        fit, val = split_by_group(
+            folder.labels[rest], folder.groups[rest], fraction=args.val_fraction, seed=args.seed + 1
+        )
+        fit, val = rest[fit], rest[val]
+        print(
+            f"{len(fit)} training, {len(val)} validation, {len(test)} test images ({size} px), "
+            f"split by {by}"
+        )
+        report = train_classifier(
+            (images[fit], folder.labels[fit]),
+            (images[val], folder.labels[val]),
+            args.out,
+            config,
+            overwrite=args.overwrite,
+            progress=_epoch_printer(config.monitor),
+        )
+        print(
+            f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch}"
+        )
     if len(test):
         _evaluate_folder_subset(args, args.out, folder, images, test, test_path, roc_path)
     return 0
+
+
+def _train_folds(
+    args: argparse.Namespace, config: Any, images: Any, folder: Any, rest: Any, test: Any, by: str
+) -> None:
+    """Cross-validated training on ``rest``: an ensemble of ``--folds`` models."""
+    from napari_mitosis.classification.cross_validation import train_cross_validated
+
+    print(
+        f"{len(rest)} training images in {args.folds} folds, {len(test)} test images "
+        f"({images.shape[1]} px), split by {by}"
+    )
+    report = train_cross_validated(
+        (images[rest], folder.labels[rest]),
+        folder.groups[rest],
+        args.out,
+        config,
+        folds=args.folds,
+        overwrite=args.overwrite,
+        progress=_epoch_printer(config.monitor),
+    )
+    best = ", ".join(f"{r.best_value:.3f} (epoch {r.best_epoch})" for r in report.members)
+    cv = report.card.metrics
+    print(f"best validation {report.members[0].monitor} of each fold: {best}")
+    print(
+        f"cross-validated (out-of-fold) AUC {cv.get('cv_auc', float('nan')):.3f}  "
+        f"F1 {cv.get('cv_f1', float('nan')):.3f}  threshold {report.card.threshold:.3f}"
+    )
 
 
 def _evaluate_folder_subset(
@@ -348,6 +386,14 @@ def register(command: CommandAdder) -> None:
         "--patience", type=int, default=5, help="stop after this many epochs without improvement"
     )
     tc.add_argument("--test-fraction", type=float, default=0.2, help="folders: held-out test share")
+    tc.add_argument(
+        "--folds",
+        type=int,
+        default=1,
+        help="folders: train this many models by cross-validation (each early-stopped on "
+        "its own fold of whole slides/images, instead of --val-fraction) and save their "
+        "ensemble, its threshold chosen on every out-of-fold score",
+    )
     tc.add_argument("--notes", default="", help="provenance written into the model card")
     add_training(tc, batch=32, lr=1e-3)
     tc.set_defaults(run=_train_classifier)
@@ -365,7 +411,7 @@ def register(command: CommandAdder) -> None:
         "--split-file", type=Path, help="only the images listed (e.g. <model>.test.csv)"
     )
     ec.add_argument("--threshold", type=float, default=None, help="default: the card's")
-    ec.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
+    ec.add_argument("--tta", action="store_true", help=TTA_HELP)
     ec.add_argument("--json", action="store_true", help="end with the metrics as one JSON line")
     add_mpp(ec)
     add_device(ec)

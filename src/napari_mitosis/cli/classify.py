@@ -8,6 +8,7 @@ from pathlib import Path
 
 from napari_mitosis.cli.options import (
     IMAGE_HELP,
+    TTA_HELP,
     CommandAdder,
     add_device,
     add_device_tiles,
@@ -93,7 +94,7 @@ def register(command: CommandAdder) -> None:
     cl.add_argument(
         "--threshold", type=float, default=None, help="tumour probability (default: the card's)"
     )
-    cl.add_argument("--tta", action="store_true", help="average the 8 rotations/flips")
+    cl.add_argument("--tta", action="store_true", help=TTA_HELP)
     cl.add_argument(
         "--format",
         choices=("tiff", "ome-zarr"),

@@ -27,6 +27,10 @@ ARCHITECTURES = (
     "convnext_tiny",
 )
 MONITORED = ("auc", "f1", "f_med", "loss")
+TTA_HELP = (
+    "average the flips the model trained on (the 8 rotations/flips; left-right only for "
+    "a model trained with --flips horizontal)"
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

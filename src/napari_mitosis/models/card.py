@@ -59,7 +59,8 @@ class ModelCard:
 #: Field descriptions for the published JSON Schema (the comments above, for readers).
 FIELD_HELP = {
     "architecture": "a napari-mitosis architecture, or the published model's own name",
-    "options": "keyword arguments of the architecture's factory (ours: num_classes, …)",
+    "options": "keyword arguments of the architecture's factory (ours: num_classes, …); "
+    "members: N for an ensemble of N such models whose logits are averaged",
     "task": "classification, segmentation or detection",
     "input_size": "pixels per side the model reads",
     "mpp": "µm per pixel of its training images (null: pixel units)",
@@ -98,8 +99,15 @@ FACTORIES = {
 def build_model(card: ModelCard) -> nn.Module:
     if card.architecture not in FACTORIES:
         raise ValueError(f"unknown architecture {card.architecture!r}; known: {sorted(FACTORIES)}")
-    module, factory = FACTORIES[card.architecture]
-    return getattr(importlib.import_module(module), factory)(**card.options)
+    module, name = FACTORIES[card.architecture]
+    factory = getattr(importlib.import_module(module), name)
+    options = dict(card.options)
+    members = int(options.pop("members", 1))  # a cross-validated ensemble of this many
+    if members > 1:
+        from napari_mitosis.models.classifiers import Ensemble
+
+        return Ensemble([factory(**options) for _ in range(members)])
+    return factory(**options)
 
 
 def training_record(config: Any) -> dict[str, Any]:

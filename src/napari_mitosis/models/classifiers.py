@@ -114,6 +114,23 @@ def two_tower(
     return TwoTower(tower=tower, outputs=outputs, in_channels=in_channels, width=width)
 
 
+class Ensemble(nn.Module):
+    """Members of one architecture whose logits are averaged: the output has a member's
+    shape, so every predictor, export and server runs an ensemble as it runs one model.
+
+    Averaging logits (not probabilities) keeps the module a plain classifier; the AUC of
+    the two means differs little, and cross-validation chooses the threshold on it."""
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
+
+
 CLASSIFIERS = {
     "inception_v3": inception_v3_classifier,
     "wide_resnet": wide_resnet_classifier,
