@@ -116,3 +116,12 @@ def test_test_time_augmentation_uses_the_flips_the_model_trained_on() -> None:
     with torch.no_grad():
         expected = (torch.sigmoid(model(x)) + torch.sigmoid(model(x.flip(3)))) / 2
     np.testing.assert_allclose(predictor(tiles), expected[:, 0].numpy(), atol=1e-6)
+
+
+def test_folds_are_refused_where_slides_train(tmp_path: Path, capsys) -> None:
+    from napari_mitosis.cli import main
+
+    slide = tmp_path / "slide.tif"
+    command = ["train-classifier", str(slide), "--annotations", str(tmp_path), "--folds", "3"]
+    assert main([*command, "--out", str(tmp_path / "m.safetensors")]) == 2
+    assert "--folds trains on class folders" in capsys.readouterr().err
