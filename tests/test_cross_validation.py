@@ -125,3 +125,20 @@ def test_folds_are_refused_where_slides_train(tmp_path: Path, capsys) -> None:
     command = ["train-classifier", str(slide), "--annotations", str(tmp_path), "--folds", "3"]
     assert main([*command, "--out", str(tmp_path / "m.safetensors")]) == 2
     assert "--folds trains on class folders" in capsys.readouterr().err
+
+
+def test_impossible_fold_counts_name_the_folder(tmp_path: Path, capsys) -> None:
+    from PIL import Image
+
+    from napari_mitosis.cli import main
+
+    for c in ("benign", "malignant"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(tmp_path / "data" / c / f"{i}.png")
+    command = ["train-classifier", str(tmp_path / "data"), "--out", str(tmp_path / "m.safetensors")]
+    assert main([*command, "--folds", "0"]) == 2
+    assert "--folds must be 1" in capsys.readouterr().err
+    assert main([*command, "--folds", "9", "--test-fraction", "0"]) == 2
+    assert f"{tmp_path / 'data'}: 9 folds need at least 9" in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()

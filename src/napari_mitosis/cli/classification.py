@@ -77,20 +77,40 @@ def _epoch_printer(monitor: str) -> Any:
     return show
 
 
+def _train_split(args: argparse.Namespace, config: Any, train: Any, validation: Any) -> None:
+    """One model on (images, labels) pairs, early-stopped on ``validation``; the epoch
+    lines and the best epoch printed (folders and slides alike)."""
+    from napari_mitosis.classification.training import train_classifier
+
+    report = train_classifier(
+        train,
+        validation,
+        args.out,
+        config,
+        overwrite=args.overwrite,
+        progress=_epoch_printer(config.monitor),
+    )
+    print(
+        f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch}"
+        f" → {args.out}"
+    )
+
+
 def _train_classifier(args: argparse.Namespace) -> int:
+    if args.folds < 1:
+        raise ValueError(f"--folds must be 1 (one validation split) or more, got {args.folds}")
     if args.annotations is not None:
         if args.folds > 1:
             raise ValueError("--folds trains on class folders; slides use --val-fraction")
         from napari_mitosis.cli.classification_slides import train_on_slides
 
-        return train_on_slides(args, _classifier_config, _epoch_printer)
+        return train_on_slides(args, _classifier_config, _train_split)
     if len(args.data) != 1 or not args.data[0].is_dir():
         raise ValueError(
             "give one folder with a sub-folder per class, or slides with --annotations"
         )
     import numpy as np
 
-    from napari_mitosis.classification.training import train_classifier
     from napari_mitosis.io.class_folders import class_folders, describe, split_by_group
 
     folder = class_folders(args.data[0], tuple(args.classes) if args.classes else None)
@@ -128,16 +148,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
             f"{len(fit)} training, {len(val)} validation, {len(test)} test images ({size} px), "
             f"split by {by}"
         )
-        report = train_classifier(
-            (images[fit], folder.labels[fit]),
-            (images[val], folder.labels[val]),
-            args.out,
-            config,
-            overwrite=args.overwrite,
-            progress=_epoch_printer(config.monitor),
-        )
-        print(
-            f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch}"
+        _train_split(
+            args, config, (images[fit], folder.labels[fit]), (images[val], folder.labels[val])
         )
     if len(test):
         _evaluate_folder_subset(args, args.out, folder, images, test, test_path, roc_path)
@@ -150,6 +162,12 @@ def _train_folds(
     """Cross-validated training on ``rest``: an ensemble of ``--folds`` models."""
     from napari_mitosis.classification.cross_validation import train_cross_validated
 
+    groups = len(set(folder.groups[rest]))
+    if groups < args.folds:
+        raise ValueError(
+            f"{args.data[0]}: {args.folds} folds need at least {args.folds} slides/images "
+            f"outside the test split, found {groups}"
+        )
     print(
         f"{len(rest)} training images in {args.folds} folds, {len(test)} test images "
         f"({images.shape[1]} px), split by {by}"

@@ -45,9 +45,9 @@ def _annotated_slides(args: argparse.Namespace) -> list[tuple[Path, Path]]:
     return [(path, annotation_for(path, args.annotations)) for path in args.data]
 
 
-def train_on_slides(args: argparse.Namespace, make_config: Any, printer: Any) -> int:
+def train_on_slides(args: argparse.Namespace, make_config: Any, train: Any) -> int:
     """One slide: held out by region; several: by slide (each with its own annotation).
-    ``make_config`` and ``printer`` are the folder command's config and epoch line."""
+    ``make_config`` and ``train`` are the folder command's config and training run."""
     import numpy as np
 
     from napari_mitosis.classification.data import balanced_cells
@@ -56,7 +56,6 @@ def train_on_slides(args: argparse.Namespace, make_config: Any, printer: Any) ->
         region_examples,
         sample_cells,
     )
-    from napari_mitosis.classification.training import train_classifier
     from napari_mitosis.io.formats import open_slide
 
     pairs = _annotated_slides(args)
@@ -124,17 +123,7 @@ def train_on_slides(args: argparse.Namespace, make_config: Any, printer: Any) ->
     )
     split = "split by " + ("region" if len(pairs) == 1 else "slide")
     config.notes = "; ".join(n for n in (args.notes, split, *notes) if n)
-    report = train_classifier(
-        joined["train"],
-        joined["val"],
-        args.out,
-        config,
-        overwrite=args.overwrite,
-        progress=printer(config.monitor),
-    )
-    print(
-        f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch} → {args.out}"
-    )
+    train(args, config, joined["train"], joined["val"])
     return 0
 
 
