@@ -79,6 +79,7 @@ def train_cross_validated(
     log_path = out.with_suffix(".csv")
     refuse_existing((out, log_path), overwrite=overwrite)
     images, labels = np.asarray(data[0]), np.asarray(data[1]).astype(int)
+    targets = np.asarray(data[2]) if len(data) > 2 and data[2] is not None else None
     groups = np.asarray(groups)
     if len(groups) != len(labels):
         raise ValueError(f"{len(labels)} images but {len(groups)} group names")
@@ -91,7 +92,7 @@ def train_cross_validated(
         for i, (fit, val) in enumerate(splits):
             member_path = Path(work) / f"fold{i}.safetensors"
             report = train_classifier(
-                (images[fit], labels[fit]),
+                (images[fit], labels[fit], None if targets is None else targets[fit]),
                 (images[val], labels[val]),
                 member_path,
                 replace(config, seed=config.seed + i),

@@ -63,7 +63,9 @@ ARCHITECTURES = (
     "efficientnet_b0",
     "convnext_tiny",
 )
-Labelled = tuple[np.ndarray, np.ndarray]  # images (N, H, W, C) uint8, labels (N,) 0…K−1
+# images (N, H, W, C) uint8, labels (N,) 0…K−1; a two-class training set may add soft
+# targets (N,) in [0, 1]: the positive class's probability, e.g. the share of experts for it
+Labelled = tuple[np.ndarray, ...]
 
 
 @dataclass
@@ -78,6 +80,7 @@ class ClassifierTraining(StainTraining):
     optimiser: str = "adam"  # or "sgd" (Nesterov momentum 0.9)
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
+    schedule: str = "constant"  # or "cosine": the rate falls to 0 over ``epochs``
     class_weights: bool = True
     monitor: str | None = None  # auc, f1, f_med or loss; None: auc (2 classes), f1 (K)
     patience: int = 5
@@ -98,6 +101,7 @@ class ClassifierTraining(StainTraining):
     seed: int = 0
     device: str = "auto"
     notes: str = ""
+    label_votes: tuple[str, ...] = ()  # labels.csv columns whose share is the soft target
     pretrained: str | None = None  # torchvision weights name or a local state-dict file
     freeze_epochs: int = 0  # epochs that train the last layer only (fine-tuning)
     backbone_lr_scale: float = 1.0  # all but the last layer learn at lr × this (e.g. 0.1)
@@ -162,6 +166,19 @@ def _check(data: Labelled, what: str, classes: int) -> tuple[np.ndarray, np.ndar
     return images, labels
 
 
+def _targets(data: Labelled, labels: np.ndarray, classes: int) -> np.ndarray:
+    """What the loss is taken against: the soft targets a two-class set carries, else
+    its labels."""
+    if len(data) < 3 or data[2] is None:
+        return labels
+    if classes != 2:
+        raise ValueError("soft targets (label votes) need two classes")
+    targets = np.asarray(data[2], np.float32)
+    if targets.shape != labels.shape or not np.all((targets >= 0) & (targets <= 1)):
+        raise ValueError("training set: soft targets must be one value in [0, 1] per image")
+    return targets
+
+
 def _options(config: ClassifierTraining, channels: int) -> dict[str, Any]:
     if config.architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {config.architecture!r}; choose {ARCHITECTURES}")
@@ -197,6 +214,7 @@ def train_classifier(
     # K classes are called by the argmax, which a saturated AUC does not follow
     monitor = config.monitor or ("auc" if k == 2 else "f1")
     images, labels = _check(train, "training set", k)
+    targets = _targets(train, labels, k)
     val_images, val_labels = _check(validation, "validation set", k)
     missing = [config.classes[c] for c in range(k) if not np.any(labels == c)]
     if missing:
@@ -248,6 +266,7 @@ def train_classifier(
         )
     else:
         raise ValueError(f"optimiser must be adam or sgd, got {config.optimiser!r}")
+    scheduler = _scheduler(optimiser, config)
     loss_fn = _loss(labels, k, config.class_weights, device)
     augment = Augmenter(config, channels, config.stain_rng(config.seed))
     predictor = ClassifierPredictor(model, card, device, optimise=False)
@@ -266,11 +285,13 @@ def train_classifier(
                 continue
             batch = np.stack([augment(images[i]) for i in index])
             x = predictor.prepare(batch)
-            loss = loss_fn(model(x), torch.from_numpy(labels[index]).to(device))
+            loss = loss_fn(model(x), torch.from_numpy(targets[index]).to(device))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             losses.append(float(loss.detach()))
+        if scheduler is not None:
+            scheduler.step()
         scores = _scores(predictor, val_images)
         with torch.no_grad():
             val_loss = float(loss_fn.of_probabilities(scores, val_labels))
@@ -300,6 +321,18 @@ def train_classifier(
     write_history(log_path, history)
     best = stopping.best if monitor != "loss" else -stopping.best
     return ClassifierReport(card, stopping.best_step, best, history, monitor)
+
+
+def _scheduler(
+    optimiser: torch.optim.Optimizer, config: ClassifierTraining
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """None (a constant rate) or cosine annealing to 0 over ``epochs``: small steps late
+    settle the weights that early stopping keeps."""
+    if config.schedule == "constant":
+        return None
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
+    raise ValueError(f"schedule must be 'constant' or 'cosine', got {config.schedule!r}")
 
 
 def _initial_model(config: ClassifierTraining, card: ModelCard) -> nn.Module:
@@ -346,7 +379,7 @@ class _Loss(nn.Module):
             self.fn = nn.CrossEntropyLoss(weight=weights)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        if self.binary:
+        if self.binary:  # labels may be soft: the positive class's probability
             return self.fn(logits[:, 0], labels.float())
         return self.fn(logits, labels.long())
 

@@ -36,6 +36,7 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         optimiser=args.optimiser,
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
+        schedule=args.schedule,
         class_weights=not args.no_class_weights,
         monitor=args.monitor or ("auc" if len(fixed["classes"]) == 2 else "f1"),
         patience=args.patience,
@@ -52,6 +53,7 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         freeze_epochs=args.freeze_epochs,
         backbone_lr_scale=args.backbone_lr_scale,
         init=args.init,
+        label_votes=tuple(args.label_votes or ()),
         **stain_options(args),
         **fixed,
     )
@@ -102,6 +104,8 @@ def _train_classifier(args: argparse.Namespace) -> int:
     if args.annotations is not None:
         if args.folds > 1:
             raise ValueError("--folds trains on class folders; slides use --val-fraction")
+        if args.label_votes:
+            raise ValueError("--label-votes reads a class folder's labels.csv, not slides")
         from napari_mitosis.cli.classification_slides import train_on_slides
 
         return train_on_slides(args, _classifier_config, _train_split)
@@ -128,9 +132,18 @@ def _train_classifier(args: argparse.Namespace) -> int:
     rest, test = (everything, everything[:0])
     if args.test_fraction > 0:
         rest, test = split_by_group(
-            folder.labels, folder.groups, fraction=args.test_fraction, seed=args.seed
+            folder.labels,
+            folder.groups,
+            fraction=args.test_fraction,
+            seed=args.seed,
+            source=f"{args.data[0]} (--test-fraction)",
         )
         rest, test = everything[rest], everything[test]
+    targets = None
+    if args.label_votes:
+        if len(folder.classes) != 2:
+            raise ValueError(f"{args.data[0]}: --label-votes needs two classes")
+        targets = folder.votes(args.data[0], tuple(args.label_votes))
     images = folder.load(args.input_size, centre_crop=args.centre_crop)
     size = images.shape[1]
     by = "slide" if len(np.unique(folder.groups)) < len(folder.paths) else "image"
@@ -138,18 +151,26 @@ def _train_classifier(args: argparse.Namespace) -> int:
         args, input_size=size, classes=folder.classes, mpp=args.mpp, centre_crop=args.centre_crop
     )
     if args.folds > 1:
-        _train_folds(args, config, images, folder, rest, test, by)
+        _train_folds(args, config, images, folder, targets, rest, test, by)
     else:
         fit, val = split_by_group(
-            folder.labels[rest], folder.groups[rest], fraction=args.val_fraction, seed=args.seed + 1
+            folder.labels[rest],
+            folder.groups[rest],
+            fraction=args.val_fraction,
+            seed=args.seed + 1,
+            source=f"{args.data[0]} (--val-fraction)",
         )
         fit, val = rest[fit], rest[val]
         print(
             f"{len(fit)} training, {len(val)} validation, {len(test)} test images ({size} px), "
             f"split by {by}"
         )
+        soft = None if targets is None else targets[fit]
         _train_split(
-            args, config, (images[fit], folder.labels[fit]), (images[val], folder.labels[val])
+            args,
+            config,
+            (images[fit], folder.labels[fit], soft),
+            (images[val], folder.labels[val]),
         )
     if len(test):
         _evaluate_folder_subset(args, args.out, folder, images, test, test_path, roc_path)
@@ -157,7 +178,14 @@ def _train_classifier(args: argparse.Namespace) -> int:
 
 
 def _train_folds(
-    args: argparse.Namespace, config: Any, images: Any, folder: Any, rest: Any, test: Any, by: str
+    args: argparse.Namespace,
+    config: Any,
+    images: Any,
+    folder: Any,
+    targets: Any,
+    rest: Any,
+    test: Any,
+    by: str,
 ) -> None:
     """Cross-validated training on ``rest``: an ensemble of ``--folds`` models."""
     from napari_mitosis.classification.cross_validation import train_cross_validated
@@ -173,7 +201,7 @@ def _train_folds(
         f"({images.shape[1]} px), split by {by}"
     )
     report = train_cross_validated(
-        (images[rest], folder.labels[rest]),
+        (images[rest], folder.labels[rest], None if targets is None else targets[rest]),
         folder.groups[rest],
         args.out,
         config,
@@ -390,6 +418,12 @@ def register(command: CommandAdder) -> None:
     )
     tc.add_argument("--weight-decay", type=float, default=1e-4, help="L2 penalty")
     tc.add_argument(
+        "--schedule",
+        choices=("constant", "cosine"),
+        default="constant",
+        help="learning rate over the epochs: constant, or cosine annealing to 0 by --epochs",
+    )
+    tc.add_argument(
         "--no-class-weights",
         action="store_true",
         help="weigh every example alike (default: inverse class frequency)",
@@ -411,6 +445,14 @@ def register(command: CommandAdder) -> None:
         help="folders: train this many models by cross-validation (each early-stopped on "
         "its own fold of whole slides/images, instead of --val-fraction) and save their "
         "ensemble, its threshold chosen on every out-of-fold score",
+    )
+    tc.add_argument(
+        "--label-votes",
+        nargs="+",
+        metavar="COLUMN",
+        help="folders, two classes: labels.csv columns, each one annotator's yes/no for the "
+        "positive class; training targets their share (soft labels), while validation, "
+        "the threshold and the test split keep the class folders",
     )
     tc.add_argument("--notes", default="", help="provenance written into the model card")
     add_training(tc, batch=32, lr=1e-3)

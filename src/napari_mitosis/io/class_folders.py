@@ -60,6 +60,33 @@ class ImageFolder:
             images.append(resize_rgb(rgb, size))
         return np.stack(images)
 
+    def votes(self, root: str | Path, columns: tuple[str, ...]) -> np.ndarray:
+        """Each image's share of ``columns`` of ``root/labels.csv`` that say yes (true/1/
+        yes) to the positive class: soft targets from several annotators. An image the
+        table does not list keeps its folder's class (0 or 1)."""
+        table = Path(root) / "labels.csv"
+        if not table.is_file():
+            raise ValueError(f"{table}: label votes need this table (file, {', '.join(columns)})")
+        with table.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        header = set(rows[0]) if rows else set()
+        missing = [c for c in ("file", *columns) if c not in header]
+        if missing:
+            raise ValueError(f"{table}: no column {', '.join(missing)}; it has {sorted(header)}")
+        shares = {}
+        for line, row in enumerate(rows, start=2):
+            said = [row[c].strip().lower() for c in columns]
+            unknown = [v for v in said if v not in _YES | _NO]
+            if unknown:
+                raise ValueError(f"{table}, line {line}: {unknown[0]!r} is not a yes/no vote")
+            shares[row["file"]] = sum(v in _YES for v in said) / len(columns)
+        own = [str(p.relative_to(root)) for p in self.paths]
+        pairs = zip(own, self.labels, strict=True)
+        return np.asarray([shares.get(n, float(y)) for n, y in pairs], np.float32)
+
+
+_YES, _NO = {"true", "1", "yes"}, {"false", "0", "no"}
+
 
 def class_folders(root: str | Path, classes: tuple[str, ...] | None = None) -> ImageFolder:
     """``root/<class>/`` images; class order = ``classes`` or sorted folder names."""
@@ -103,7 +130,12 @@ def _groups(root: Path, paths: list[Path]) -> np.ndarray:
 
 
 def split_by_group(
-    labels: np.ndarray, groups: np.ndarray, *, fraction: float, seed: int = 0
+    labels: np.ndarray,
+    groups: np.ndarray,
+    *,
+    fraction: float,
+    seed: int = 0,
+    source: str = "data",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rest, held-out) indices: about ``fraction`` held out, whole groups only, class
     balance kept as far as groups allow (scikit-learn's StratifiedGroupKFold)."""
@@ -112,6 +144,12 @@ def split_by_group(
     folds = max(2, round(1 / fraction))
     from sklearn.model_selection import StratifiedGroupKFold  # 1 s to import: on use only
 
+    fewest = int(np.bincount(np.unique(labels, return_inverse=True)[1]).min())
+    if fewest < folds:
+        raise ValueError(
+            f"{source}: holding out {fraction:g} needs at least {folds} images of each class, "
+            f"the smallest has {fewest}; hold out a larger share or add images"
+        )
     splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
     rest, held = next(splitter.split(np.zeros(len(labels)), labels, groups))
     return rest, held
