@@ -142,3 +142,31 @@ def test_impossible_fold_counts_name_the_folder(tmp_path: Path, capsys) -> None:
     assert main([*command, "--folds", "9", "--test-fraction", "0"]) == 2
     assert f"{tmp_path / 'data'}: 9 folds need at least 9" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_a_terminated_cross_validation_leaves_nothing(tmp_path: Path) -> None:
+    """The Train widget's Cancel ends the command with SIGTERM: its fold folder goes too."""
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    data = tmp_path / "data"
+    images, labels, _groups = _images(n_groups=4, per_group=4)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        (data / ("benign", "malignant")[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(data / ("benign", "malignant")[label] / f"{i}.png")
+    out = tmp_path / "models" / "cv.safetensors"
+    command = [sys.executable, "-m", "napari_mitosis", "train-classifier", str(data)]
+    command += ["--out", str(out), "--folds", "2", "--epochs", "100000", "--patience", "100000"]
+    command += ["--width", "4", "--batch-size", "4", "--test-fraction", "0", "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(out.parent.glob(".cv-folds-*/fold0.safetensors")):  # training has begun
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.2)
+    process.terminate()
+    _stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and "cancelled" in stderr
+    assert list(out.parent.iterdir()) == []

@@ -7,8 +7,11 @@ holds what they share. ``main`` is the console entry point.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 from napari_mitosis.cli import (
     classification,
@@ -73,8 +76,30 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = parse(argv)
-        return int(args.run(args))
+        with _terminate_as_interrupt():
+            args = parse(argv)
+            return int(args.run(args))
     except (SlideError, OutputExistsError, FileNotFoundError, ValueError) as err:
         print(f"napari-mitosis: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("napari-mitosis: cancelled", file=sys.stderr)
+        return 130
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (the Train widget's Cancel, a scheduler ending a job) unwinds like Ctrl-C,
+    so temporary outputs and cross-validation folders are removed on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
