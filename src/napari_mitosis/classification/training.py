@@ -201,7 +201,8 @@ def train_classifier(
     overwrite: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> ClassifierReport:
-    """Train on (images, labels); validate each epoch; save the best to ``out`` (+ ``.csv``)."""
+    """Train on (images, labels[, soft targets]); validate each epoch on (images, labels);
+    save the best to ``out`` (+ ``.csv``)."""
     config = config or ClassifierTraining()
     if config.monitor is not None and config.monitor not in MONITORED:
         raise ValueError(f"monitor must be one of {MONITORED}, got {config.monitor!r}")
