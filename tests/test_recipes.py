@@ -67,5 +67,6 @@ def test_the_card_records_the_resolved_recipe(tmp_path: Path) -> None:
     training = read_card(out).training
     assert training["learning_rate"] == 0.002 and training["hed_jitter"] == 0.1  # the file
     assert training["epochs"] == 2  # the flag
+    assert training["data_options"]["test_fraction"] == 0  # how the examples were chosen
     assert training["weight_decay"] == 1e-4  # a default neither gave
     assert np.isclose(training["brightness"], 64 / 255)

@@ -60,6 +60,9 @@ def test_the_widget_trains_a_tissue_classifier_from_classified_regions(
     assert widget.found.value == f"1 Glass, {stroma} Stroma, 1 Tumour (regions)"
     widget.steps.value, widget.crop.value, widget.device.value = 2, 64, "cpu"
     widget.model_name.value = "tissue"
+    recipe = tmp_path / "few.yaml"  # fewer patches per class: a quicker run
+    recipe.write_text("command: train-classifier\nper_class: 120\n")
+    widget.recipe.value = recipe
     widget.start()
     qtbot.waitUntil(lambda: widget.process is None, timeout=300_000)
     assert widget.registered == "tissue", widget.status.value
@@ -69,6 +72,7 @@ def test_the_widget_trains_a_tissue_classifier_from_classified_regions(
     card = read_card(registry.path("tissue"))
     assert card.classes == ("Glass", "Stroma", "Tumour") and card.input_size == 64
     assert "split by region" in card.notes and "layer 'tissue types'" in card.notes
+    assert card.training["data_options"]["per_class"] == 120  # the recipe, through the widget
     # The command line, in its own process as the widget's, on the same file and seed.
     geojson = next(Path(widget._work).glob("*.geojson"))
     out = tmp_path / "cli.safetensors"
@@ -76,6 +80,7 @@ def test_the_widget_trains_a_tissue_classifier_from_classified_regions(
         sys.executable, "-m", "napari_mitosis", "train-classifier", str(path),
         "--annotations", str(geojson), "--classes", "Glass", "Stroma", "Tumour",
         "--input-size", "64", "--epochs", "2", "--device", "cpu", "--out", str(out),
+        "--recipe", str(recipe),
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)
     assert read_card(out).metrics == card.metrics

@@ -102,6 +102,8 @@ class ClassifierTraining(StainTraining):
     device: str = "auto"
     notes: str = ""
     label_votes: tuple[str, ...] = ()  # labels.csv columns whose share is the soft target
+    # how the command chose its examples (splits, folds, patches per class…), for the card
+    data_options: dict[str, Any] = field(default_factory=dict)
     pretrained: str | None = None  # torchvision weights name or a local state-dict file
     freeze_epochs: int = 0  # epochs that train the last layer only (fine-tuning)
     backbone_lr_scale: float = 1.0  # all but the last layer learn at lr × this (e.g. 0.1)

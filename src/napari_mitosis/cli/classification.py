@@ -54,10 +54,23 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         backbone_lr_scale=args.backbone_lr_scale,
         init=args.init,
         label_votes=tuple(args.label_votes or ()),
+        data_options={k: getattr(args, k) for k in DATA_OPTIONS if hasattr(args, k)},
         **stain_options(args),
         **fixed,
     )
 
+
+#: the options that choose the examples rather than train on them, kept in the card
+DATA_OPTIONS = (
+    "test_fraction",
+    "val_fraction",
+    "folds",
+    "per_class",
+    "window",
+    "min_tissue",
+    "min_coverage",
+    "level",
+)
 
 #: how the epoch line names each metric
 METRIC_NAMES = {"auc": "AUC", "f1": "F1", "f_med": "F_med", "loss": "loss"}
