@@ -120,3 +120,14 @@ def test_the_cli_reference_lists_every_command_and_nothing_else() -> None:
     reference = (Path(__file__).parents[1] / "docs" / "cli.md").read_text()
     listed = set(re.findall(r"^\| \w+ \| `([a-z0-9-]+)` \|", reference, flags=re.MULTILINE))
     assert listed == set(commands.choices)
+
+
+def test_the_demo_classifier_trains_and_says_what_it_reached(tmp_path: Path, capsys) -> None:
+    """`make demo` prints each demo model's validation score as it trains it."""
+    from napari_mitosis.demo.models import demo_classifier
+    from napari_mitosis.models.checkpoint import read_card
+
+    path = demo_classifier(tmp_path / "demo-classifier.safetensors", device="cpu")
+    said = re.search(r"demo classifier: validation AUC (\d\.\d{3}) \(", capsys.readouterr().out)
+    assert said and float(said.group(1)) > 0.9
+    assert read_card(path).task == "classification"

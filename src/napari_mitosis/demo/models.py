@@ -50,7 +50,7 @@ def demo_classifier(path: str | Path, *, device: str = "auto", log: bool = True)
     report = train_classifier(sets[0], sets[1], path, config, overwrite=True)
     if log:
         print(
-            f"demo classifier: validation {config.monitor.upper()} {report.best_value:.3f} "
+            f"demo classifier: validation {report.monitor.upper()} {report.best_value:.3f} "
             f"({time.perf_counter() - started:.0f} s) → {path}"
         )
     return path
