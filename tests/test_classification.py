@@ -35,7 +35,7 @@ def test_small_cnn_reaches_auc_above_0_9_on_held_out_tiles(
     assert card.classes == ("normal", "tumour") and card.mpp == 1.0 and card.input_size == 64
     log = path.with_suffix(".csv").read_text().splitlines()
     assert (
-        log[0].startswith("epoch,train_loss,val_loss,val_auc")
+        log[0].startswith("epoch,train_loss,lr,val_loss,val_auc")
         and len(log) == len(report.history) + 1
     )
     images, labels = patches_of(tumour_slides[2][0], 60, 2)  # a slide it never saw

@@ -131,6 +131,25 @@ def test_cosine_schedule_halves_midway_and_ends_at_zero() -> None:
     assert _scheduler(optimiser, ClassifierTraining()) is None  # constant by default
 
 
+def test_training_follows_the_schedule_and_logs_each_epochs_rate(tmp_path: Path) -> None:
+    images, labels = _squares(16)
+    rates = {}
+    for schedule in ("constant", "cosine"):
+        config = ClassifierTraining(
+            width=4, input_size=16, epochs=4, patience=10, batch_size=8, learning_rate=0.01,
+            hed_jitter=0.0, device="cpu", schedule=schedule,
+        )  # fmt: skip
+        out = tmp_path / f"{schedule}.safetensors"
+        report = train_classifier((images, labels), (images, labels), out, config)
+        rates[schedule] = [row["lr"] for row in report.history]
+        log = out.with_suffix(".csv").read_text().splitlines()
+        assert "lr" in log[0].split(",") and len(log) == 5
+    assert rates["constant"] == [0.01] * 4
+    assert rates["cosine"] == pytest.approx(
+        [0.01, 0.01 * (1 + 2**-0.5) / 2, 0.005, 0.01 * (1 - 2**-0.5) / 2]
+    )
+
+
 def test_an_unknown_schedule_is_refused_before_anything_is_written(tmp_path: Path) -> None:
     images, labels = _squares(8)
     out = tmp_path / "m.safetensors"

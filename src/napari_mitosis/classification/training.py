@@ -281,6 +281,7 @@ def train_classifier(
             freeze_all_but_head(model, frozen=epoch <= config.freeze_epochs)
         model.train()
         losses = []
+        rate = max(g["lr"] for g in optimiser.param_groups)  # this epoch's (the last layer's)
         order = rng.permutation(len(images))
         for start in range(0, len(order), config.batch_size):
             index = order[start : start + config.batch_size]
@@ -306,6 +307,7 @@ def train_classifier(
         record = {
             "epoch": epoch,
             "train_loss": float(np.mean(losses)) if losses else float("nan"),
+            "lr": rate,
             "val_loss": val_loss,
             **{f"val_{k}": v for k, v in metrics.as_dict().items() if k != "n"},
             "seconds": time.perf_counter() - started,
