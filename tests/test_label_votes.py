@@ -68,6 +68,9 @@ def test_bad_vote_tables_are_named(tmp_path: Path) -> None:
     folder = class_folders(root)
     with pytest.raises(ValueError, match=r"labels.csv, line 3: 'maybe' is not a yes/no"):
         folder.votes(root, ("e1", "e2", "e3"))
+    short = _folder(tmp_path / "short", TABLE.replace("normal/4.png,s3,0,0,0", "normal/4.png,s3,0"))
+    with pytest.raises(ValueError, match=r"labels.csv, line 7: '' is not a yes/no"):
+        class_folders(short).votes(short, ("e1", "e2", "e3"))
     with pytest.raises(ValueError, match=r"labels.csv: no column e9"):
         folder.votes(root, ("e1", "e9"))
 

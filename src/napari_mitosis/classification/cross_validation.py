@@ -70,7 +70,8 @@ def train_cross_validated(
     overwrite: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
 ) -> CrossValidationReport:
-    """Train ``folds`` members (seeds ``seed``, ``seed + 1``, …) and save their ensemble to
+    """Train ``folds`` members (seeds ``seed``, ``seed + 1``, …) on (images, labels[, soft
+    targets]), folds split by ``groups`` and the labels, and save their ensemble to
     ``out`` (+ ``.csv``, every member's epochs with its fold). Nothing is written to
     ``out`` until every member has trained; the members' own files live in a temporary
     folder beside it that goes with the run, finished or not."""

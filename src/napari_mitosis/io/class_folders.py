@@ -75,7 +75,7 @@ class ImageFolder:
             raise ValueError(f"{table}: no column {', '.join(missing)}; it has {sorted(header)}")
         shares = {}
         for line, row in enumerate(rows, start=2):
-            said = [row[c].strip().lower() for c in columns]
+            said = [(row[c] or "").strip().lower() for c in columns]  # short row: None
             unknown = [v for v in said if v not in _YES | _NO]
             if unknown:
                 raise ValueError(f"{table}, line {line}: {unknown[0]!r} is not a yes/no vote")
