@@ -37,6 +37,7 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         learning_rate=args.lr,
         weight_decay=args.weight_decay,
         schedule=args.schedule,
+        ema=args.ema,
         class_weights=not args.no_class_weights,
         monitor=args.monitor or ("auc" if len(fixed["classes"]) == 2 else "f1"),
         patience=args.patience,
@@ -435,6 +436,13 @@ def register(command: CommandAdder) -> None:
         choices=("constant", "cosine"),
         default="constant",
         help="learning rate over the epochs: constant, or cosine annealing to 0 by --epochs",
+    )
+    tc.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        metavar="DECAY",
+        help="validate and keep a moving average of the weights, e.g. 0.99 per step (0: off)",
     )
     tc.add_argument(
         "--no-class-weights",
