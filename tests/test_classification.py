@@ -202,6 +202,36 @@ def test_architectures_are_built_without_weights(architecture: str, size: int) -
         assert grey(torch.rand(2, 1, 50, 50)).shape == (2, 1)
 
 
+def test_each_more_small_cnn_block_doubles_what_it_sees(tmp_path: Path) -> None:
+    """The span of input one output pixel depends on, measured by its gradient: 38 px at
+    four blocks (the default, as cards without ``depth`` were built), 78 at five, 158 at
+    six; a trained deeper model keeps its depth in its card."""
+    import torch
+
+    from napari_mitosis.models.classifiers import SmallCNN
+
+    torch.manual_seed(0)
+    spans = {}
+    for depth in (4, 5, 6):
+        features = SmallCNN(depth=depth, width=4).eval().features[:-2]  # before the pooling
+        x = torch.randn(1, 3, 256, 256, requires_grad=True)
+        out = features(x)
+        out[0, :, out.shape[2] // 2, out.shape[3] // 2].sum().backward()
+        rows = torch.where(x.grad[0].abs().sum(0).any(1))[0]
+        spans[depth] = int(rows.max() - rows.min() + 1)
+    assert spans == {4: 38, 5: 78, 6: 158}
+    images = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    labels = np.tile([0, 1], 4)
+    config = ClassifierTraining(width=4, depth=6, input_size=32, epochs=1, device="cpu")
+    out = tmp_path / "deep.safetensors"
+    train_classifier((images, labels), (images, labels), out, config)
+    model, card = load_checkpoint(out, task="classification")
+    assert card.options["depth"] == 6 and len(model.features) == 6 * 4 + 2
+    shallow = ClassifierTraining(width=4, input_size=32, epochs=1, device="cpu")
+    train_classifier((images, labels), (images, labels), tmp_path / "s.safetensors", shallow)
+    assert "depth" not in load_checkpoint(tmp_path / "s.safetensors")[1].options
+
+
 def write_class_folders(root: Path, tumour_slides) -> None:
     """Patch folders with a labels.csv naming each patch's source slide."""
     rows = ["file,slide"]

@@ -73,6 +73,7 @@ class ClassifierTraining(StainTraining):
     architecture: str = "small_cnn"
     tower: str = "small_cnn"  # two_tower only
     width: int = 32  # small_cnn (and small towers) channel width
+    depth: int = 4  # small_cnn blocks (each more one doubles what the network sees)
     input_size: int = 96  # inception_v3 wants 299
     classes: tuple[str, ...] = ("normal", "tumour")  # two: a sigmoid; more: a softmax
     epochs: int = 30
@@ -192,6 +193,8 @@ def _options(config: ClassifierTraining, channels: int) -> dict[str, Any]:
     options: dict[str, Any] = {"outputs": outputs, "in_channels": in_channels}
     if config.architecture in ("small_cnn", "two_tower"):
         options["width"] = config.width
+    if config.architecture == "small_cnn" and config.depth != 4:  # 4: cards before depth
+        options["depth"] = config.depth
     if config.architecture == "two_tower":
         options["tower"] = config.tower
     return options

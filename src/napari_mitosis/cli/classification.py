@@ -31,6 +31,7 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         architecture=args.architecture,
         tower=args.tower,
         width=args.width,
+        depth=args.depth,
         epochs=args.epochs,
         batch_size=args.batch_size,
         optimiser=args.optimiser,
@@ -346,6 +347,12 @@ def register(command: CommandAdder) -> None:
         help="two_tower: the network in each tower",
     )
     tc.add_argument("--width", type=int, default=32, help="small_cnn channel width")
+    tc.add_argument(
+        "--depth",
+        type=int,
+        default=4,
+        help="small_cnn conv blocks; each more one doubles the span it sees (38 px at 4)",
+    )
     tc.add_argument(
         "--input-size", type=int, default=None, help="px (folders: the images' own; slides: 96)"
     )

@@ -45,20 +45,26 @@ def wide_resnet_classifier(*, outputs: int = 1, in_channels: int = 3) -> nn.Modu
 
 
 class SmallCNN(nn.Module):
-    """Four conv blocks and global average pooling: small greyscale or RGB images (50×50
-    IDC patches, ultrasound frames) and quick CPU tests."""
+    """``depth`` conv blocks (four by default), each but the last halving the image, and
+    global average pooling: small greyscale or RGB images (50×50 IDC patches, ultrasound
+    frames) and quick CPU tests. Four blocks see 38 px; each more block doubles
+    that, so a 128 px image whose class is a shape (a lesion's margin) wants six."""
 
-    def __init__(self, *, outputs: int = 1, in_channels: int = 3, width: int = 32) -> None:
+    def __init__(
+        self, *, outputs: int = 1, in_channels: int = 3, width: int = 32, depth: int = 4
+    ) -> None:
         super().__init__()
+        if depth < 1:
+            raise ValueError(f"small_cnn needs at least one block, got depth {depth}")
         layers: list[nn.Module] = []
         channels = in_channels
-        for i in range(4):
+        for i in range(depth):
             out = width * 2 ** min(i, 2)
             layers += [
                 nn.Conv2d(channels, out, 3, padding=1, bias=False),
                 nn.BatchNorm2d(out),
                 nn.ReLU(inplace=True),
-                nn.MaxPool2d(2) if i < 3 else nn.Identity(),
+                nn.MaxPool2d(2) if i < depth - 1 else nn.Identity(),
             ]
             channels = out
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -70,8 +76,10 @@ class SmallCNN(nn.Module):
         return self.fc(self.dropout(self.features(x)))
 
 
-def small_cnn(*, outputs: int = 1, in_channels: int = 3, width: int = 32) -> nn.Module:
-    return SmallCNN(outputs=outputs, in_channels=in_channels, width=width)
+def small_cnn(
+    *, outputs: int = 1, in_channels: int = 3, width: int = 32, depth: int = 4
+) -> nn.Module:
+    return SmallCNN(outputs=outputs, in_channels=in_channels, width=width, depth=depth)
 
 
 def _tower(kind: Tower, in_channels: int, width: int) -> tuple[nn.Module, int]:
