@@ -35,7 +35,9 @@ class ClassificationWidget(TiledModelWidget):
         )
         self.batch_size = SpinBox(label="batch size", value=16, min=1, max=1024)
         self.tta = CheckBox(
-            label="test-time augmentation (the flips the model trained on)", value=False
+            label="test-time augmentation (the flips the model trained on; always for a "
+            "model trained with it)",
+            value=False,
         )
         self.show_tissue = CheckBox(label="add the tissue mask", value=False)
         super().__init__(
@@ -63,7 +65,8 @@ class ClassificationWidget(TiledModelWidget):
         from napari_mitosis.classification.run import ClassificationRun
 
         where.pop("overlap")
-        predictor.tta = bool(self.tta.value)
+        trained_with = bool((predictor.card.training or {}).get("tta", False))
+        predictor.tta = bool(self.tta.value) or trained_with
         return ClassificationRun(
             data,
             predictor,

@@ -45,7 +45,8 @@ class ClassifierPredictor:
 
     Greyscale models get BT.601 luma of RGB input; input of another size is resized to
     the card's; ``tta`` averages the 8 dihedral views (left-right flips only for a model
-    trained with ``flips="horizontal"``). On CUDA ``amp`` runs the model
+    trained with ``flips="horizontal"``); None (the default) does so for a model trained
+    with ``tta`` (its threshold was chosen on averaged scores) and not for others. On CUDA ``amp`` runs the model
     under float16 autocast; ``amp=False`` gives the CPU's float32 answers (within 1e-4).
     ``optimise`` predicts with a `for_inference` copy (batch norm folded, channels-last);
     training passes False so that scores follow the model being trained.
@@ -57,13 +58,13 @@ class ClassifierPredictor:
         card: ModelCard,
         device: str | torch.device = "auto",
         *,
-        tta: bool = False,
+        tta: bool | None = None,
         optimise: bool = True,
         amp: bool = True,
     ) -> None:
         self.device, self.model = predicting_model(model, device, optimise=optimise)
         self.card = card
-        self.tta = tta
+        self.tta = bool((card.training or {}).get("tta", False)) if tta is None else tta
         self.flips = str((card.training or {}).get("flips", "dihedral"))
         self.amp = amp and self.device.type == "cuda"  # float16 autocast (`forward_amp`)
         self.in_channels = int(card.options.get("in_channels", 3))

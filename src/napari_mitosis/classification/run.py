@@ -207,7 +207,7 @@ def classify_slide(
     tissue_only: bool = True,
     min_tissue: float = 0.3,
     threshold: float | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     amp: bool = True,
     batch_size: int = 16,
     out: Any = None,

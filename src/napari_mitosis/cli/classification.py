@@ -10,7 +10,6 @@ from typing import Any
 from napari_mitosis.cli.options import (
     ARCHITECTURES,
     MONITORED,
-    TTA_HELP,
     CommandAdder,
     add_device,
     add_model,
@@ -19,6 +18,7 @@ from napari_mitosis.cli.options import (
     add_recipe,
     add_stain,
     add_training,
+    add_tta,
     stain_options,
 )
 from napari_mitosis.io.output_file import atomic_output, refuse_existing
@@ -39,6 +39,7 @@ def _classifier_config(args: argparse.Namespace, **fixed: Any) -> Any:
         weight_decay=args.weight_decay,
         schedule=args.schedule,
         ema=args.ema,
+        tta=bool(getattr(args, "tta", False)),
         class_weights=not args.no_class_weights,
         monitor=args.monitor or ("auc" if len(fixed["classes"]) == 2 else "f1"),
         patience=args.patience,
@@ -256,7 +257,7 @@ def _evaluate_folder_subset(
     from napari_mitosis.models.checkpoint import load_checkpoint
 
     model, card = load_checkpoint(model_path, task="classification")
-    predictor = ClassifierPredictor(model, card, args.device, tta=getattr(args, "tta", False))
+    predictor = ClassifierPredictor(model, card, args.device, tta=getattr(args, "tta", None))
     scores = classify_images(images[subset], predictor)
     labels = folder.labels[subset]
     groups = len(np.unique(folder.groups[subset]))
@@ -445,6 +446,12 @@ def register(command: CommandAdder) -> None:
         help="learning rate over the epochs: constant, or cosine annealing to 0 by --epochs",
     )
     tc.add_argument(
+        "--tta",
+        action="store_true",
+        help="the model runs with its flips averaged: the threshold, out-of-fold and test "
+        "scores are taken so, and so is every prediction from its card unless --no-tta",
+    )
+    tc.add_argument(
         "--ema",
         type=float,
         default=0.0,
@@ -499,7 +506,7 @@ def register(command: CommandAdder) -> None:
         "--split-file", type=Path, help="only the images listed (e.g. <model>.test.csv)"
     )
     ec.add_argument("--threshold", type=float, default=None, help="default: the card's")
-    ec.add_argument("--tta", action="store_true", help=TTA_HELP)
+    add_tta(ec)
     ec.add_argument("--json", action="store_true", help="end with the metrics as one JSON line")
     add_mpp(ec)
     add_device(ec)

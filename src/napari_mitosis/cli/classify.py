@@ -8,13 +8,13 @@ from pathlib import Path
 
 from napari_mitosis.cli.options import (
     IMAGE_HELP,
-    TTA_HELP,
     CommandAdder,
     add_device,
     add_device_tiles,
     add_model,
     add_mpp,
     add_overwrite,
+    add_tta,
     parse_region,
 )
 from napari_mitosis.io.output_file import refuse_existing
@@ -94,7 +94,7 @@ def register(command: CommandAdder) -> None:
     cl.add_argument(
         "--threshold", type=float, default=None, help="tumour probability (default: the card's)"
     )
-    cl.add_argument("--tta", action="store_true", help=TTA_HELP)
+    add_tta(cl)
     cl.add_argument(
         "--format",
         choices=("tiff", "ome-zarr"),

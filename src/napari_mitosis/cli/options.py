@@ -29,8 +29,14 @@ ARCHITECTURES = (
 MONITORED = ("auc", "f1", "f_med", "loss")
 TTA_HELP = (
     "average the flips the model trained on (the 8 rotations/flips; left-right only for "
-    "a model trained with --flips horizontal)"
+    "a model trained with --flips horizontal); default: as the model was trained "
+    "(train-classifier --tta)"
 )
+
+
+def add_tta(parser: argparse.ArgumentParser) -> None:
+    """``--tta`` / ``--no-tta``; neither: what the model's card says."""
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

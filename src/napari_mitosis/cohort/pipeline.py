@@ -38,7 +38,7 @@ class PipelineSettings:
     classify_min_tissue: float = 0.3
     classify_stride: int | None = None  # level px per heatmap cell (None: patch / 2)
     classify_threshold: float | None = None  # None: the card's
-    tta: bool = False
+    tta: bool | None = None  # None: as the classifier was trained (its card's ``tta``)
     classify_batch_size: int = 16
     detect_min_tissue: float = 0.05  # tiles need this much of the tumour/tissue mask
     detect_tile: int | None = None  # px per detector tile (None: its training crop)
