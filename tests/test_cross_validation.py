@@ -10,7 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mitosis.classification.cross_validation import train_cross_validated
+from napari_mitosis.classification.cross_validation import (
+    calibrated_scores,
+    member_calibration,
+    train_cross_validated,
+)
 from napari_mitosis.classification.metrics import best_threshold
 from napari_mitosis.classification.predictor import ClassifierPredictor, tta_views
 from napari_mitosis.classification.training import ClassifierTraining, train_classifier
@@ -45,21 +49,50 @@ def test_every_image_is_scored_by_the_member_that_never_trained_on_it(tmp_path: 
     ensemble, card = load_checkpoint(out, task="classification")
     assert card.options["members"] == 3 and card.training["folds"] == 3
     members = list(ensemble.members)
+    assert card.options["calibrated"] and report.calibration is not None
+    scale = torch.from_numpy(report.calibration).float()
+    assert torch.equal(ensemble.calibration, scale)
     for i, member in enumerate(members):  # member i's scores on fold i are the OOF scores
         predictor = ClassifierPredictor(member, card, "cpu", optimise=False)
+        mine = report.folds == i
+        rows = np.repeat(report.calibration[i : i + 1], mine.sum(), 0)
         np.testing.assert_allclose(
-            predictor(images[report.folds == i]), report.scores[report.folds == i], atol=1e-5
+            calibrated_scores(predictor(images[mine]), rows), report.scores[mine], atol=1e-5
         )
     assert card.threshold == pytest.approx(best_threshold(labels, report.scores, "f_med"))
     assert card.metrics["cv_auc"] > 0.9  # the squares are easy to see
     x = torch.randn(4, 3, 16, 16)
-    with torch.no_grad():  # one module: the members' logits averaged
-        mean = torch.stack([m(x) for m in members]).mean(0)
+    with torch.no_grad():  # one module: the members' calibrated logits averaged
+        mean = torch.stack([m(x) * a + b for m, (a, b) in zip(members, scale, strict=True)]).mean(0)
         assert torch.allclose(ensemble(x), mean, atol=1e-6)
         assert not torch.allclose(members[0](x), members[1](x))  # three models, not one
     history = out.with_suffix(".csv").read_text().splitlines()
     assert history[0].startswith("fold,epoch") and {r[0] for r in history[1:]} == {"0", "1", "2"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cv.csv", "cv.safetensors"]
+
+
+def test_members_of_different_confidence_are_put_on_one_scale() -> None:
+    """Two folds rank their images equally well, one four times as sure: pooled, the sure
+    fold's negatives outrank the other's positives. Platt scaling on each fold finds the
+    (scale, shift) the labels were drawn with and pools them as one fold."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=4000)
+    labels = (rng.random(4000) < 1 / (1 + np.exp(-(2 * z - 1)))).astype(int)  # truth: 2z − 1
+    fold_of = np.repeat([0, 1], 2000)
+    logits = np.where(fold_of == 0, 4 * z + 3, z)  # fold 0: over-confident and shifted
+    scores = 1 / (1 + np.exp(-logits))
+    calibration = member_calibration(labels, scores, fold_of, 2)
+    np.testing.assert_allclose(calibration[1], [2, -1], atol=0.2)
+    np.testing.assert_allclose(calibration[0], [0.5, -1 - 3 * 0.5], atol=0.1)
+    pooled = calibrated_scores(scores, calibration[fold_of])
+    per_fold = np.mean([roc_auc_score(labels[fold_of == i], z[fold_of == i]) for i in (0, 1)])
+    assert roc_auc_score(labels, scores) < per_fold - 0.05
+    assert roc_auc_score(labels, pooled) == pytest.approx(per_fold, abs=0.01)
+    one_class = member_calibration(np.r_[labels[:10], np.zeros(10, int)], scores[:20],
+                                   np.repeat([0, 1], 10), 2)  # fmt: skip
+    assert tuple(one_class[1]) == (1.0, 0.0)
 
 
 def test_a_cancelled_cross_validation_leaves_nothing(tmp_path: Path) -> None:

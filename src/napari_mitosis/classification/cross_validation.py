@@ -1,6 +1,7 @@
 """K-fold cross-validated training: K members, each early-stopped on its own fold of whole
 groups (slides, patients, images), saved together as one ensemble whose threshold is chosen
-on every image's out-of-fold score.
+on every image's out-of-fold score (two classes: each member's logit first put on one
+scale by Platt scaling on its own fold).
 
 Why: with a few hundred images one validation split is a few dozen images, so the epoch
 it keeps and the threshold it picks are noisy; here every training image validates once,
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from napari_mitosis.classification.metrics import best_threshold, binary_metrics, multiclass_metrics
 from napari_mitosis.classification.run import ClassifierPredictor, classify_images
@@ -41,8 +43,11 @@ from napari_mitosis.models.checkpoint import (
 class CrossValidationReport:
     card: ModelCard  # the ensemble's: out-of-fold metrics (cv_*) and threshold
     members: list[ClassifierReport]
-    scores: np.ndarray  # each image's score from the member that did not train on it
+    # each image's score from the member that did not train on it (one sigmoid:
+    # after that member's calibration)
+    scores: np.ndarray
     folds: np.ndarray  # each image's fold
+    calibration: np.ndarray | None = None  # one sigmoid: each member's (scale, shift)
 
 
 def fold_indices(
@@ -72,7 +77,8 @@ def train_cross_validated(
 ) -> CrossValidationReport:
     """Train ``folds`` members (seeds ``seed``, ``seed + 1``, …) on (images, labels[, soft
     targets]), folds split by ``groups`` and the labels, and save their ensemble to
-    ``out`` (+ ``.csv``, every member's epochs with its fold). Nothing is written to
+    ``out`` (+ ``.csv``, every member's epochs with its fold); one-sigmoid members are
+    calibrated on their own folds (`member_calibration`). Nothing is written to
     ``out`` until every member has trained; the members' own files live in a temporary
     folder beside it that goes with the run, finished or not."""
     config = config or ClassifierTraining()
@@ -110,18 +116,55 @@ def train_cross_validated(
             reports.append(report)
             history += [{"fold": i, **row} for row in report.history]
         assert scores is not None
-        card = _ensemble_card(members, labels, scores, reports[0].monitor, folds)
+        state = {
+            f"members.{i}.{key}": value
+            for i, (model, _) in enumerate(members)
+            for key, value in model.state_dict().items()
+        }
+        calibrated, calibration = scores.ndim == 1, None
+        if calibrated:  # one sigmoid: the members' logits put on one scale
+            calibration = member_calibration(labels, scores, fold_of, folds)
+            scores = calibrated_scores(scores, calibration[fold_of])
+            state["calibration"] = torch.from_numpy(calibration.astype(np.float32))
+        card = _ensemble_card(members, labels, scores, reports[0].monitor, folds, calibrated)
         ensemble = build_model(card)
-        ensemble.load_state_dict(
-            {
-                f"members.{i}.{key}": value
-                for i, (model, _) in enumerate(members)
-                for key, value in model.state_dict().items()
-            }
-        )
+        ensemble.load_state_dict(state)
         save_checkpoint(out, ensemble, card, overwrite=overwrite)
         write_history(log_path, history)
-    return CrossValidationReport(card, reports, scores, fold_of)
+    return CrossValidationReport(card, reports, scores, fold_of, calibration)
+
+
+def member_calibration(
+    labels: np.ndarray, scores: np.ndarray, fold_of: np.ndarray, folds: int
+) -> np.ndarray:
+    """(folds, 2): each member's (scale, shift) of its logit, a logistic regression of
+    its own out-of-fold labels on its logits (Platt scaling, scikit-learn, barely
+    penalised). Why: members early-stopped at different epochs differ in confidence, so
+    their raw scores pooled rank worse than each fold's own (atypical figures, depth 5:
+    a pooled AUC of 0.77 from folds of 0.82 to 0.86), the threshold chosen on them is off,
+    and the surest member dominates the mean logit. A fold of one class keeps (1, 0)."""
+    from sklearn.linear_model import LogisticRegression
+
+    logits = _logit(scores)
+    rows = []
+    for i in range(folds):
+        mine = fold_of == i
+        if len(np.unique(labels[mine])) < 2:
+            rows.append((1.0, 0.0))
+            continue
+        fit = LogisticRegression(C=1e4).fit(logits[mine, None], labels[mine])
+        rows.append((float(fit.coef_[0, 0]), float(fit.intercept_[0])))
+    return np.asarray(rows, np.float64)
+
+
+def calibrated_scores(scores: np.ndarray, calibration: np.ndarray) -> np.ndarray:
+    """Probabilities after each row's (scale, shift) of their logit."""
+    return 1 / (1 + np.exp(-(calibration[:, 0] * _logit(scores) + calibration[:, 1])))
+
+
+def _logit(scores: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(scores, np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
 
 
 def _with_fold(
@@ -139,11 +182,14 @@ def _ensemble_card(
     scores: np.ndarray,
     monitor: str,
     folds: int,
+    calibrated: bool = False,
 ) -> ModelCard:
-    """The first member's card with ``members`` in its options, the threshold chosen on
-    the out-of-fold scores and their metrics (``cv_*``) as its own."""
+    """The first member's card with ``members`` (and ``calibrated``) in its options, the
+    threshold chosen on the out-of-fold scores and their metrics (``cv_*``) as its own."""
     card = copy.deepcopy(members[0][1])
     card.options = {**card.options, "members": folds}
+    if calibrated:
+        card.options["calibrated"] = True
     if scores.ndim == 1:
         card.threshold = best_threshold(labels, scores, "f1" if monitor == "f1" else "f_med")
         metrics: Any = binary_metrics(labels, scores, card.threshold)

@@ -60,7 +60,8 @@ class ModelCard:
 FIELD_HELP = {
     "architecture": "a napari-mitosis architecture, or the published model's own name",
     "options": "keyword arguments of the architecture's factory (ours: num_classes, …); "
-    "members: N for an ensemble of N such models whose logits are averaged",
+    "members: N for an ensemble of N such models whose logits are averaged; calibrated: "
+    "true when each member's logit is first scaled and shifted (its calibration row)",
     "task": "classification, segmentation or detection",
     "input_size": "pixels per side the model reads",
     "mpp": "µm per pixel of its training images (null: pixel units)",
@@ -103,10 +104,11 @@ def build_model(card: ModelCard) -> nn.Module:
     factory = getattr(importlib.import_module(module), name)
     options = dict(card.options)
     members = int(options.pop("members", 1))  # a cross-validated ensemble of this many
+    calibrated = bool(options.pop("calibrated", False))  # its members' logits rescaled
     if members > 1:
         from napari_mitosis.models.classifiers import Ensemble
 
-        return Ensemble([factory(**options) for _ in range(members)])
+        return Ensemble([factory(**options) for _ in range(members)], calibrated=calibrated)
     return factory(**options)
 
 

@@ -127,16 +127,30 @@ class Ensemble(nn.Module):
     shape, so every predictor, export and server runs an ensemble as it runs one model.
 
     Averaging logits (not probabilities) keeps the module a plain classifier; the AUC of
-    the two means differs little, and cross-validation chooses the threshold on it."""
+    the two means differs little, and cross-validation chooses the threshold on it.
+    ``calibrated``: each member's logit is first scaled and shifted (``calibration``, one
+    (scale, shift) row per member, fitted on its own out-of-fold images), so members
+    early-stopped at different epochs, some more confident than others, count alike and
+    their out-of-fold scores share one scale for the threshold."""
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    calibration: torch.Tensor | None
+
+    def __init__(self, members: list[nn.Module], *, calibrated: bool = False) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
         self.members = nn.ModuleList(members)
+        if calibrated:
+            self.register_buffer("calibration", torch.tensor([[1.0, 0.0]] * len(members)))
+        else:
+            self.calibration = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member(x) for member in self.members]).mean(0)
+        logits = torch.stack([member(x) for member in self.members])
+        if self.calibration is not None:
+            scale, shift = self.calibration[:, :1, None], self.calibration[:, 1:, None]
+            logits = logits * scale + shift
+        return logits.mean(0)
 
 
 CLASSIFIERS = {
