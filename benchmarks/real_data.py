@@ -1,6 +1,6 @@
 """The shipped recipes on the real samples in ../shared/data, held out by slide or image.
 
-    python benchmarks/real_data.py [--only atypical ultrasound mitosis-crops] [--work DIR]
+    python benchmarks/real_data.py [--only atypical-mitosis ultrasound mitosis-crops camelyon-patches] [--work DIR]
 
 - atypical vs normal mitosis (recipes/atypical-mitosis.yaml): train-classifier holds out
   20 % of the slides for test itself and prints the held-out metrics;
