@@ -136,6 +136,15 @@ def tumour_slides(tmp_path_factory: pytest.TempPathFactory):
     return slides
 
 
+def bright_squares(n: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """16 px images: a bright square (class 1) or none (class 0) on noise, alternating."""
+    rng = np.random.default_rng(seed)
+    labels = np.tile([0, 1], n // 2)
+    images = rng.integers(0, 80, (n, 16, 16, 3), dtype=np.uint8)
+    images[labels == 1, 4:12, 4:12] = 220
+    return images, labels
+
+
 def patches_of(path: Path, per_class: int, seed: int, **options):
     """Balanced 64 px patches (32 px cells) of a synthetic slide with a mask PNG beside it."""
     from napari_mitosis.classification.data import slide_patches, tumour_mask

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import bright_squares
 from napari_mitosis.classification.predictor import ClassifierPredictor
 from napari_mitosis.classification.training import (
     ClassifierTraining,
@@ -23,12 +24,7 @@ from napari_mitosis.models.checkpoint import load_checkpoint, read_card
 
 
 def _squares(n: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Bright squares (class 1) or none (class 0) on noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.tile([0, 1], n // 2)
-    images = rng.integers(0, 80, (n, 16, 16, 3), dtype=np.uint8)
-    images[labels == 1, 4:12, 4:12] = 220
-    return images, labels
+    return bright_squares(n, seed)
 
 
 def _folder(root: Path, table: str) -> Path:

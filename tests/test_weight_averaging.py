@@ -11,17 +11,14 @@ import pytest
 import torch
 
 import napari_mitosis.classification.training as training
+from conftest import bright_squares
 from napari_mitosis.classification.training import ClassifierTraining, _averaged, train_classifier
 from napari_mitosis.cli import main
 from napari_mitosis.models.checkpoint import load_checkpoint, read_card
 
 
 def _squares(n: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = np.tile([0, 1], n // 2)
-    images = rng.integers(0, 80, (n, 16, 16, 3), dtype=np.uint8)
-    images[labels == 1, 4:12, 4:12] = 220
-    return images, labels
+    return bright_squares(n, seed)
 
 
 def test_the_average_is_warmed_up_then_follows_the_decay() -> None:
