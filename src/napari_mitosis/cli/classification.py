@@ -19,6 +19,7 @@ from napari_mitosis.cli.options import (
     add_stain,
     add_training,
     add_tta,
+    epoch_printer,
     stain_options,
 )
 from napari_mitosis.io.output_file import atomic_output, refuse_existing
@@ -75,25 +76,6 @@ DATA_OPTIONS = (
     "level",
 )
 
-#: how the epoch line names each metric
-METRIC_NAMES = {"auc": "AUC", "f1": "F1", "f_med": "F_med", "loss": "loss"}
-
-
-def _epoch_printer(monitor: str) -> Any:
-    """The epoch line, the monitored validation metric first (the Train widget plots it)."""
-    order = [monitor, *(m for m in ("auc", "f1", "f_med") if m != monitor)]
-
-    def show(epoch: int, total: int, r: dict[str, float]) -> None:
-        values = "  ".join(f"{METRIC_NAMES[m]} {r[f'val_{m}']:.3f}" for m in order)
-        fold = f"fold {r['fold']}/{r['folds']} " if "fold" in r else ""
-        print(
-            f"{fold}epoch {epoch}/{total}: loss {r['train_loss']:.3f}  validation {values}  "
-            f"({r['seconds']:.0f} s)",
-            flush=True,
-        )
-
-    return show
-
 
 def _train_split(args: argparse.Namespace, config: Any, train: Any, validation: Any) -> None:
     """One model on (images, labels) pairs, early-stopped on ``validation``; the epoch
@@ -106,7 +88,7 @@ def _train_split(args: argparse.Namespace, config: Any, train: Any, validation: 
         args.out,
         config,
         overwrite=args.overwrite,
-        progress=_epoch_printer(config.monitor),
+        progress=epoch_printer(config.monitor),
     )
     print(
         f"best validation {report.monitor} {report.best_value:.3f} at epoch {report.best_epoch}"
@@ -223,7 +205,7 @@ def _train_folds(
         config,
         folds=args.folds,
         overwrite=args.overwrite,
-        progress=_epoch_printer(config.monitor),
+        progress=epoch_printer(config.monitor),
     )
     best = ", ".join(f"{r.best_value:.3f} (epoch {r.best_epoch})" for r in report.members)
     cv = report.card.metrics

@@ -230,3 +230,23 @@ def slide_provenance(
 ) -> str:
     """The card's note on where a slide-trained model's examples came from."""
     return f"slide {slide.name}, annotations {annotations.name} ({count} {what}; {split})"
+
+
+#: how the epoch line names each metric
+METRIC_NAMES = {"auc": "AUC", "f1": "F1", "f_med": "F_med", "loss": "loss"}
+
+
+def epoch_printer(monitor: str) -> Any:
+    """The epoch line, the monitored validation metric first (the Train widget plots it)."""
+    order = [monitor, *(m for m in ("auc", "f1", "f_med") if m != monitor)]
+
+    def show(epoch: int, total: int, r: dict[str, float]) -> None:
+        values = "  ".join(f"{METRIC_NAMES[m]} {r[f'val_{m}']:.3f}" for m in order)
+        fold = f"fold {r['fold']}/{r['folds']} " if "fold" in r else ""
+        print(
+            f"{fold}epoch {epoch}/{total}: loss {r['train_loss']:.3f}  validation {values}  "
+            f"({r['seconds']:.0f} s)",
+            flush=True,
+        )
+
+    return show
