@@ -230,6 +230,10 @@ def test_each_more_small_cnn_block_doubles_what_it_sees(tmp_path: Path) -> None:
     shallow = ClassifierTraining(width=4, input_size=32, epochs=1, device="cpu")
     train_classifier((images, labels), (images, labels), tmp_path / "s.safetensors", shallow)
     assert "depth" not in load_checkpoint(tmp_path / "s.safetensors")[1].options
+    with pytest.raises(ValueError, match="depth sets small_cnn's blocks; resnet18 has its own"):
+        train_classifier((images, labels), (images, labels), tmp_path / "r.safetensors",
+                         ClassifierTraining(architecture="resnet18", depth=6, device="cpu"))  # fmt: skip
+    assert not (tmp_path / "r.safetensors").exists()
 
 
 def write_class_folders(root: Path, tumour_slides) -> None:

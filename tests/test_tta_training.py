@@ -50,7 +50,7 @@ def test_a_model_trained_with_tta_runs_with_it_and_its_threshold_is_from_it(
     assert card.training["tta"] is True
     averaged = ClassifierPredictor(model, card, "cpu", optimise=False)
     single = ClassifierPredictor(model, card, "cpu", tta=False, optimise=False)
-    assert averaged.tta and not single.tta
+    assert averaged.tta and not single.tta and single.trained_with_tta
     scores = averaged(val_images)
     by_hand = np.mean([single(np.ascontiguousarray(v)) for v in _dihedral(val_images)], axis=0)
     assert np.allclose(scores, by_hand, atol=1e-6)

@@ -65,8 +65,7 @@ class ClassificationWidget(TiledModelWidget):
         from napari_mitosis.classification.run import ClassificationRun
 
         where.pop("overlap")
-        trained_with = bool((predictor.card.training or {}).get("tta", False))
-        predictor.tta = bool(self.tta.value) or trained_with
+        predictor.tta = bool(self.tta.value) or predictor.trained_with_tta
         return ClassificationRun(
             data,
             predictor,

@@ -46,8 +46,9 @@ class ClassifierPredictor:
     Greyscale models get BT.601 luma of RGB input; input of another size is resized to
     the card's; ``tta`` averages the 8 dihedral views (left-right flips only for a model
     trained with ``flips="horizontal"``); None (the default) does so for a model trained
-    with ``tta`` (its threshold was chosen on averaged scores) and not for others. On CUDA ``amp`` runs the model
-    under float16 autocast; ``amp=False`` gives the CPU's float32 answers (within 1e-4).
+    with ``tta`` (``trained_with_tta``: its threshold was chosen on averaged scores) and
+    not for others. On CUDA ``amp`` runs the model under float16 autocast; ``amp=False``
+    gives the CPU's float32 answers (within 1e-4).
     ``optimise`` predicts with a `for_inference` copy (batch norm folded, channels-last);
     training passes False so that scores follow the model being trained.
     """
@@ -64,7 +65,8 @@ class ClassifierPredictor:
     ) -> None:
         self.device, self.model = predicting_model(model, device, optimise=optimise)
         self.card = card
-        self.tta = bool((card.training or {}).get("tta", False)) if tta is None else tta
+        self.trained_with_tta = bool((card.training or {}).get("tta", False))
+        self.tta = self.trained_with_tta if tta is None else tta
         self.flips = str((card.training or {}).get("flips", "dihedral"))
         self.amp = amp and self.device.type == "cuda"  # float16 autocast (`forward_amp`)
         self.in_channels = int(card.options.get("in_channels", 3))

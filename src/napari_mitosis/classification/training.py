@@ -197,6 +197,8 @@ def _options(config: ClassifierTraining, channels: int) -> dict[str, Any]:
     options: dict[str, Any] = {"outputs": outputs, "in_channels": in_channels}
     if config.architecture in ("small_cnn", "two_tower"):
         options["width"] = config.width
+    if config.depth != 4 and config.architecture != "small_cnn":
+        raise ValueError(f"depth sets small_cnn's blocks; {config.architecture} has its own")
     if config.architecture == "small_cnn" and config.depth != 4:  # 4: cards before depth
         options["depth"] = config.depth
     if config.architecture == "two_tower":
