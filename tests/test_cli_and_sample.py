@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,32 @@ def test_info_json_is_machine_readable(cmu_small: Path, capsys) -> None:
     record = json.loads(capsys.readouterr().out)
     assert record["mpp"] == [0.499, 0.499] and record["objective_power"] == 20
     assert "properties" not in record
+
+
+def test_info_into_a_pipe_whose_reader_has_gone_ends_without_a_traceback(cmu_small: Path) -> None:
+    """`napari-mitosis info slide | head -1`: the reader closes first; we stop quietly."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "napari_mitosis", "info", str(cmu_small), "--properties"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode in (0, 141), done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr
+
+
+def test_a_device_that_is_not_one_is_refused_when_parsed(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", "--models", "m.safetensors", "--device", "gpu"])
+    assert exit_.value.code == 2
+    assert "'gpu' is not a device: auto, cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
 def test_errors_exit_2_and_name_the_file(tmp_path: Path, capsys) -> None:

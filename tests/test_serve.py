@@ -154,8 +154,8 @@ def test_serve_runs_uvicorn_on_loopback_and_answers(checkpoints, tmp_path: Path)
     token.write_text("t0ken\n")
     command = [
         sys.executable, "-m", "napari_mitosis", "serve", "--models", str(checkpoints["idc"]),
-        "--port", str(port), "--token-file", str(token), "--device", "cpu",
-    ]  # fmt: skip
+        "--port", str(port), "--token-file", str(token),
+    ]  # fmt: skip  (the default --device auto, as a user runs it)
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for _ in range(300):

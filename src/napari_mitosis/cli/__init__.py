@@ -7,6 +7,7 @@ holds what they share. ``main`` is the console entry point.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -78,13 +79,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with _terminate_as_interrupt():
             args = parse(argv)
-            return int(args.run(args))
+            code = int(args.run(args))
+            sys.stdout.flush()  # a reader gone (`| head`) is met here, not at exit
+            return code
     except (SlideError, OutputExistsError, FileNotFoundError, ValueError) as err:
         print(f"napari-mitosis: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("napari-mitosis: cancelled", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _reader_gone()
+
+
+def _reader_gone() -> int:
+    """The reader of our output went away (``| head``): stop quietly, as shell tools do.
+
+    Python would still try to flush stdout at exit and print a second traceback; pointing
+    the descriptor at /dev/null first keeps that flush silent. 141 = 128 + SIGPIPE."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 141
 
 
 @contextmanager

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_mitosis.cli.options import CommandAdder
+from napari_mitosis.cli.options import CommandAdder, device_option
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -74,6 +74,7 @@ def register(command: CommandAdder) -> None:
     )
     rn.add_argument(
         "--device",
+        type=device_option,
         help="auto, cuda, cuda:N or cpu, on every worker (default: the run config's, else auto)",
     )
     rn.add_argument(

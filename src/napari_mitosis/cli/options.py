@@ -7,6 +7,7 @@ Choices are spelled out here so ``--help`` and every command start without impor
 from __future__ import annotations
 
 import argparse
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,19 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 IMAGE_HELP = "a slide (SVS, NDPI, MRXS, pyramidal TIFF…) or a plain image (PNG, JPEG, TIFF)"
 
 
+def device_option(text: str) -> str:
+    """``--device`` checked for its form when parsed; ``auto`` stays as it is and is resolved
+    where the model is loaded (`models.inference_model.pick_device`, the one place)."""
+    if text == "auto" or re.fullmatch(r"(cpu|cuda|mps)(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r} is not a device: auto, cpu, cuda or cuda:N")
+
+
 def add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device",
         default="auto",
+        type=device_option,
         help="auto (the GPU when PyTorch sees one, else the CPU), cuda, cuda:N or cpu",
     )
 

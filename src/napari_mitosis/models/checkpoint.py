@@ -28,6 +28,7 @@ from napari_mitosis.models.card import (
     card_from_dict,
     training_record,
 )
+from napari_mitosis.models.inference_model import pick_device
 from napari_mitosis.models.published import (
     describe_source,
     is_published,
@@ -102,8 +103,9 @@ def _safetensors_card(path: Path) -> ModelCard:
 def load_checkpoint(
     path: str | Path, *, task: str | None = None, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, ModelCard]:
-    """Model (eval mode, on ``device``) and card of a model file, folder or registered
-    name; ``task`` guards against the wrong kind."""
+    """Model (eval mode, on ``device``: ``auto``, cpu, cuda, cuda:N) and card of a model
+    file, folder or registered name; ``task`` guards against the wrong kind."""
+    device = pick_device(device)
     path = resolve_model(path)
     if is_published(path):
         card = read_published_card(path)
