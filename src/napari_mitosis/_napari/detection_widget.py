@@ -47,7 +47,15 @@ class DetectionWidget(TiledModelWidget):
         from napari_mitosis.detection.run import DetectionResult
 
         found = run.result(self.threshold.value or None)
-        return DetectionResult(found, int(run.grid.level), run.area_mm2(), len(run.origins))
+        card = run.predictor.card
+        return DetectionResult(
+            found,
+            int(run.grid.level),
+            run.area_mm2(),
+            len(run.origins),
+            resampled=self.resampled,
+            note=self.resampling_note(card.mpp),
+        )
 
     def _on_done(self, layer: Any, result: Any) -> None:
         found = result.detections

@@ -46,6 +46,7 @@ class TiledModelWidget(Container):
         keep_triton_from_mesa()  # the viewer has drawn by now: Mesa's LLVM may be loaded
 
         self.viewer = viewer
+        self.resampled = 1.0  # the last run: image pixels per model pixel (`io.resampled`)
         self.image = ComboBox(label="image", choices=self._layers_of(Image))
         self.model_path = FileEdit(label=self.model_label, filter="*.safetensors")
         self.registered = ComboBox(
@@ -226,19 +227,30 @@ class TiledModelWidget(Container):
             )
         return None
 
-    def _level(self, layer: Any, target_mpp: float | None, mpp: tuple[float, float] | None) -> int:
-        """The chosen level, else the one matching the model's µm/pixel when the image's
-        own (``mpp``, level 0) is known."""
+    def _level(
+        self, layer: Any, target_mpp: float | None, mpp: tuple[float, float] | None, tolerance: float
+    ) -> tuple[int, float]:
+        """The chosen level (read as it is), else where the model reads at its own µm/pixel
+        when the image's is known: (level, level pixels per model pixel), the rule of
+        `Slide.model_level`."""
+        from napari_mitosis.io.resampled import model_scale
+
         if self.level.value >= 0:
             count = len(layer.data) if layer.multiscale else 1
             if self.level.value >= count:
                 raise ValueError(f"{layer.name} has {count} pyramid levels; choose 0–{count - 1}")
-            return int(self.level.value)
-        if not layer.multiscale or not mpp or target_mpp is None:
-            return 0
-        h0 = layer.data[0].shape[0]
-        errors = [abs(np.log(mpp[0] * h0 / level.shape[0] / target_mpp)) for level in layer.data]
-        return int(np.argmin(errors))
+            return int(self.level.value), 1.0
+        if not mpp or target_mpp is None:
+            return 0, 1.0
+        levels = layer.data if layer.multiscale else [layer.data]
+        h0 = levels[0].shape[0]
+        return model_scale([mpp[1] * h0 / lv.shape[0] for lv in levels], target_mpp, tolerance)
+
+    def resampling_note(self, model_mpp: float | None) -> str:
+        """What the last run's model saw, when not the image's own pixels."""
+        from napari_mitosis.io.resampled import resampling_note
+
+        return resampling_note(self.resampled, model_mpp)
 
     def _region(self, layer: Any, downsample: float) -> tuple[int, int, int, int] | None:
         """The chosen region in pixels of the level being analysed."""
@@ -283,9 +295,15 @@ class TiledModelWidget(Container):
         mpp = self.image_mpp(layer, predictor.card.mpp)
         # WSInfer models read level 0 and resize; ours read the level nearest their µm/px.
         wsinfer = predictor.card.patching == "wsinfer"
-        level = self._level(layer, None if wsinfer else predictor.card.mpp, mpp)
+        card = predictor.card
+        level, factor = self._level(layer, None if wsinfer else card.mpp, mpp, card.mpp_tolerance)
         data = layer.data[level] if layer.multiscale else layer.data
         downsample = layer.data[0].shape[0] / data.shape[0] if layer.multiscale else 1.0
+        self.resampled = factor
+        if factor != 1.0:
+            from napari_mitosis.io.resampled import ResampledLevel
+
+            data, downsample = ResampledLevel(data, factor), downsample * factor
         run = self._make_run(
             data,
             predictor,
@@ -317,6 +335,11 @@ class TiledModelWidget(Container):
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = f"level {level}: {len(run.origins)} of {len(run.grid)} tiles"
+        note = self.resampling_note(card.mpp)
+        if note:
+            self.status.value += f" ({note})"
+            if factor < 1:  # upsampled: worth a notification, not only the status line
+                show_warning(f"{layer.name}: {note}")
         return self._worker
 
     def cancel(self, why: str = "cancelled: no layer added") -> None:

@@ -43,6 +43,8 @@ class HeatmapResult:
     threshold: float | None  # None for K > 2 classes (argmax)
     classes: tuple[str, ...] = ("normal", "tumour")
     probabilities: Any = None  # (K, rows, cols) for softmax models; None for one sigmoid
+    resampled: float = 1.0  # slide pixels per model pixel (< 1: upsampled; `io.resampled`)
+    note: str = ""  # `resampling_note`: what the model saw, when not the slide's own pixels
 
     @property
     def binary(self) -> bool:

@@ -62,12 +62,15 @@ class PatchReader:
         return np.concatenate([patch, context], axis=2)
 
 
-def context_level(slide: Any, level: int, factor: float | None) -> tuple[Any, float]:
-    """The coarsest pyramid level at most ``factor`` × coarser than ``level``, and its
-    pixels per ``level`` pixel (the context patch is read there, then resized)."""
+def context_level(
+    slide: Any, level: int, factor: float | None, *, base: float | None = None
+) -> tuple[Any, float]:
+    """The coarsest pyramid level at most ``factor`` × coarser than the patches' pixels
+    (``level``'s, or ``base`` × level 0's when they were resampled), and its pixels per
+    patch pixel (the context patch is read there, then resized)."""
     if not factor:
         return None, 1.0
-    base = slide.level_downsample(level)[1]
+    base = slide.level_downsample(level)[1] if base is None else base
     best = level
     for index in range(level, len(slide.sources)):
         if slide.level_downsample(index)[1] / base <= factor * 1.01:

@@ -27,6 +27,7 @@ from napari_mitosis.engine.tiling import Region, TileGrid, strip_order
 from napari_mitosis.engine.tissue import TissueMask, slide_tissue_mask
 from napari_mitosis.io.class_folders import centre_crop_of, resize_rgb
 from napari_mitosis.io.formats import open_slide
+from napari_mitosis.io.resampled import resampling_note
 from napari_mitosis.io.slide import Slide
 from napari_mitosis.models.card import ModelCard
 from napari_mitosis.models.checkpoint import load_checkpoint
@@ -237,8 +238,13 @@ def classify_slide(
     channels = int(card.options.get("in_channels", 3))
     if card.patching == "wsinfer" and level is None:
         level = 0  # WSInfer reads level 0 and resizes
-    where = slide.model_level(card.mpp, level=level, region=region, channels=channels)
-    context_source, context_scale = context_level(slide, where["level"], card.context)
+    where = slide.model_level(
+        card.mpp, level=level, region=region, channels=channels, tolerance=card.mpp_tolerance
+    )
+    resampled = where.pop("resampled")
+    context_source, context_scale = context_level(
+        slide, where["level"], card.context, base=where["downsample"]
+    )
     try:
         run = ClassificationRun(
             where.pop("source"),
@@ -256,7 +262,9 @@ def classify_slide(
     if tissue_only:
         run.restrict_to_tissue(tissue or slide_tissue_mask(slide), min_tissue, source=slide.path)
     run.run(progress, should_stop)
-    return run.result(threshold)
+    result = run.result(threshold)
+    result.resampled, result.note = resampled, resampling_note(resampled, card.mpp)
+    return result
 
 
 def classify_images(

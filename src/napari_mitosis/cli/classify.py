@@ -75,6 +75,8 @@ def _classify(args: argparse.Namespace) -> int:
                 for n, c in counts.items()
             )
         )
+    if result.note:
+        print(f"  {result.note}")
     for path in paths:
         print(f"  {path}")
     return 0

@@ -141,7 +141,8 @@ def _segment(args: argparse.Namespace) -> int:
         device_tiles=args.device_tiles,
     )
     paths = write_segmentation(result, args.out, Path(args.image).stem, overwrite=args.overwrite)
-    print(f"{args.image}: {len(result.detections)} mitotic figures at level {result.level}")
+    note = f" ({result.note})" if result.note else ""
+    print(f"{args.image}: {len(result.detections)} mitotic figures at level {result.level}{note}")
     for path in paths:
         print(f"  {path}")
     return 0

@@ -16,6 +16,7 @@ from napari_mitosis.engine.tiling import Region, TileGrid
 from napari_mitosis.engine.tissue import TissueMask, slide_tissue_mask
 from napari_mitosis.io.detections import Detections
 from napari_mitosis.io.formats import open_slide
+from napari_mitosis.io.resampled import resampling_note
 from napari_mitosis.io.slide import Slide
 from napari_mitosis.models.checkpoint import load_checkpoint
 from napari_mitosis.models.detector import DetectionPredictor
@@ -78,6 +79,8 @@ class DetectionResult:
     area_mm2: float | None  # analysed region (or its tissue); None without µm/pixel
     tiles: int  # tiles sent to the model
     hotspot: dict[str, float] | None = None  # `densest_area` of the analysed mask
+    resampled: float = 1.0  # slide pixels per model pixel (< 1: upsampled; `io.resampled`)
+    note: str = ""  # `resampling_note`: what the model saw, when not the slide's own pixels
 
     def density(self) -> dict[str, float] | None:
         """Count, mitoses per mm² and per 10 HPF (None when the area is unknown or empty)."""
@@ -95,6 +98,8 @@ class DetectionResult:
             )
         if self.hotspot is not None:
             text += f"; densest 10 HPF: {self.hotspot['per_10_hpf']:.1f}"
+        if self.note:
+            text += f" ({self.note})"
         return text
 
 
@@ -147,7 +152,9 @@ def detect_slide(
         model, card = load_checkpoint(checkpoint, task="detection")
         predictor = DetectionPredictor(model, card, device, tile=tile)
     slide = path if isinstance(path, Slide) else open_slide(path, mpp=mpp)
-    where = slide.model_level(predictor.card.mpp, level=level, region=region)  # RGB
+    card = predictor.card
+    where = slide.model_level(card.mpp, level=level, region=region, tolerance=card.mpp_tolerance)
+    resampled = where.pop("resampled")
     run = DetectionRun(where.pop("source"), predictor, **where, **options)
     if tissue_only and within is None:
         within = slide_tissue_mask(slide)
@@ -160,7 +167,15 @@ def detect_slide(
         found = found.subset(inside_mask(found.centres, within))
         if run.mpp0 is not None:
             hotspot = densest_area(found.centres, within, run.mpp0)
-    return DetectionResult(found, where["level"], run.area_mm2(), len(run.origins), hotspot)
+    return DetectionResult(
+        found,
+        where["level"],
+        run.area_mm2(),
+        len(run.origins),
+        hotspot,
+        resampled,
+        resampling_note(resampled, card.mpp),
+    )
 
 
 def inside_mask(centres_yx: np.ndarray, mask: TissueMask) -> np.ndarray:

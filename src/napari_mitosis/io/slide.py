@@ -118,17 +118,13 @@ class Slide:
 
         A region reaching past the slide is cut to it; one that is empty or wholly outside
         is an error naming the file, in the level-0 pixels the user gave."""
-        if region is None:
-            return None
-        y0, x0, y1, x1 = region
-        height, width = self.levels[0].shape[:2]
-        if not (y0 < y1 and x0 < x1 and y1 > 0 and x1 > 0 and y0 < height and x0 < width):
-            raise ValueError(
-                f"{self.path}: region y0,x0,y1,x1 = {y0},{x0},{y1},{x1} (level-0 px) is empty "
-                f"or outside the slide, which is {width} × {height} px at level 0"
-            )
-        dy, dx = self.level_downsample(level)
-        return int(y0 / dy), int(x0 / dx), math.ceil(y1 / dy), math.ceil(x1 / dx)
+        return _region_in(
+            region,
+            self.levels[level].shape,
+            self.level_downsample(level),
+            self.path,
+            self.levels[0].shape,
+        )
 
     def model_level(
         self,
@@ -137,10 +133,17 @@ class Slide:
         level: int | None = None,
         region: tuple[int, int, int, int] | None = None,
         channels: int = 3,
+        tolerance: float = 0.1,
     ) -> dict[str, Any]:
         """Where a model runs: the level closest to its µm/pixel (or ``level``), the level-0
         ``region`` in that level's pixels, and the level's downsample and µm/pixel — the
-        keyword arguments every tiled run takes, plus ``source`` (the level's array).
+        keyword arguments every tiled run takes, plus ``source`` (the level's array) and
+        ``resampled`` (source pixels per model pixel; 1 when read as it is).
+
+        When no level lies within ``tolerance`` (relative) of ``target_mpp``, the model
+        reads a `ResampledLevel` at its own µm/px: made from the coarsest level at least as
+        fine as it (downsampled), or from level 0 (upsampled) when none is — as TIAToolbox
+        reads at a requested resolution. An explicit ``level`` is read as it is.
         ``channels``: what the model reads (3 RGB; 1 grey, which takes RGB too)."""
         self.check_model_input(channels=channels)
         if target_mpp is not None and self.mpp is None and level is None:
@@ -150,14 +153,31 @@ class Slide:
                 "the slide's with --mpp (command line), mpp= (Python) or the µm/px field "
                 "(napari widgets)",
             )
-        level = self.level_for_mpp(target_mpp) if level is None else level
+        factor = 1.0
+        if level is None and (target_mpp is None or self.mpp is None):
+            level = 0
+        elif level is None:
+            from napari_mitosis.io.resampled import model_scale
+
+            level_mpps = [self.level_mpp(i)[1] for i in range(len(self.levels))]
+            level, factor = model_scale(level_mpps, target_mpp, tolerance)
         self.check_model_input(level, channels=channels)
+        source = self.sources[level]
+        dy, dx = self.level_downsample(level)
+        level_mpp = self.level_mpp(level)
+        if factor != 1.0:
+            from napari_mitosis.io.resampled import ResampledLevel
+
+            source = ResampledLevel(source, factor)
+            dy, dx = dy * factor, dx * factor
+            level_mpp = (level_mpp[0] * factor, level_mpp[1] * factor)
         return {
-            "source": self.sources[level],
-            "region": self.region_at_level(region, level),
+            "source": source,
+            "region": _region_in(region, source.shape, (dy, dx), self.path, self.levels[0].shape),
             "level": level,
-            "downsample": self.level_downsample(level)[1],
-            "level_mpp": self.level_mpp(level),
+            "downsample": dx,
+            "level_mpp": level_mpp,
+            "resampled": factor,
         }
 
     def check_model_input(self, level: int = 0, *, channels: int = 3) -> None:
@@ -258,3 +278,30 @@ def display_levels(
         coarsest = coarsest.rechunk(levels[0].chunksize)
         extra.append(coarsest)
     return extra
+
+
+def _region_in(
+    region: tuple[int, int, int, int] | None,
+    shape: tuple[int, ...],
+    downsample: tuple[float, float],
+    path: Path,
+    shape0: tuple[int, ...],
+) -> tuple[int, int, int, int] | None:
+    """A level-0 region in the pixels of a level ``downsample`` coarser (outward rounding,
+    cut to the level's ``shape``); an empty or outside one names ``path``."""
+    if region is None:
+        return None
+    y0, x0, y1, x1 = region
+    height, width = shape0[:2]
+    if not (y0 < y1 and x0 < x1 and y1 > 0 and x1 > 0 and y0 < height and x0 < width):
+        raise ValueError(
+            f"{path}: region y0,x0,y1,x1 = {y0},{x0},{y1},{x1} (level-0 px) is empty "
+            f"or outside the slide, which is {width} × {height} px at level 0"
+        )
+    dy, dx = downsample
+    return (
+        int(y0 / dy),
+        int(x0 / dx),
+        min(math.ceil(y1 / dy), int(shape[0])),
+        min(math.ceil(x1 / dx), int(shape[1])),
+    )

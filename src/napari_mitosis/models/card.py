@@ -47,6 +47,9 @@ class ModelCard:
     #: float tensors) or "pil-bilinear" (Pillow on 8-bit pixels, as torchvision's Resize
     #: on PIL images — what WSInfer models were trained and are run with).
     resize: str = "bilinear"
+    #: How far (as a fraction) a slide level's µm/px may be from ``mpp`` and still be read
+    #: as it is; further, tiles are resampled to ``mpp`` (`io.resampled`).
+    mpp_tolerance: float = 0.1
 
     def level0_patch(self, image_mpp: float) -> int:
         """Level-0 pixels a ``patching="wsinfer"`` patch covers on an image of
@@ -77,6 +80,8 @@ FIELD_HELP = {
     "training": "the resolved training configuration",
     "patching": "centred (ours) or wsinfer (WSInfer's patch grid)",
     "resize": "bilinear (float, antialiased) or pil-bilinear (Pillow on 8-bit pixels)",
+    "mpp_tolerance": "largest relative difference between a level's µm/px and mpp at which "
+    "the level is read as it is; beyond it, tiles are resampled to mpp",
 }
 
 #: architecture → (module, factory). Imported on use: torchvision costs ≈2 s of start-up

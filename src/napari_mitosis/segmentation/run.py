@@ -21,6 +21,7 @@ from napari_mitosis.engine.tiling import Region, TileGrid
 from napari_mitosis.engine.tissue import slide_tissue_mask
 from napari_mitosis.io.detections import Detections, boxes_from_labels
 from napari_mitosis.io.formats import open_slide
+from napari_mitosis.io.resampled import resampling_note
 from napari_mitosis.models.checkpoint import ModelCard, load_checkpoint
 
 #: Regions larger than this (pixels) are segmented into lazily allocated zarr arrays.
@@ -38,6 +39,8 @@ class SegmentationResult:
     level: int
     downsample: float
     level_mpp: tuple[float, float] | None
+    resampled: float = 1.0  # slide pixels per model pixel (< 1: upsampled; `io.resampled`)
+    note: str = ""  # `resampling_note`: what the model saw, when not the slide's own pixels
 
 
 class SegmentationRun(TiledRun):
@@ -153,7 +156,10 @@ def segment_slide(
     predictor = TilePredictor(model, card, device)
     slide = open_slide(path, mpp=mpp)
     channels = int(card.options.get("in_channels", 3))
-    where = slide.model_level(card.mpp, level=level, region=region, channels=channels)
+    where = slide.model_level(
+        card.mpp, level=level, region=region, channels=channels, tolerance=card.mpp_tolerance
+    )
+    resampled = where.pop("resampled")
     threshold = options.pop("threshold", None)
     min_area = options.pop("min_area", 0)
     y0, x0, y1, x1 = where["region"] or (0, 0, *where["source"].shape[:2])
@@ -168,7 +174,9 @@ def segment_slide(
     if tissue_only:
         run.restrict_to_tissue(slide_tissue_mask(slide), min_tissue, source=slide.path)
     run.run()
-    return run.result(threshold, min_area, labels_out)
+    result = run.result(threshold, min_area, labels_out)
+    result.resampled, result.note = resampled, resampling_note(resampled, card.mpp)
+    return result
 
 
 def pseudo_masks(
