@@ -215,3 +215,15 @@ def tiny_classifier(
     card = ModelCard("small_cnn", {"outputs": outputs, "width": 4}, task="classification",
                      input_size=50, mpp=None, classes=classes, threshold=threshold)  # fmt: skip
     return save_checkpoint(path, build_model(card), card)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
+    """How many of the docs' code blocks ran, and why the others did not."""
+    from docs_examples import TALLY
+
+    if not TALLY.ran and not TALLY.skipped:
+        return
+    terminalreporter.write_sep("-", "docs examples")
+    terminalreporter.write_line(f"{len(TALLY.ran)} code blocks ran, {len(TALLY.skipped)} skipped")
+    for where, why in TALLY.skipped:
+        terminalreporter.write_line(f"  skipped {where}: {why}")

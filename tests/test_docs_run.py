@@ -1,0 +1,177 @@
+"""Every code block of README.md and docs/*.md runs as written (Sybil; `docs_examples`).
+
+Each page runs in its own folder holding what its blocks name: ``slide.svs`` (a synthetic
+slide with known mitoses), the suite's small trained models under the docs' file names
+(``tumour.safetensors``, ``mitosis.safetensors``, ``unet.safetensors``…), a WSInfer folder,
+class folders, annotated slides and fields in the ICPR layouts. Commands run with their
+defaults (``--device auto`` included), through the installed ``napari-mitosis``, with the
+model registry in a folder of the test's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from docs_examples import PAGES, block_census, run_page
+
+#: Blocks marked to skip are long trainings, windows that wait, installs and real clusters;
+#: the share that runs may only grow.
+MIN_RUN_SHARE = 0.65
+
+
+def _write_fields(folder: Path, pairs, *, layout: str) -> None:
+    """Synthetic high-power fields as ICPR 2012 (bmp + pixel CSV), ICPR 2014 (png +
+    centroid CSV) or box files (png + .boxes.csv)."""
+    from PIL import Image
+    from skimage.measure import label, regionprops
+
+    from napari_mitosis.io.detections import mask_to_boxes, write_detections_csv
+
+    folder.mkdir(parents=True)
+    for i, (rgb, truth) in enumerate(pairs):
+        stem = f"A0{i}_00"
+        if layout == "icpr2012":
+            Image.fromarray(rgb).save(folder / f"{stem}.bmp")
+            lines = []
+            for region in regionprops(label(truth.mitosis_mask)):
+                ys, xs = region.coords[:, 0], region.coords[:, 1]
+                lines.append(",".join(f"{x},{y}" for y, x in zip(ys, xs, strict=True)))
+            (folder / f"{stem}.csv").write_text("\n".join(lines) + "\n")
+        elif layout == "icpr2014":
+            Image.fromarray(rgb).save(folder / f"{stem}.png")
+            rows = [f"{int(x)},{int(y)},1" for y, x in truth.mitoses]
+            (folder / f"{stem}.csv").write_text("\n".join(rows) + "\n")
+        else:
+            Image.fromarray(rgb).save(folder / f"{stem}.png")
+            write_detections_csv(folder / f"{stem}.boxes.csv", mask_to_boxes(truth.mitosis_mask))
+
+
+def _tissue_regions(path: Path, height: int, width: int) -> None:
+    """Three classified rectangles (QuPath GeoJSON) over a slide's thirds."""
+    features = []
+    third = width // 3
+    for k, name in enumerate(("Tumour", "Stroma", "Fat")):
+        x0, x1 = k * third, (k + 1) * third
+        ring = [[x0, 0], [x1, 0], [x1, height], [x0, height], [x0, 0]]
+        features.append(
+            {
+                "type": "Feature",
+                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": name}},
+            }
+        )
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+
+
+@pytest.fixture(scope="session")
+def docs_workspace(
+    tmp_path_factory,
+    sample,
+    tumour_slides,
+    field_pairs,
+    trained_classifier,
+    trained_detector,
+    trained_unet,
+):
+    """One folder with every input the docs name; each page runs in a copy of it."""
+    from PIL import Image
+
+    from conftest import bright_squares
+    from napari_mitosis import Annotation, write_geojson
+    from test_published_models import wsinfer_folder
+
+    root = tmp_path_factory.mktemp("docs-workspace")
+    shutil.copy(sample.path, root / "slide.svs")
+    shutil.copy(trained_classifier[0], root / "tumour.safetensors")
+    shutil.copy(trained_classifier[0], root / "idc.safetensors")
+    for name in ("mitosis.safetensors", "detector.safetensors"):
+        shutil.copy(trained_detector[0], root / name)
+    shutil.copy(trained_unet[0], root / "unet.safetensors")
+    wsinfer_folder(root / "breast-tumor-resnet34.tcga-brca", ("notumor", "tumor"))
+    # class folders: 16 px images, a bright square (tumour) or none (normal)
+    images, labels = bright_squares(40)
+    for k, name in enumerate(("normal", "tumour")):
+        (root / "patches" / name).mkdir(parents=True)
+        for i in np.flatnonzero(labels == k):
+            Image.fromarray(images[i]).resize((64, 64)).save(root / "patches" / name / f"{i}.png")
+    Image.fromarray(np.asarray(Image.open(sample.path))[:96, :96]).save(root / "patch.png")
+    # annotated slides at 1 µm/px with tumour masks, as three cases and a test folder
+    (root / "ann").mkdir()
+    (root / "test").mkdir()
+    for (path, _truth), stem in zip(tumour_slides, "abc", strict=True):
+        shutil.copy(path, root / f"{stem}.svs")
+        shutil.copy(path.with_name(f"{path.stem}_mask.png"), root / "ann" / f"{stem}_mask.png")
+    shutil.copy(tumour_slides[2][0], root / "test" / "c.svs")
+    _tissue_regions(root / "a.geojson", 1024, 1536)
+    _tissue_regions(root / "case.regions.geojson", 4096, 6144)  # `napari-mitosis sample`'s size
+    # a cohort: slides in a folder, a slide list and a CSV
+    (root / "slides").mkdir()
+    (root / "cohort" / "nested").mkdir(parents=True)
+    for name in ("case-01", "case-02"):
+        shutil.copy(sample.path, root / "slides" / f"{name}.svs")
+    shutil.copy(sample.path, root / "cohort" / "case-01.svs")
+    (root / "cohort.csv").write_text("slide\nslides/case-01.svs\nslides/case-02.svs\n")
+    (root / "slides.txt").write_text("slides/case-01.svs\n")
+    # fields in the ICPR layouts and as box files
+    _write_fields(root / "mitos", field_pairs[:2], layout="icpr2012")
+    _write_fields(root / "atypia", field_pairs[2:4], layout="icpr2014")
+    _write_fields(root / "fields", field_pairs[:2], layout="boxes")
+    _write_fields(root / "test-fields", field_pairs[4:6], layout="boxes")
+    # a reviewed GeoJSON: the sample's true mitoses, accepted
+    write_geojson(
+        root / "reviewed.geojson",
+        [Annotation(tuple(yx), "point", "Mitosis") for yx in sample.mitoses],
+    )
+    return root
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_every_block_of_the_page_runs_as_written(
+    page: Path, docs_workspace: Path, tmp_path: Path, monkeypatch
+) -> None:
+    import napari
+
+    work = tmp_path / "work"
+    shutil.copytree(docs_workspace, work)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["NAPARI_MITOSIS_MODELS"] = str(tmp_path / "registry")
+    monkeypatch.setenv("NAPARI_MITOSIS_MODELS", env["NAPARI_MITOSIS_MODELS"])
+    monkeypatch.chdir(work)
+    # a script's napari.run() waits for the window to close; here the page goes on
+    monkeypatch.setattr(napari, "run", lambda *a, **k: None)
+    processes: list = []
+    namespace = {
+        "__name__": "__main__",
+        "_cwd": str(work),
+        "_env": env,
+        "_processes": processes,
+        "_outputs": [],
+    }
+    try:
+        ran, skipped = run_page(page, namespace)
+    finally:
+        for process in processes:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        napari.Viewer.close_all()
+    print(f"{page.name}: {ran} blocks ran, {len(skipped)} skipped {skipped}")
+
+
+def test_most_blocks_run_and_each_skipped_one_says_why() -> None:
+    census = block_census()
+    blocks = sum(b for b, _ in census.values())
+    skipped = sum(s for _, s in census.values())
+    assert blocks >= 30, census
+    assert (blocks - skipped) / blocks >= MIN_RUN_SHARE, census
