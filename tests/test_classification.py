@@ -418,7 +418,7 @@ def test_widget_adds_an_aligned_heatmap_and_mask(
     # Glass with one small stained spot: no cell holds 30 % tissue, and the error says where.
     glass = np.full((512, 512, 3), 245, np.uint8)
     glass[100:110, 100:110] = (150, 60, 140)
-    viewer.add_image(glass, rgb=True, name="glass", metadata={"mpp": [10.0, 10.0]})
+    viewer.add_image(glass, rgb=True, name="glass", metadata={"mpp": [1.0, 1.0]})
     widget.image.value = viewer.layers["glass"]
     widget.level.value = -1
     with pytest.raises(ValueError, match=r"^glass: no tile in the region holds 30% tissue"):

@@ -77,7 +77,14 @@ class ResampledLevel:
         rx0 = max(0, math.floor(left) - MARGIN_PX)
         ry1 = min(src_h, math.ceil(bottom) + MARGIN_PX)
         rx1 = min(src_w, math.ceil(right) + MARGIN_PX)
-        block = np.ascontiguousarray(np.asarray(self.source[ry0:ry1, rx0:rx1]))
+        block = np.asarray(self.source[ry0:ry1, rx0:rx1])
+        # the last resampled row/column may reach past the source by under a pixel:
+        # repeat the edge, as the filter would clamp it
+        below, beyond = math.ceil(bottom) - ry1, math.ceil(right) - rx1
+        if below > 0 or beyond > 0:
+            pad = [(0, max(below, 0)), (0, max(beyond, 0))] + [(0, 0)] * (block.ndim - 2)
+            block = np.pad(block, pad, mode="edge")
+        block = np.ascontiguousarray(block)
         box = (left - rx0, top - ry0, right - rx0, bottom - ry0)
         method = Image.Resampling.BICUBIC if f < 1 else Image.Resampling.BOX
         if block.ndim == 2 or block.shape[2] in (3, 4):
