@@ -166,7 +166,21 @@ def test_every_block_of_the_page_runs_as_written(
             except subprocess.TimeoutExpired:
                 process.kill()
         napari.Viewer.close_all()
+        _close_dask_clients()
     print(f"{page.name}: {ran} blocks ran, {len(skipped)} skipped {skipped}")
+
+
+def _close_dask_clients() -> None:
+    """A page's `Client()` becomes Dask's default scheduler for the whole process: close
+    it, so later tests compute in this process again."""
+    from distributed import default_client
+
+    while True:
+        try:
+            client = default_client()
+        except ValueError:
+            return
+        client.close()
 
 
 def test_most_blocks_run_and_each_skipped_one_says_why() -> None:
