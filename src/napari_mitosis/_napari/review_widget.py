@@ -279,6 +279,14 @@ class ReviewWidget(Container):
         self.position = int(np.clip(self.position + step, 0, len(self.sequence) - 1))
         self._go_to(self.current())
 
+    def _canvas_width_px(self) -> int:
+        """The viewer's central area (canvas and sliders) in screen pixels, read through
+        Qt's public API on our own dock's window; 800 before the window is shown."""
+        window = self.native.window()
+        central = window.centralWidget() if hasattr(window, "centralWidget") else None
+        width = central.width() if central is not None else 0
+        return width if width > 100 else 800
+
     def _go_to(self, index: int | None) -> None:
         """Centre the view on candidate ``index`` at the chosen field width, selected."""
         if index is None or self.layer is None:
@@ -289,7 +297,7 @@ class ReviewWidget(Container):
         layer = self.layer
         world = np.asarray(layer.data_to_world(self.review.centres[index]))[-2:]
         self.viewer.camera.center = tuple(world)
-        width_px = self.viewer._canvas_size[1] if hasattr(self.viewer, "_canvas_size") else 800
+        width_px = self._canvas_width_px()
         units_per_um = 1.0 if self._mpp() else 1.0 / 0.25  # pixel units: 0.25 µm/px assumed
         self.viewer.camera.zoom = width_px / (self.field_um.value * units_per_um)
         layer.selected_data = {index}
