@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from napari_mitosis._napari.viewer_parts import camera
 from napari_mitosis.cli import main
 from napari_mitosis.detection.grading import (
     FIELD_DIAMETER_TABLE,
@@ -165,7 +166,7 @@ def test_reviewing_with_real_keys_in_napari_saves_resumes_and_undoes(
     assert widget.review.counts()["mitoses"] == 6 and "10 of 12 reviewed" in widget.progress.value
     # The view is on the 11th candidate (the next to review), 64 µm wide.
     world = np.asarray(points.data_to_world(centres[10]))[-2:]
-    np.testing.assert_allclose(viewer.camera.center[-2:], world, atol=1e-6)
+    np.testing.assert_allclose(camera(viewer).center[-2:], world, atol=1e-6)
     assert points.selected_data == {10}
     # The hotspot layer and the score follow the decisions.
     hotspot = viewer.layers[f"{image.name} hotspot (10 HPF)"]

@@ -24,6 +24,7 @@ from magicgui.widgets import (
     PushButton,
 )
 
+from napari_mitosis._napari.viewer_parts import camera, canvas_width_px
 from napari_mitosis.detection.grading import DEFAULT_FIELD_DIAMETER_MM, HotspotFinder, grade
 from napari_mitosis.detection.review import COLOURS, DECISIONS, ORDERS, Review
 
@@ -279,14 +280,6 @@ class ReviewWidget(Container):
         self.position = int(np.clip(self.position + step, 0, len(self.sequence) - 1))
         self._go_to(self.current())
 
-    def _canvas_width_px(self) -> int:
-        """The viewer's central area (canvas and sliders) in screen pixels, read through
-        Qt's public API on our own dock's window; 800 before the window is shown."""
-        window = self.native.window()
-        central = window.centralWidget() if hasattr(window, "centralWidget") else None
-        width = central.width() if central is not None else 0
-        return width if width > 100 else 800
-
     def _go_to(self, index: int | None) -> None:
         """Centre the view on candidate ``index`` at the chosen field width, selected."""
         if index is None or self.layer is None:
@@ -296,10 +289,11 @@ class ReviewWidget(Container):
             self.position = int(where[0])
         layer = self.layer
         world = np.asarray(layer.data_to_world(self.review.centres[index]))[-2:]
-        self.viewer.camera.center = tuple(world)
-        width_px = self._canvas_width_px()
+        view = camera(self.viewer)
+        view.center = tuple(world)
+        width_px = canvas_width_px(self)
         units_per_um = 1.0 if self._mpp() else 1.0 / 0.25  # pixel units: 0.25 µm/px assumed
-        self.viewer.camera.zoom = width_px / (self.field_um.value * units_per_um)
+        view.zoom = width_px / (self.field_um.value * units_per_um)
         layer.selected_data = {index}
         self.progress.value = (
             f"{self.review.progress()} · candidate {self.position + 1} of {len(self.sequence)}"

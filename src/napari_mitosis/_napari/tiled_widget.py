@@ -228,7 +228,11 @@ class TiledModelWidget(Container):
         return None
 
     def _level(
-        self, layer: Any, target_mpp: float | None, mpp: tuple[float, float] | None, tolerance: float
+        self,
+        layer: Any,
+        target_mpp: float | None,
+        mpp: tuple[float, float] | None,
+        tolerance: float,
     ) -> tuple[int, float]:
         """The chosen level (read as it is), else where the model reads at its own µm/pixel
         when the image's is known: (level, level pixels per model pixel), the rule of

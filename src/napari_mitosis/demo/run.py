@@ -116,6 +116,7 @@ def _show(
     from napari.layers import Layer
 
     from napari_mitosis._napari.reader import annotation_layer_data
+    from napari_mitosis._napari.viewer_parts import camera, scale_bar
     from napari_mitosis.io.ome_zarr import read_ome_zarr
 
     sample_mpp = (sample.mpp, sample.mpp)
@@ -162,7 +163,7 @@ def _show(
     )
     labels.contour = 2
     viewer.layers.selection.active = labels
-    viewer.scale_bar.visible = True
+    scale_bar(viewer).visible = True
     viewer.window.resize(1400, 900)
     viewer.reset_view()
     if first.get("status") == "ok":
@@ -180,9 +181,9 @@ def _show(
         print(f"screenshot: {shot}")
         # Close-up on one mitosis: the level-0 tiles load, the labels' contours show.
         y, x = sample.mitoses[0] * sample.mpp
-        camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera  # < 0.9
-        camera.center = (y, x)
-        camera.zoom = 12.0  # screen pixels per µm: ~80 µm across the canvas
+        view = camera(viewer)
+        view.center = (y, x)
+        view.zoom = 12.0  # screen pixels per µm: ~80 µm across the canvas
         _settle(viewer)
         close_up = out / "screenshot-mitosis.png"
         viewer.screenshot(str(close_up), canvas_only=False, flash=False)
