@@ -144,7 +144,10 @@ def test_cli_detects_on_a_slide_and_writes_boxes_that_read_back(
 
     table = read_detections_csv(tmp_path / "out" / f"{stem}.mitoses.csv")
     assert len(shapes) == len(table) == int(printed.split(": ")[1].split()[0])
-    assert all(s.classification == "Mitosis" and "score" in s.measurements for s in shapes)
+    # Machine calls are candidates until a reviewer accepts them ("Mitosis").
+    assert all(
+        s.classification == "Mitosis candidate" and "score" in s.measurements for s in shapes
+    )
     # Most true mitoses of the slide are found, in level-0 pixels.
     result = match_detections(table.centres, sample.mitoses, max_distance=max_distance_px(0.25))
     assert result.recall >= 0.7, (result.tp, result.fn, result.fp)
@@ -354,3 +357,38 @@ def test_cli_choices_match_the_core_and_the_parser_imports_no_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_widgets_say_what_a_model_was_trained_on_and_warn_when_synthetic_meets_real(
+    make_napari_viewer, trained_detector, cmu_small, sample
+) -> None:
+    from napari.layers import Points
+
+    from napari_mitosis._napari.detection_widget import DetectionWidget
+    from napari_mitosis._napari.review_widget import ReviewWidget
+
+    path, _ = trained_detector  # its card: "test model, synthetic data"
+    viewer = make_napari_viewer()
+    real = viewer.open(cmu_small, plugin="napari-mitosis")[0]
+    synthetic = viewer.open(sample.path, plugin="napari-mitosis")[0]
+    widget = DetectionWidget(viewer)
+    widget.model_path.value = path
+    widget.image.value = synthetic
+    assert "trained on: test model, synthetic data" in widget.card_text.value
+    assert "⚠" not in widget.card_text.value  # a synthetic model on a synthetic slide
+    widget.image.value = real
+    assert f"⚠ this model was trained on synthetic images; on the real slide {real.name}" in (
+        widget.card_text.value
+    )
+    # Candidates a model made say so in the review widget, with the same warning.
+    candidates = Points(
+        [[100.0, 100.0]],
+        features={"score": [0.9]},
+        metadata={"model": {"name": str(path), "notes": "test model, synthetic data"}},
+    )
+    viewer.add_layer(candidates)
+    review = ReviewWidget(viewer)
+    review.image.value, review.candidates.value = real, candidates
+    review.start()
+    assert review.source.value.startswith(f"candidates from {path}; trained on: test model")
+    assert "⚠ this model was trained on synthetic images" in review.source.value

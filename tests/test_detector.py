@@ -43,7 +43,7 @@ def test_an_object_on_a_tile_border_is_reported_once_and_whole(centre: tuple[int
     assert len(found) == 1
     # Level-0 pixels: level pixels × downsample 2.
     np.testing.assert_allclose(found.boxes[0], np.array([cx - 12, cy - 10, cx + 12, cy + 10]) * 2.0)
-    assert found.classes == ["Mitosis"] and found.mpp == (0.5, 0.5)
+    assert found.classes == ["Mitosis candidate"] and found.mpp == (0.5, 0.5)
 
 
 def test_duplicates_on_a_seam_are_removed_by_nms() -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import CMU_SMALL
 from docs_examples import PAGES, block_census, run_page
 
 #: Blocks marked to skip are long trainings, windows that wait, installs and real clusters;
@@ -90,6 +91,8 @@ def docs_workspace(
 
     root = tmp_path_factory.mktemp("docs-workspace")
     shutil.copy(sample.path, root / "slide.svs")
+    if CMU_SMALL.exists():  # real tissue without figures, for --negatives
+        shutil.copy(CMU_SMALL, root / CMU_SMALL.name)
     shutil.copy(trained_classifier[0], root / "tumour.safetensors")
     shutil.copy(trained_classifier[0], root / "idc.safetensors")
     for name in ("mitosis.safetensors", "detector.safetensors"):

@@ -78,7 +78,7 @@ def test_f1_optimal_threshold_and_precision_recall_curve() -> None:
     truths = np.array([[0, 0], [100, 0]], float)
     detections = np.array([[0, 1], [100, 1], [300, 300], [500, 500]], float)
     scores = np.array([0.9, 0.6, 0.7, 0.2])
-    threshold, result = f1_optimal_threshold(detections, scores, truths, max_distance=8)
+    threshold, result, _ = f1_optimal_threshold(detections, scores, truths, max_distance=8)
     # ≥0.9: F1 = 2/3; ≥0.7: 0.5; ≥0.6: 0.8 (2 TP, 1 FP); ≥0.2: 2/3.
     assert threshold == 0.6 and result.f1 == pytest.approx(0.8)
     # The card keeps a margin: halfway to the next lower score, the same detections kept.
@@ -107,7 +107,22 @@ def test_threshold_sweep_equals_matching_each_threshold_separately() -> None:
         keep = scores >= threshold
         direct = match_detections(detections[keep], truths, max_distance=8, scores=scores[keep])
         assert (direct.precision, direct.recall) == pytest.approx((p, r))
-    _, result = f1_optimal_threshold(detections, scores, truths, max_distance=8)
+    _, result, _ = f1_optimal_threshold(detections, scores, truths, max_distance=8)
     assert result.f1 == pytest.approx(
         max(2 * p * r / (p + r) if p + r else 0 for p, r in zip(precision, recall, strict=True))
     )
+
+
+def test_false_positives_on_negative_tissue_weigh_as_the_area_they_stand_for() -> None:
+    # Two figures found at 0.9 and 0.6; one false candidate at 0.7 on a tissue sample.
+    detections = np.array([[0.0, 0.0], [100.0, 0.0], [50.0, 50.0]])
+    scores = np.array([0.9, 0.6, 0.7])
+    truths = np.array([[0.0, 0.0], [100.0, 0.0]])
+    threshold, result, f1 = f1_optimal_threshold(detections, scores, truths, max_distance=8)
+    assert threshold == 0.6 and f1 == pytest.approx(0.8)  # 2 TP, 1 FP
+    # The sample stands for ten times its area: that one false candidate is ten.
+    weights = np.array([1.0, 1.0, 10.0])
+    threshold, result, f1 = f1_optimal_threshold(
+        detections, scores, truths, max_distance=8, fp_weights=weights
+    )
+    assert threshold == 0.9 and result.tp == 1 and f1 == pytest.approx(2 / 3)

@@ -256,8 +256,13 @@ def test_the_report_gives_the_known_numbers(cmu_small: Path, tmp_path: Path, cap
     out = tmp_path / "report.html"
     code = main(["report", str(cmu_small), "--detections", str(path), "--out", str(out), "--json"])
     assert code == 0
-    numbers = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    printed = capsys.readouterr().out
+    numbers = json.loads(printed.strip().splitlines()[-1])
     assert (numbers["mitoses"], numbers["atypical"], numbers["rejected"]) == (3, 1, 1)
+    # The model's own count is given apart, as a machine count: all six taken as mitoses.
+    assert numbers["machine"]["candidates"] == 6
+    assert numbers["machine"]["per_mm2"] == pytest.approx(6 / numbers["area_mm2"])
+    assert "1 of 6 candidates are not reviewed" in printed and "a machine count" in printed
     assert (numbers["unsure"], numbers["unreviewed"]) == (1, 1)
     assert numbers["per_mm2"] == pytest.approx(3 / numbers["area_mm2"])
     # The region is smaller than 10 fields: one window over all of it, holding all three.
@@ -268,6 +273,7 @@ def test_the_report_gives_the_known_numbers(cmu_small: Path, tmp_path: Path, cap
     page = out.read_text()
     assert page.count('<img src="data:image/png;base64,') == 1 + 3  # thumbnail + gallery
     assert "Atypical mitosis (1)" in page and "Mitosis (2)" in page
+    assert "Machine count (the model&#x27;s candidates, unreviewed)" in page
     assert main(["report", str(cmu_small), "--detections", str(path), "--out", str(out)]) == 2
 
 
@@ -313,3 +319,21 @@ def test_a_reviewed_geojson_is_training_data_with_hard_negatives(
         _, target = sampler._crop()
         assert len(target["boxes"]) == 0  # no box on a look-alike
     assert centres == [(300.0, 100.0)] * 5
+
+
+def test_a_models_output_is_reported_as_candidates_not_as_a_pathologists_mitoses(
+    cmu_small: Path, tmp_path: Path, capsys
+) -> None:
+    from napari_mitosis.io.detections import Detections
+
+    centres = np.array([[2667, 1449], [637, 1471], [1965, 1719]], float)
+    boxes = np.c_[centres[:, ::-1] - 12, centres[:, ::-1] + 12]
+    found = Detections(boxes, np.array([0.9, 0.8, 0.7]))  # as detect and run write them
+    path = write_geojson(tmp_path / "s0.mitoses.geojson", found.to_annotations())
+    assert {a.classification for a in read_geojson(path)} == {"Mitosis candidate"}
+    out = tmp_path / "report.html"
+    assert main(["report", str(cmu_small), "--detections", str(path), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert ": 0 mitoses (0 atypical), 0 rejected, 3 not reviewed" in printed
+    assert "3 of 3 candidates are not reviewed" in printed
+    assert "— (nobody reviewed these candidates)" in out.read_text()

@@ -153,8 +153,16 @@ def test_serve_runs_uvicorn_on_loopback_and_answers(checkpoints, tmp_path: Path)
     token = tmp_path / "token"
     token.write_text("t0ken\n")
     command = [
-        sys.executable, "-m", "napari_mitosis", "serve", "--models", str(checkpoints["idc"]),
-        "--port", str(port), "--token-file", str(token),
+        sys.executable,
+        "-m",
+        "napari_mitosis",
+        "serve",
+        "--models",
+        str(checkpoints["idc"]),
+        "--port",
+        str(port),
+        "--token-file",
+        str(token),
     ]  # fmt: skip  (the default --device auto, as a user runs it)
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

@@ -66,7 +66,11 @@ class DetectionWidget(TiledModelWidget):
             "translate": layer.translate[-2:],
             "units": layer.units,
             "features": {"score": found.scores, "class": np.asarray(found.classes, dtype=object)},
-            "metadata": {"mpp": list(found.mpp) if found.mpp else None, "density": density},
+            "metadata": {
+                "mpp": list(found.mpp) if found.mpp else None,
+                "density": density,
+                "model": {"name": self.model_ref(), "notes": self._predictor().card.notes},
+            },
         }
         sizes = np.r_[found.boxes[:, 2:] - found.boxes[:, :2]].ravel()
         size = float(np.median(sizes)) if len(sizes) else 40.0

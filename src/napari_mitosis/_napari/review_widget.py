@@ -24,7 +24,12 @@ from magicgui.widgets import (
     PushButton,
 )
 
-from napari_mitosis._napari.viewer_parts import camera, canvas_width_px
+from napari_mitosis._napari.viewer_parts import (
+    camera,
+    candidate_source,
+    canvas_width_px,
+    rectangle,
+)
 from napari_mitosis.detection.grading import DEFAULT_FIELD_DIAMETER_MM, HotspotFinder, grade
 from napari_mitosis.detection.review import COLOURS, DECISIONS, ORDERS, Review
 
@@ -69,6 +74,7 @@ class ReviewWidget(Container):
         self.reviewer = LineEdit(label="reviewer", value="")
         self.keys = LineEdit(label="keys", value=" ".join(DEFAULT_KEYS.values()))
         self.key_help = Label(value=self._key_text())
+        self.source = Label(value="")  # the model that made the candidates, when known
         self.start_button = PushButton(text="Start review")
         self.buttons = {
             name: PushButton(text=name) for name in ("previous", "next", *DECISIONS, "undo")
@@ -85,6 +91,7 @@ class ReviewWidget(Container):
             widgets=[
                 self.image,
                 self.candidates,
+                self.source,
                 self.order,
                 self.field_um,
                 self.diameter,
@@ -220,6 +227,7 @@ class ReviewWidget(Container):
         ):
             layer.features[name] = values
         self.layer = layer
+        self.source.value = candidate_source(layer, image)
         self._bind(layer)
         self._colour_all()
         if image is not None:
@@ -386,15 +394,7 @@ class ReviewWidget(Container):
             return
         mpp = self._mpp()
         half = (g["hotspot_side_um"] / mpp[0] / 2, g["hotspot_side_um"] / mpp[1] / 2)
-        cy, cx = g["hotspot_centre_y"], g["hotspot_centre_x"]
-        box = np.array(
-            [
-                [cy - half[0], cx - half[1]],
-                [cy - half[0], cx + half[1]],
-                [cy + half[0], cx + half[1]],
-                [cy + half[0], cx - half[1]],
-            ]
-        )
+        box = rectangle((g["hotspot_centre_y"], g["hotspot_centre_x"]), half)
         image = self.image.value
         if self.hotspot_layer is None or self.hotspot_layer not in self.viewer.layers:
             self.hotspot_layer = self.viewer.add_shapes(

@@ -26,6 +26,9 @@ from magicgui.widgets import (
 )
 from napari.utils.notifications import show_warning
 
+from napari_mitosis._napari.viewer_parts import synthetic_warning
+from napari_mitosis.models.card import trained_on
+
 if TYPE_CHECKING:
     import napari
 
@@ -95,6 +98,7 @@ class TiledModelWidget(Container):
         self._closed = False  # the widget's Qt side is gone: touch none of it
         self.registered.changed.connect(self._show_card)
         self.model_path.changed.connect(self._show_card)
+        self.image.changed.connect(self._show_card)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         viewer.layers.events.inserted.connect(self._refresh)
@@ -154,10 +158,13 @@ class TiledModelWidget(Container):
             self.card_text.value = "" if not self.model_path.value else str(err)[:120]
             return
         mpp = f"{card.mpp:g} µm/px" if card.mpp else "pixel units"
-        self.card_text.value = (
+        lines = [
             f"{card.architecture}: {card.task}, {card.input_size} px at {mpp}, "
-            f"classes {', '.join(card.classes)}" + (f" — {card.notes}" if card.notes else "")
-        )
+            f"classes {', '.join(card.classes)}",
+            trained_on(card),
+        ]
+        warning = synthetic_warning(card.notes, self.image.value)
+        self.card_text.value = "\n".join([*lines, f"⚠ {warning}"] if warning else lines)
 
     def _layers_of(self, kind: type) -> Any:
         return lambda _widget: [layer for layer in self.viewer.layers if isinstance(layer, kind)]
@@ -296,6 +303,9 @@ class TiledModelWidget(Container):
         if not layer.rgb:
             raise ValueError(f"{layer.name}: the {self.model_label} needs an RGB image")
         predictor = self._predictor()
+        warning = synthetic_warning(predictor.card.notes, layer)
+        if warning:  # a notification: the run's status lines would replace it
+            show_warning(f"{self.model_ref()}: {warning}")
         mpp = self.image_mpp(layer, predictor.card.mpp)
         # WSInfer models read level 0 and resize; ours read the level nearest their µm/px.
         wsinfer = predictor.card.patching == "wsinfer"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 
 def camera(viewer: Any) -> Any:
     """The viewer's camera model (``viewer.scene.camera`` from napari 0.9)."""
@@ -31,3 +33,38 @@ def canvas_width_px(widget: Any) -> int:
     central = window.centralWidget() if hasattr(window, "centralWidget") else None
     width = central.width() if central is not None else 0
     return width if width > 100 else 800
+
+
+def rectangle(centre_yx: tuple[float, float], half_yx: tuple[float, float]) -> np.ndarray:
+    """The four (y, x) corners of an axis-aligned rectangle, as a shapes layer takes one."""
+    (cy, cx), (hy, hx) = centre_yx, half_yx
+    return np.array(
+        [[cy - hy, cx - hx], [cy - hy, cx + hx], [cy + hy, cx + hx], [cy + hy, cx - hx]]
+    )
+
+
+def synthetic_warning(notes: str, image: Any) -> str:
+    """What to say when a model whose card ``notes`` say it learnt from synthetic images
+    meets a real slide (one our reader opened that is not a synthetic sample); ""
+    otherwise, also when the image's origin is unknown."""
+    from napari_mitosis.io.slide import is_synthetic
+
+    metadata = getattr(image, "metadata", None) or {}
+    if "synthetic" not in notes.lower() or "path" not in metadata or is_synthetic(metadata):
+        return ""
+    return (
+        f"this model was trained on synthetic images; on the real slide {image.name} its "
+        "output is a demonstration, not a count to report"
+    )
+
+
+def candidate_source(layer: Any, image: Any) -> str:
+    """Which model made a candidates layer and what it was trained on (from the layer's
+    metadata, as the detection widget writes it), with `synthetic_warning`."""
+    model = (getattr(layer, "metadata", None) or {}).get("model") or {}
+    if not model:
+        return ""
+    notes = str(model.get("notes", ""))
+    line = f"candidates from {model.get('name', 'a model')}; trained on: {notes or 'not recorded'}"
+    warning = synthetic_warning(notes, image)
+    return f"{line}\n⚠ {warning}" if warning else line

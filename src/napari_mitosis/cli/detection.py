@@ -72,6 +72,14 @@ def _centred_training_fields(args: argparse.Namespace) -> tuple[list, list, floa
     rest, held = crops.split(args.val_fraction, args.seed)
     boxes, centres = crops.boxes(args.mpp, args.box_um), crops.centres()
     train = [padded_field(crops.images[i], boxes[i]) for i in rest]
+    if args.crop_negatives:  # each crop's other nuclei, as hard negatives
+        from napari_mitosis.detection.centred_crops import other_nuclei
+
+        train = [
+            (*field, other_nuclei(crops.images[i], args.mpp, args.distance_um) + pad)
+            for i, field in zip(rest, train, strict=True)
+            for pad in [(field[0].shape[0] - crops.images[i].shape[0]) // 2]
+        ]
     validation = [(crops.images[i], centres[i]) for i in held]
     slides = len(set(crops.groups[held]))
     return train, validation, args.mpp, f" (split by slide: {slides} slides held out)"
@@ -95,6 +103,31 @@ def _slide_training_fields(args: argparse.Namespace) -> tuple[list, list, float,
         f" ({fields.description})",
         provenance,
     )
+
+
+def _negative_tissue(args: argparse.Namespace, mpp: float) -> tuple[list, list, str]:
+    """``--negatives``: tissue without figures at the model's µm/px, split by column into
+    training and validation parts (``--negative-val-fraction`` of its nuclei held out)."""
+    from napari_mitosis.detection.negative_tissue import NegativeRegion, read_negative_field
+
+    train, validation = [], []
+    for text in args.negatives or ():
+        tissue = read_negative_field(NegativeRegion.parse(text), mpp)
+        if args.negative_val_fraction > 0:
+            part, held = tissue.split_columns(args.negative_val_fraction)
+            train.append(part)
+            validation.append(held)
+        else:
+            train.append(tissue)
+    if not train:
+        return [], [], ""
+    mm2 = sum(t.tissue_mm2 for t in train), sum(t.tissue_mm2 for t in validation)
+    nuclei = sum(len(t.nuclei) for t in train)
+    print(
+        f"negative tissue: {mm2[0]:.3f} mm² ({nuclei} nuclei) to train on, "
+        f"{mm2[1]:.3f} mm² held out for validation"
+    )
+    return train, validation, "negative tissue: " + ", ".join(args.negatives)
 
 
 def _train_detector(args: argparse.Namespace) -> int:
@@ -125,6 +158,8 @@ def _train_detector(args: argparse.Namespace) -> int:
         ]
         validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in order[:n_val]]
         split = ""
+    negatives, negative_validation, provenance = _negative_tissue(args, mpp)
+    notes = "; ".join(n for n in (notes, provenance) if n)
     backbone = args.backbone
     if backbone == "auto":  # ResNet-50 where a GPU makes it affordable
         backbone = "resnet50_v2" if pick_device(args.device).type == "cuda" else "mobilenet_v3"
@@ -143,6 +178,8 @@ def _train_detector(args: argparse.Namespace) -> int:
         init=args.init,
         backbone_weights=args.backbone_weights,
         notes=notes,
+        negative_fraction=args.negative_fraction,
+        mine_threshold=args.mine_threshold,
         **stain_options(args),
     )
     print(
@@ -155,14 +192,24 @@ def _train_detector(args: argparse.Namespace) -> int:
         args.out,
         config,
         overwrite=args.overwrite,
-        progress=lambda s, n, r: print(
-            f"step {s}/{n}: loss {r['train_loss']:.3f}  validation F1 {r['val_f1']:.3f} "
-            f"(P {r['val_precision']:.3f}, R {r['val_recall']:.3f})",
-            flush=True,
-        ),
+        progress=_print_step,
+        negatives=negatives,
+        negative_validation=negative_validation,
     )
     print(f"best validation F1 {report.best_f1:.3f} at step {report.best_step} → {args.out}")
     return 0
+
+
+def _print_step(step: int, steps: int, record: dict[str, float]) -> None:
+    text = (
+        f"step {step}/{steps}: loss {record['train_loss']:.3f}  validation F1 "
+        f"{record['val_f1']:.3f} (P {record['val_precision']:.3f}, R {record['val_recall']:.3f})"
+    )
+    if "val_negative_per_mm2" in record:
+        text += f", {record['val_negative_per_mm2']:.1f} false per mm² of negative tissue"
+    if "mined" in record:
+        text += f"; {int(record['mined'])} candidates mined"
+    print(text, flush=True)
 
 
 def _detect(args: argparse.Namespace) -> int:
@@ -248,9 +295,33 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
     write_evaluation_csv(table, evaluation, overwrite=args.overwrite)
     write_pr_plot(plot, evaluation, overwrite=args.overwrite)
     print(f"  {table}\n  {plot}")
+    scores = evaluation.as_dict()
+    if args.negatives:
+        scores["negatives"] = _score_negatives(args, predictor, threshold)
     if args.json:  # one machine-readable line, after the table
-        print(json.dumps(evaluation.as_dict()))
+        print(json.dumps(scores))
     return 0
+
+
+def _score_negatives(args: argparse.Namespace, predictor: Any, threshold: float) -> dict:
+    """False candidates on tissue without figures, per region and pooled."""
+    from napari_mitosis.detection.negative_tissue import NegativeRegion, score_negative_regions
+
+    regions = [NegativeRegion.parse(text) for text in args.negatives]
+    rates = score_negative_regions(
+        regions, predictor, threshold=threshold, overlap=args.overlap, batch_size=args.batch_size
+    )
+    for row in rates["regions"]:
+        print(
+            f"{row['region']}: {int(row['false_candidates'])} false candidates on "
+            f"{row['tissue_mm2']:.3f} mm² of tissue: {row['per_mm2']:.1f} per mm², "
+            f"{row['per_hpf']:.2f} per HPF"
+        )
+    print(
+        f"negative tissue: {rates['per_mm2']:.1f} false candidates per mm², "
+        f"{rates['per_hpf']:.2f} per HPF (0.237 mm²)"
+    )
+    return rates
 
 
 def register(command: CommandAdder) -> None:
@@ -305,6 +376,33 @@ def register(command: CommandAdder) -> None:
         "weights name (downloaded and cached when online)",
     )
     td.add_argument("--notes", default="", help="provenance written into the model card")
+    td.add_argument(
+        "--negatives",
+        nargs="+",
+        metavar="SLIDE[@y0,x0,y1,x1]",
+        help="real tissue with no mitotic figure (slides, or level-0 regions of them): "
+        "crops on its nuclei and on mined candidates teach what is not a mitosis",
+    )
+    td.add_argument(
+        "--negative-fraction", type=float, default=0.3, help="share of crops from --negatives"
+    )
+    td.add_argument(
+        "--negative-val-fraction",
+        type=float,
+        default=0.25,
+        help="share of the --negatives' nuclei (a column strip) held out for validation",
+    )
+    td.add_argument(
+        "--mine-threshold",
+        type=float,
+        default=0.2,
+        help="score at which a candidate on --negatives becomes a hard negative",
+    )
+    td.add_argument(
+        "--crop-negatives",
+        action="store_true",
+        help="centred crops: also centre crops on each crop's other nuclei (hard negatives)",
+    )
     add_stain(td)
     add_recipe(td, "train-detector")
     add_training(td, batch=4, lr=2e-4)
@@ -355,6 +453,13 @@ def register(command: CommandAdder) -> None:
         type=float,
         help="µm per pixel of images that do not say (default: the model card's, the "
         "resolution it was trained at)",
+    )
+    ed.add_argument(
+        "--negatives",
+        nargs="+",
+        metavar="SLIDE[@y0,x0,y1,x1]",
+        help="real tissue with no mitotic figure: every candidate there is false (per mm² "
+        "of tissue and per HPF; also in --json)",
     )
     add_tiling(ed, batch=4)
     add_device(ed)

@@ -43,6 +43,14 @@ def _report(args: argparse.Namespace) -> int:
         f"{numbers['rejected']} rejected, {numbers['unreviewed']} not reviewed; hotspot "
         f"{per_10} per 10 HPF → mitotic score {numbers['mitotic_score']}; {args.out}"
     )
+    if numbers["unreviewed"]:
+        machine = numbers["machine"]
+        spot = machine["hotspot_per_10_hpf"]
+        print(
+            f"  {numbers['unreviewed']} of {machine['candidates']} candidates are not reviewed: "
+            f"the model's own count is {'—' if spot is None else f'{spot:.1f}'} per 10 HPF "
+            f"→ score {machine['mitotic_score']}, a machine count, not a pathologist's"
+        )
     if args.json:
         print(json.dumps(numbers))
     return 0

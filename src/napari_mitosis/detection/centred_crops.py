@@ -60,6 +60,17 @@ def read_centred_crops(root: str | Path) -> CentredCrops:
     return CentredCrops(images, folder.groups, names)
 
 
+def other_nuclei(image: np.ndarray, mpp: float, distance_um: float = 8.0) -> np.ndarray:
+    """(y, x) of a centred crop's nuclei other than its figure (further than
+    ``distance_um`` from the centre): real interphase nuclei beside a figure, which a
+    detector must learn to pass over."""
+    from napari_mitosis.detection.negative_tissue import nucleus_centres
+
+    nuclei = nucleus_centres(image, mpp)
+    centre = np.array(image.shape[:2]) / 2
+    return nuclei[np.hypot(*(nuclei - centre).T) * mpp > distance_um].reshape(-1, 2)
+
+
 def padded_field(image: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``image`` reflected out by a quarter of its side on every side, ``box`` moved with
     it: the sampler's crops then place the figure anywhere near their middle."""

@@ -105,7 +105,7 @@ def evaluate_detections(
     )
     keep = scores >= threshold
     result = match_detections(centres[keep], truths, max_distance=radius, scores=scores[keep])
-    best_threshold, best = f1_optimal_threshold(centres, scores, truths, max_distance=radius)
+    best_threshold, best, _ = f1_optimal_threshold(centres, scores, truths, max_distance=radius)
     thresholds, precision, recall = precision_recall_curve(
         centres, scores, truths, max_distance=radius
     )

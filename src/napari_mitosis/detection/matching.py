@@ -82,8 +82,15 @@ def match_detections(
     )
 
 
-def _sweep(detections: np.ndarray, scores: np.ndarray, truths: np.ndarray, max_distance: float):
-    """TP/FP at every distinct score, from one greedy matching.
+def _sweep(
+    detections: np.ndarray,
+    scores: np.ndarray,
+    truths: np.ndarray,
+    max_distance: float,
+    fp_weights: np.ndarray | None = None,
+):
+    """TP/FP at every distinct score, from one greedy matching; a false positive counts
+    ``fp_weights`` of one (default 1).
 
     Greedy matching takes detections by decreasing score, so the matching of the detections
     scoring ≥ t is the first steps of the full matching: one pass gives every threshold.
@@ -92,33 +99,45 @@ def _sweep(detections: np.ndarray, scores: np.ndarray, truths: np.ndarray, max_d
     full = match_detections(detections, truths, max_distance=max_distance, scores=scores)
     order = np.argsort(-scores, kind="stable")
     tp = np.cumsum(full.hits[order])
-    fp = np.arange(1, len(order) + 1) - tp
+    weights = np.ones(len(scores)) if fp_weights is None else np.asarray(fp_weights, float)
+    fp = np.cumsum(np.where(full.hits, 0.0, weights)[order])
     ordered = scores[order]
     last_of_each = np.flatnonzero(np.r_[ordered[1:] != ordered[:-1], True])  # ties go in together
     return ordered[last_of_each], tp[last_of_each], fp[last_of_each], len(truths)
 
 
 def f1_optimal_threshold(
-    detections: np.ndarray, scores: np.ndarray, truths: np.ndarray, *, max_distance: float
-) -> tuple[float, MatchResult]:
-    """The score threshold (keep scores ≥ it) with the best F1, and its matching.
+    detections: np.ndarray,
+    scores: np.ndarray,
+    truths: np.ndarray,
+    *,
+    max_distance: float,
+    fp_weights: np.ndarray | None = None,
+) -> tuple[float, MatchResult, float]:
+    """The score threshold (keep scores ≥ it) with the best F1, its matching and that F1.
 
-    The highest threshold wins ties (fewer detections, same F1). With no detection at all,
-    the threshold is +inf.
+    ``fp_weights`` makes a false positive count more than one: a detection on a sample of
+    negative tissue standing for a larger area (`weighted_false_positives`). The highest
+    threshold wins ties (fewer detections, same F1). With no detection at all, the
+    threshold is +inf.
     """
     scores = np.asarray(scores, float)
     detections = np.asarray(detections, float).reshape(-1, 2)
     if not len(scores):
-        return np.inf, match_detections(detections, truths, max_distance=max_distance)
-    thresholds, tp, fp, n_truths = _sweep(detections, scores, truths, max_distance)
+        none = match_detections(detections, truths, max_distance=max_distance)
+        return np.inf, none, none.f1
+    thresholds, tp, fp, n_truths = _sweep(detections, scores, truths, max_distance, fp_weights)
     f1 = 2 * tp / np.maximum(2 * tp + fp + (n_truths - tp), 1)
-    best = int(np.argmax(f1))  # first maximum = highest threshold
     if n_truths == 0:  # nothing to find: the best is to keep nothing
-        return np.inf, match_detections(detections[:0], truths, max_distance=max_distance)
+        none = match_detections(detections[:0], truths, max_distance=max_distance)
+        return np.inf, none, none.f1
+    best = int(np.argmax(f1))  # first maximum = highest threshold
     keep = scores >= thresholds[best]
-    return float(thresholds[best]), match_detections(
+    # Keeping nothing scores F1 0 (with truths); every threshold above beats it or ties.
+    match = match_detections(
         detections[keep], truths, max_distance=max_distance, scores=scores[keep]
     )
+    return float(thresholds[best]), match, float(f1[best])
 
 
 def threshold_with_margin(scores: np.ndarray, threshold: float) -> float:

@@ -34,6 +34,8 @@ def summary(
     """The numbers of a report, as `--json` prints them."""
     counts = review.counts()
     graded = grade(review.counted(), tissue, mpp0, **options)
+    made = ~review.added  # the model's own candidates, whatever was decided on them
+    machine = grade(review.centres[made], tissue, mpp0, **options)
     return {
         "mitoses": counts["mitoses"],
         "accepted": counts["accepted"],
@@ -54,7 +56,19 @@ def summary(
         "field_diameter_mm": graded["field_diameter_mm"],
         "mitotic_score": graded["mitotic_score"],
         "reviewers": sorted({str(r) for r in review.reviewers if r}),
+        # What the model alone would give: its candidates all taken as mitoses. A machine
+        # count, never a pathologist's; the numbers above count reviewed decisions only.
+        "machine": {
+            "candidates": int(made.sum()),
+            "per_mm2": machine["per_mm2"],
+            "hotspot_per_10_hpf": machine["hotspot_per_10_hpf"],
+            "mitotic_score": machine["mitotic_score"],
+        },
     }
+
+
+def _per_10(value: float | None) -> str:
+    return "—" if value is None else f"{value:.1f} per 10 HPF in the densest area"
 
 
 def _png(image: np.ndarray | Image.Image) -> str:
@@ -138,7 +152,13 @@ def write_report(
             ),
         ),
         ("Mitotic score (Nottingham grade)", numbers["mitotic_score"]),
-        ("Reviewer(s)", ", ".join(numbers["reviewers"]) or "—"),
+        ("Reviewer(s)", ", ".join(numbers["reviewers"]) or "— (nobody reviewed these candidates)"),
+        (
+            "Machine count (the model's candidates, unreviewed)",
+            f"{numbers['machine']['candidates']} candidates, "
+            + _per_10(numbers["machine"]["hotspot_per_10_hpf"])
+            + f" → score {numbers['machine']['mitotic_score']} (not a diagnosis)",
+        ),
         ("Date", datetime.date.today().isoformat()),
     ]
     table = "\n".join(

@@ -5,6 +5,11 @@ fields from a review, on the look-alikes the reviewer rejected (hard negatives);
 and boxes are transformed together by torchvision transforms v2 (orthogonal rotations,
 flips, colour jitter). Validation runs the same tiled engine as inference and scores with
 the challenges' centroid rule, so the kept F1 is the F1 users will see.
+
+With negative tissue (`negative_tissue.NegativeField`: real tissue holding no figure),
+a share of the crops comes from it, centred on its nuclei or on the candidates the model
+still marks there (mined at every evaluation), and held-out negative tissue joins the
+validation: its false candidates lower the F1 that picks the checkpoint and threshold.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from napari_mitosis.detection.matching import (
     pool_fields,
     threshold_with_margin,
 )
+from napari_mitosis.detection.negative_tissue import NegativeField
 from napari_mitosis.detection.run import detect_array
 from napari_mitosis.engine.tiling import crop_origin
 from napari_mitosis.engine.training_log import EarlyStopping, write_history
@@ -67,6 +73,17 @@ class DetectorTraining(StainTraining):
     seed: int = 0
     device: str = "auto"
     notes: str = ""
+    #: With negative tissue: the share of crops cut from it, the share of those centred on
+    #: mined candidates (the rest on its nuclei), and the score at which a candidate there
+    #: is mined.
+    negative_fraction: float = 0.3
+    mined_fraction: float = 0.5
+    mine_threshold: float = 0.2
+    #: The tissue each validation figure stands for (mm²) when held-out negative tissue
+    #: is scored: its false candidates count as if it covered that much, so the F1 that
+    #: picks the checkpoint and threshold is the F1 of whole fields, not of crops. One HPF
+    #: (0.237 mm²) a figure: about the density of the MIDOG 2021 training cases.
+    negative_mm2_per_figure: float = 0.237
     init: str | Path | None = None  # a detector checkpoint to fine-tune (same classes)
     backbone_weights: str | Path | None = None  # classification weights for the backbone
 
@@ -88,8 +105,10 @@ class BoxCropSampler:
         config: DetectorTraining,
         rng: np.random.Generator,
         normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+        negatives: Sequence[NegativeField] = (),
     ) -> None:
         self.fields = fields
+        self.negatives = negatives
         self.normalise = normalise  # the card's stain normalisation, as prediction does
         self.stain_rng = config.stain_rng(config.seed)
         self.config = config
@@ -104,8 +123,18 @@ class BoxCropSampler:
             ]
         )
 
-    def _crop(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        c = self.config.crop
+    def _choose(self) -> tuple[np.ndarray, np.ndarray, tuple[float, float] | None]:
+        """A field, its boxes and where to centre the crop (None: anywhere)."""
+        if self.negatives and self.rng.random() < self.config.negative_fraction:
+            tissue = self.negatives[int(self.rng.integers(len(self.negatives)))]
+            points = tissue.nuclei
+            if len(tissue.mined) and self.rng.random() < self.config.mined_fraction:
+                points = tissue.mined
+            centre = None
+            if len(points):
+                y0, x0 = points[self.rng.integers(len(points))]
+                centre = (float(y0), float(x0))
+            return tissue.image, np.zeros((0, 4)), centre
         image, boxes, *rest = self.fields[int(self.rng.integers(len(self.fields)))]
         negatives = rest[0] if rest else np.zeros((0, 2))
         centre = None
@@ -115,6 +144,11 @@ class BoxCropSampler:
         elif len(negatives) and self.rng.random() < self.config.hard_negative_fraction:
             y0, x0 = negatives[self.rng.integers(len(negatives))]  # a look-alike: no box
             centre = (float(y0), float(x0))
+        return image, boxes, centre
+
+    def _crop(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        c = self.config.crop
+        image, boxes, centre = self._choose()
         y, x = crop_origin(self.rng, image.shape, c, centre)
         pixels = self.config.jitter(
             np.ascontiguousarray(image[y : y + c, x : x + c]), self.stain_rng
@@ -171,8 +205,13 @@ def train_detector(
     *,
     overwrite: bool = False,
     progress: Callable[[int, int, dict[str, float]], None] | None = None,
+    negatives: Sequence[NegativeField] = (),
+    negative_validation: Sequence[NegativeField] = (),
 ) -> DetectorReport:
-    """Train; every ``eval_every`` steps detect on the validation fields and keep the best F1."""
+    """Train; every ``eval_every`` steps detect on the validation fields and keep the best F1.
+
+    ``negatives``: tissue with no figure to cut crops from (mined at every evaluation);
+    ``negative_validation``: more of it, scored with the validation fields."""
     config = config or DetectorTraining()
     out = Path(out)
     log_path = out.with_suffix(".csv")
@@ -213,7 +252,7 @@ def train_detector(
             * (1 + math.cos(math.pi * min(i, config.max_steps) / config.max_steps))
         ),
     )
-    sampler = BoxCropSampler(train, config, rng, card_normaliser(card))
+    sampler = BoxCropSampler(train, config, rng, card_normaliser(card), negatives)
     history: list[dict[str, float]] = []
     stopping, losses = EarlyStopping(config.patience), []
     started = time.perf_counter()
@@ -238,24 +277,46 @@ def train_detector(
             detect_array(image, predictor, overlap=config.crop // 4, score_threshold=0.0)
             for image, _ in validation
         ]
-        centres, scores, truths, radius = pool_fields(
-            [
-                (f.centres, f.scores, truth, config.mpp)
-                for f, (_, truth) in zip(found, validation, strict=True)
-            ],
-            config.distance_um,
+        scored = [
+            (f.centres, f.scores, truth, config.mpp)
+            for f, (_, truth) in zip(found, validation, strict=True)
+        ]
+        on_tissue = [
+            tissue.detect(predictor, overlap=config.crop // 4, score_threshold=0.0)
+            for tissue in negative_validation  # every candidate there is a false one
+        ]
+        scored += [(f.centres, f.scores, np.zeros((0, 2)), config.mpp) for f in on_tissue]
+        centres, scores, truths, radius = pool_fields(scored, config.distance_um)
+        weights = np.ones(len(scores))
+        if negative_validation:  # the tissue sample stands for the fields the figures are in
+            area = sum(tissue.tissue_mm2 for tissue in negative_validation)
+            on_tissue_n = sum(len(f) for f in on_tissue)
+            weight = max(1.0, len(truths) * config.negative_mm2_per_figure / max(area, 1e-9))
+            weights[len(scores) - on_tissue_n :] = weight
+        raw, result, f1 = f1_optimal_threshold(
+            centres, scores, truths, max_distance=radius, fp_weights=weights
         )
-        threshold, result = f1_optimal_threshold(centres, scores, truths, max_distance=radius)
-        threshold = threshold_with_margin(scores, threshold)  # same F1, room for new data
+        kept_fp = float(weights[scores >= raw][~result.hits].sum()) if np.isfinite(raw) else 0.0
+        threshold = threshold_with_margin(scores, raw)  # same F1, room for new data
+        kept = 1.0 if not np.isfinite(threshold) else float(threshold)
         record = {
             "step": step,
             "train_loss": float(np.mean(losses)),
-            "val_f1": result.f1,
-            "val_precision": result.precision,
+            "val_f1": f1,
+            "val_precision": result.tp / max(result.tp + kept_fp, 1e-9) if result.tp else 0.0,
             "val_recall": result.recall,
-            "threshold": float(threshold) if np.isfinite(threshold) else 1.0,
+            "threshold": kept,
             "seconds": time.perf_counter() - started,
         }
+        if negative_validation:  # false candidates per mm² of held-out negative tissue
+            count = sum(int((f.scores >= kept).sum()) for f in on_tissue)
+            area = sum(tissue.tissue_mm2 for tissue in negative_validation)
+            record["val_negative_per_mm2"] = count / max(area, 1e-9)
+        for tissue in negatives:  # the next round's hard negatives: what it still marks
+            tissue.mined = tissue.detect(
+                predictor, overlap=config.crop // 4, score_threshold=config.mine_threshold
+            ).centres
+            record["mined"] = record.get("mined", 0) + len(tissue.mined)
         losses.clear()
         history.append(record)
         if progress is not None:

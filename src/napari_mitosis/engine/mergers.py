@@ -17,6 +17,7 @@ import zarr
 
 from napari_mitosis.engine.tiling import TileGrid
 from napari_mitosis.io.detections import Detections
+from napari_mitosis.io.geojson import candidate_class
 
 
 def lazy_probability(
@@ -181,6 +182,5 @@ class TileBoxMerger:
             self.class_names[i] if i < len(self.class_names) else str(i)
             for i in labels.numpy()[keep]
         ]
-        return Detections(
-            boxes.numpy()[keep], scores.numpy()[keep], [n.capitalize() for n in names], mpp
-        )
+        classes = [candidate_class(n) for n in names]  # unreviewed: "Mitosis candidate"
+        return Detections(boxes.numpy()[keep], scores.numpy()[keep], classes, mpp)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import label, regionprops_table
 
-from napari_mitosis.io.geojson import Annotation
+from napari_mitosis.io.geojson import REVIEW_CLASSES, Annotation
 from napari_mitosis.io.output_file import atomic_output
 
 CSV_COLUMNS = (
@@ -43,7 +43,7 @@ class Detections:
         self.boxes = np.asarray(self.boxes, float).reshape(-1, 4)
         n = len(self.boxes)
         self.scores = np.ones(n) if len(self.scores) == 0 and n else np.asarray(self.scores, float)
-        self.classes = list(self.classes) or ["Mitosis"] * n
+        self.classes = list(self.classes) or [REVIEW_CLASSES[""]] * n  # "Mitosis candidate"
         if len(self.scores) != n or len(self.classes) != n:
             raise ValueError(
                 f"{n} boxes but {len(self.scores)} scores and {len(self.classes)} classes"

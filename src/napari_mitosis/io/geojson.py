@@ -32,6 +32,16 @@ REVIEW_CLASSES = {
     "unsure": "Unsure",
     "": "Mitosis candidate",
 }
+
+
+def candidate_class(name: str) -> str:
+    """The QuPath class of a model's unreviewed output of class ``name``: what a detector
+    calls a mitosis is a "Mitosis candidate" until a reviewer accepts it ("Mitosis"), so a
+    file never presents a machine call as a pathologist's decision."""
+    name = name[:1].upper() + name[1:]
+    return REVIEW_CLASSES[""] if name == REVIEW_CLASSES["accepted"] else name
+
+
 #: The feature property holding a review's decision, reviewer, time and "added".
 REVIEW_KEY = "napari_mitosis_review"
 #: Properties this module reads into `Annotation` fields; others stay in ``properties``.

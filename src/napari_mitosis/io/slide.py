@@ -47,11 +47,23 @@ class SlideMetadata:
     layer_type: LayerType = "image"
     properties: Mapping[str, str] = field(default_factory=dict)
 
+    @property
+    def synthetic(self) -> bool:
+        """Written by our synthetic-sample writer (its TIFF description says so)."""
+        return is_synthetic(self.as_dict())
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-friendly copy (napari layer metadata, run records)."""
         out = asdict(self)
         out["properties"] = dict(self.properties)
         return out
+
+
+def is_synthetic(metadata: Mapping[str, Any]) -> bool:
+    """Whether slide metadata (`SlideMetadata.as_dict`, napari layer metadata) is of a
+    synthetic sample: our writer records ``"synthetic": true`` in the TIFF description."""
+    description = (metadata.get("properties") or {}).get("tiff.ImageDescription", "")
+    return '"synthetic": true' in description
 
 
 @dataclass

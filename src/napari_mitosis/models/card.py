@@ -59,6 +59,11 @@ class ModelCard:
         return max(1, round(self.input_size * self.mpp / image_mpp))
 
 
+def trained_on(card: ModelCard) -> str:
+    """The card's provenance as one line a user reads before trusting a result."""
+    return f"trained on: {card.notes}" if card.notes else "trained on: not recorded in its card"
+
+
 #: Field descriptions for the published JSON Schema (the comments above, for readers).
 FIELD_HELP = {
     "architecture": "a napari-mitosis architecture, or the published model's own name",
