@@ -180,6 +180,7 @@ def _train_detector(args: argparse.Namespace) -> int:
         notes=notes,
         negative_fraction=args.negative_fraction,
         mine_threshold=args.mine_threshold,
+        negative_mm2_per_figure=args.negative_mm2_per_figure,
         **stain_options(args),
     )
     print(
@@ -397,6 +398,13 @@ def register(command: CommandAdder) -> None:
         type=float,
         default=0.2,
         help="score at which a candidate on --negatives becomes a hard negative",
+    )
+    td.add_argument(
+        "--negative-mm2-per-figure",
+        type=float,
+        default=0.237,
+        help="tissue (mm²) each validation figure stands for: false candidates on the "
+        "held-out --negatives count as if it covered that much (0: count each once)",
     )
     td.add_argument(
         "--crop-negatives",
