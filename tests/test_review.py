@@ -337,3 +337,26 @@ def test_a_models_output_is_reported_as_candidates_not_as_a_pathologists_mitoses
     assert ": 0 mitoses (0 atypical), 0 rejected, 3 not reviewed" in printed
     assert "3 of 3 candidates are not reviewed" in printed
     assert "— (nobody reviewed these candidates)" in out.read_text()
+
+
+def test_the_review_starts_when_candidates_are_chosen_and_keys_work_at_once(
+    make_napari_viewer,
+) -> None:
+    from napari_mitosis._napari.review_widget import ReviewWidget
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.integers(0, 255, (400, 400, 3), dtype=np.uint8), rgb=True)
+    first = viewer.add_points([[50.0, 50.0], [300.0, 300.0]], features={"score": [0.4, 0.9]})
+    widget = ReviewWidget(viewer)  # docked with candidates open: no start button to press
+    assert widget.review is not None and widget.layer is first
+    assert widget.current() == 1  # the highest score first, selected
+    widget.reviewer.value = "dr-k"
+    widget.act("accepted")
+    assert first.features["review"].tolist() == ["", "accepted"]
+    assert first.features["reviewer"].tolist()[1] == "dr-k"
+    second = viewer.add_points([[100.0, 200.0]], features={"score": [0.7]})
+    widget.candidates.value = second
+    assert widget.layer is second and widget.current() == 0
+    widget.candidates.value = first  # back: the decision made is still there
+    assert widget.review.decisions.tolist() == ["", "accepted"]

@@ -24,6 +24,7 @@ from magicgui.widgets import (
     PushButton,
 )
 
+from napari_mitosis._napari.review_layer import review_from_layer
 from napari_mitosis._napari.viewer_parts import (
     camera,
     candidate_source,
@@ -75,7 +76,6 @@ class ReviewWidget(Container):
         self.keys = LineEdit(label="keys", value=" ".join(DEFAULT_KEYS.values()))
         self.key_help = Label(value=self._key_text())
         self.source = Label(value="")  # the model that made the candidates, when known
-        self.start_button = PushButton(text="Start review")
         self.buttons = {
             name: PushButton(text=name) for name in ("previous", "next", *DECISIONS, "undo")
         }
@@ -98,7 +98,6 @@ class ReviewWidget(Container):
                 self.reviewer,
                 self.keys,
                 self.key_help,
-                self.start_button,
                 *self.buttons.values(),
                 self.add_mode,
                 self.show,
@@ -120,7 +119,10 @@ class ReviewWidget(Container):
         self.grading: dict[str, Any] = {}
         self._bound: list[str] = []
         self._written: set[Path] = set()  # files this widget wrote: saving again replaces them
-        self.start_button.changed.connect(lambda *_: self.start())
+        # Choosing candidates (or the image under them) starts the review: keys work at once.
+        self.candidates.changed.connect(lambda *_: self._restart())
+        self.image.changed.connect(lambda *_: self._restart())
+        self.reviewer.changed.connect(lambda *_: self._set_reviewer())
         for name, button in self.buttons.items():
             button.changed.connect(lambda *_, n=name: self.act(n))
         self.keys.changed.connect(lambda *_: self._rebind())
@@ -131,6 +133,7 @@ class ReviewWidget(Container):
         self.report_button.changed.connect(lambda *_: self.report(Path(self.report_path.value)))
         viewer.layers.events.inserted.connect(self._refresh)
         viewer.layers.events.removed.connect(self._refresh)
+        self._restart()  # docked beside candidates already open: ready for keys
 
     def _of(self, kind: Any) -> Any:
         return lambda _widget: [layer for layer in self.viewer.layers if isinstance(layer, kind)]
@@ -176,6 +179,15 @@ class ReviewWidget(Container):
             self._bound.append(key)
 
     # --- starting ---------------------------------------------------------------------
+    def _restart(self) -> None:
+        """(Re)start on the chosen candidates; decisions already made are in their features."""
+        if self.candidates.value is not None:
+            self.start()
+
+    def _set_reviewer(self) -> None:
+        if self.review is not None:
+            self.review.reviewer = self.reviewer.value
+
     def start(self) -> Review:
         """Read the candidates layer (restoring decisions already in its features) and
         go to the first candidate."""
@@ -188,44 +200,7 @@ class ReviewWidget(Container):
         ):  # a GeoJSON in level-0 px (QuPath's convention): place it on the image
             layer.scale, layer.translate = image.scale[-2:], image.translate[-2:]
             layer.units = image.units
-        features = layer.features
-        if hasattr(layer, "shape_type"):  # shapes: their centres
-            centres = np.array([np.asarray(s)[:, -2:].mean(axis=0) for s in layer.data])
-        else:
-            centres = np.asarray(layer.data)[:, -2:]
-        n = len(centres)
-        scores = features["score"].to_numpy(float) if "score" in features else np.full(n, np.nan)
-        if "review" in features:
-            decisions = features["review"].fillna("").astype(str).to_numpy(object)
-        else:
-            from napari_mitosis.detection.review import DECISION_OF_CLASS
-
-            classes = features["classification"] if "classification" in features else [""] * n
-            decisions = np.array([DECISION_OF_CLASS.get(str(c), "") for c in classes], object)
-
-        def column(name: str, fill: Any) -> np.ndarray:
-            return (
-                features[name].fillna(fill).to_numpy(object)
-                if name in features
-                else np.full(n, fill, object)
-            )
-
-        self.review = Review(
-            centres,
-            scores,
-            decisions,
-            column("reviewer", ""),
-            column("review_time", ""),
-            column("added", False).astype(bool),
-            reviewer=self.reviewer.value,
-        )
-        for name, values in (
-            ("review", self.review.decisions),
-            ("reviewer", self.review.reviewers),
-            ("review_time", self.review.times),
-            ("added", self.review.added),
-        ):
-            layer.features[name] = values
+        self.review = review_from_layer(layer, self.reviewer.value)
         self.layer = layer
         self.source.value = candidate_source(layer, image)
         self._bind(layer)
