@@ -119,14 +119,18 @@ def test_slide_paths_steps_and_the_queue_are_checked(
 
 
 def test_a_restarted_server_fails_the_running_job_and_runs_the_queued_one(
-    dask, served, trained_detector, tumour_slides, tmp_path: Path
+    dask, served, trained_detector, tmp_path: Path
 ) -> None:
-    slides = tumour_slides[2][0].parent
+    from napari_mitosis.samples.synthetic import write_synthetic_slide
+
+    slides = tmp_path / "slides"  # a small slide at the detector's own 0.25 µm/px
+    slides.mkdir()
+    write_synthetic_slide(slides / "small.tif", 512, 768, mpp=0.25, seed=5)
     results = tmp_path / "results"
     store = JobStore(results)
     settings = PipelineSettings(detector=str(trained_detector[0]), detect_in="tissue", device="cpu")
-    running = store.add("slide2.tif", ["mitoses"], settings)
-    queued = store.add("slide2.tif", ["mitoses"], settings)
+    running = store.add("small.tif", ["mitoses"], settings)
+    queued = store.add("small.tif", ["mitoses"], settings)
     store.update(running, status="running", stage="detect", done=3, total=9)
     (results / running).mkdir()
     (results / running / "half.geojson").write_text("{")
