@@ -36,10 +36,12 @@ REVIEW_CLASSES = {
 
 def candidate_class(name: str) -> str:
     """The QuPath class of a model's unreviewed output of class ``name``: what a detector
-    calls a mitosis is a "Mitosis candidate" until a reviewer accepts it ("Mitosis"), so a
-    file never presents a machine call as a pathologist's decision."""
-    name = name[:1].upper() + name[1:]
-    return REVIEW_CLASSES[""] if name == REVIEW_CLASSES["accepted"] else name
+    calls a mitosis (ours "mitosis", MIDOG's "mitotic figure") is a "Mitosis candidate"
+    until a reviewer accepts it ("Mitosis"), so a file never presents a machine call as a
+    pathologist's decision."""
+    if name.lower() in ("mitosis", "mitotic figure"):  # ours; MIDOG's
+        return REVIEW_CLASSES[""]
+    return name[:1].upper() + name[1:]
 
 
 #: The feature property holding a review's decision, reviewer, time and "added".

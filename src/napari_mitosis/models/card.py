@@ -95,6 +95,8 @@ FACTORIES = {
     "unet": ("napari_mitosis.models.unet", "unet"),
     "resnet_unet": ("napari_mitosis.models.unet", "resnet_unet"),
     "faster_rcnn": ("napari_mitosis.models.detector", "faster_rcnn"),
+    "fcos": ("napari_mitosis.models.one_stage", "fcos"),
+    "retinanet": ("napari_mitosis.models.one_stage", "retinanet"),
     "small_cnn": ("napari_mitosis.models.classifiers", "small_cnn"),
     "wide_resnet": ("napari_mitosis.models.classifiers", "wide_resnet_classifier"),
     "inception_v3": ("napari_mitosis.models.classifiers", "inception_v3_classifier"),
