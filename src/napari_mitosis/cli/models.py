@@ -6,7 +6,10 @@ import argparse
 import json
 
 from napari_mitosis.cli.options import CommandAdder, HelpFormatter
+from napari_mitosis.models.known import PUBLISHED
 from napari_mitosis.models.registry import ModelRegistry
+
+PUBLISHED_NAMES = sorted(PUBLISHED)
 
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
@@ -43,6 +46,7 @@ def _import(args: argparse.Namespace) -> int:
         provenance=args.provenance,
         registry=_registry(args),
         overwrite=args.overwrite,
+        as_published=args.as_published,
     )
     print(
         f"registered {entry.name}: {entry.task} ({entry.format}), classes {entry.classes}, "
@@ -113,7 +117,14 @@ def register(command: CommandAdder) -> None:
     im.add_argument(
         "source",
         help="a .safetensors checkpoint, a WSInfer folder, a TorchScript/ONNX file with its "
-        ".card.json, or hf://owner/repo[@revision] (downloaded; needs huggingface_hub)",
+        ".card.json, hf://owner/repo[@revision] (downloaded; needs huggingface_hub), or a "
+        f"published model's name, downloaded: {', '.join(PUBLISHED_NAMES)}",
+    )
+    im.add_argument(
+        "--as",
+        dest="as_published",
+        choices=PUBLISHED_NAMES,
+        help="the source file is this published model (a copy you already have)",
     )
     im.add_argument("--name", help="the name commands take as --model (default: its own)")
     im.add_argument("--licence", default="", help="the model's licence, recorded")

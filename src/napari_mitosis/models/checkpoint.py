@@ -29,6 +29,7 @@ from napari_mitosis.models.card import (
     training_record,
 )
 from napari_mitosis.models.inference_model import pick_device
+from napari_mitosis.models.known import PUBLISHED
 from napari_mitosis.models.published import (
     describe_source,
     is_published,
@@ -149,12 +150,21 @@ def import_model(
     provenance: str = "",
     registry: ModelRegistry | None = None,
     overwrite: bool = False,
+    as_published: str | None = None,
 ) -> RegistryEntry:
     """Copy a model (any format `read_card` takes, or ``hf://owner/repo[@revision]``,
     downloaded when online) into the registry under ``name`` (default: its file or
-    folder name), recording checksums, task, classes, µm/px and input size."""
+    folder name), recording checksums, task, classes, µm/px and input size.
+
+    A published model's name (`known.PUBLISHED`) downloads it; ``as_published`` names the
+    published model a local ``source`` file is (its weights become one of our checkpoints
+    with the publisher's card, licence and provenance)."""
     registry = registry or ModelRegistry()
     text = str(source)
+    if as_published or (text in PUBLISHED and not Path(text).exists()):
+        return _import_published(
+            source, as_published, name, licence, provenance, registry, overwrite
+        )
     if text.startswith(HF_PREFIX):
         path, origin = download_hf(text)
         name = name or text[len(HF_PREFIX) :].split("@")[0].split("/")[-1]
@@ -179,3 +189,42 @@ def import_model(
         provenance=provenance,
         overwrite=overwrite,
     )
+
+
+def _import_published(
+    source: str | Path,
+    as_published: str | None,
+    name: str | None,
+    licence: str,
+    provenance: str,
+    registry: ModelRegistry,
+    overwrite: bool,
+) -> RegistryEntry:
+    from napari_mitosis.models.known import converted, download, known
+    from napari_mitosis.models.registry import file_sha256
+
+    model = known(as_published or str(source))
+    if as_published:
+        raw = Path(source).expanduser()
+        if not raw.is_file():
+            raise FileNotFoundError(f"{raw}: no such file (given as {model.name})")
+        origin = str(raw.resolve())
+    else:
+        raw, origin = download(model, registry.root / ".downloads"), model.url
+    path, folder = converted(raw, model)
+    try:
+        return registry.add(
+            [path],
+            path.parent,
+            path,
+            model.card,
+            name=name or model.name,
+            fmt="safetensors",
+            source=origin,
+            licence=licence or model.licence,
+            provenance=provenance or model.provenance,
+            overwrite=overwrite,
+            extra={"publisher_file": raw.name, "publisher_sha256": file_sha256(raw)},
+        )
+    finally:
+        folder.cleanup()

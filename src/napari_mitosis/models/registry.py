@@ -140,6 +140,7 @@ class ModelRegistry:
         licence: str = "",
         provenance: str = "",
         overwrite: bool = False,
+        extra: dict[str, Any] | None = None,
     ) -> RegistryEntry:
         """Copy ``files`` (relative to ``base``; ``model`` is the path `read_card` takes)
         into a new entry, atomically: a failed copy leaves no half-made entry."""
@@ -176,6 +177,7 @@ class ModelRegistry:
                 licence=licence,
                 provenance=provenance or card.notes,
                 imported=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                extra=dict(extra or {}),
             )
             (tmp / ENTRY_FILE).write_text(json.dumps(asdict(entry), indent=1))
         return entry
