@@ -10,6 +10,7 @@ comes from the model card's ``options``. Built with ``weights=None``: nothing do
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import nn
 from torchvision.models.detection import FCOS, RetinaNet
@@ -53,6 +54,19 @@ def _backbone(
     return body, AnchorGenerator(anchor_sizes, ((1.0,),) * len(anchor_sizes))
 
 
+def _built(
+    kind: type[FCOS] | type[RetinaNet],
+    backbone: str,
+    num_classes: int,
+    tile: int,
+    returned_layers: Sequence[int],
+    extra_blocks: bool,
+    **head: Any,
+) -> Any:
+    body, anchors = _backbone(backbone, returned_layers, extra_blocks)
+    return kind(body, num_classes, min_size=tile, max_size=tile, anchor_generator=anchors, **head)
+
+
 def fcos(
     *,
     backbone: str = "resnet50",
@@ -67,19 +81,12 @@ def fcos(
     center_sampling_radius: float = 1.5,
 ) -> FCOS:
     """FCOS as the MIDOG 2025 reference makes it (`num_classes` counts the background)."""
-    body, anchors = _backbone(backbone, returned_layers, extra_blocks)
-    return FCOS(
-        body,
-        num_classes,
-        min_size=tile,
-        max_size=tile,
-        anchor_generator=anchors,
+    return _built(
+        FCOS, backbone, num_classes, tile, returned_layers, extra_blocks,
+        score_thresh=score_threshold, nms_thresh=nms_threshold,
+        detections_per_img=detections_per_img, topk_candidates=topk_candidates,
         center_sampling_radius=center_sampling_radius,
-        score_thresh=score_threshold,
-        nms_thresh=nms_threshold,
-        detections_per_img=detections_per_img,
-        topk_candidates=topk_candidates,
-    )
+    )  # fmt: skip
 
 
 def retinanet(
@@ -95,15 +102,8 @@ def retinanet(
     topk_candidates: int = 1000,
 ) -> RetinaNet:
     """RetinaNet on the same backbone and anchors."""
-    body, anchors = _backbone(backbone, returned_layers, extra_blocks)
-    return RetinaNet(
-        body,
-        num_classes,
-        min_size=tile,
-        max_size=tile,
-        anchor_generator=anchors,
-        score_thresh=score_threshold,
-        nms_thresh=nms_threshold,
-        detections_per_img=detections_per_img,
-        topk_candidates=topk_candidates,
-    )
+    return _built(
+        RetinaNet, backbone, num_classes, tile, returned_layers, extra_blocks,
+        score_thresh=score_threshold, nms_thresh=nms_threshold,
+        detections_per_img=detections_per_img, topk_candidates=topk_candidates,
+    )  # fmt: skip
