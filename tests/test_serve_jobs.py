@@ -48,9 +48,13 @@ def wait(client: TestClient, job: str, until=("done", "failed", "cancelled")) ->
 
 
 def test_a_job_runs_the_slide_pipeline_and_serves_its_files(
-    dask, served, tumour_slides, tmp_path: Path
+    dask, served, tmp_path: Path
 ) -> None:
-    slides = tumour_slides[2][0].parent
+    from napari_mitosis.samples.synthetic import write_synthetic_slide
+
+    slides = tmp_path / "slides"  # at the detector's 0.25 µm/px; the classifier reads 1
+    slides.mkdir()
+    write_synthetic_slide(slides / "slide2.tif", 1024, 1536, mpp=0.25, seed=2)
     client, runner = make_app(dask, served, slides, tmp_path / "results")
     answer = client.post("/v1/jobs", json={"slide": "slide2.tif", "steps": ["tumour", "mitoses"]})
     assert answer.status_code == 202, answer.text

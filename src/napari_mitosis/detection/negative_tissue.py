@@ -39,9 +39,11 @@ class NegativeRegion:
     region: Region | None = None
 
     @classmethod
-    def parse(cls, text: str) -> NegativeRegion:
+    def parse(cls, text: str | Path) -> NegativeRegion:
         """``SLIDE`` or ``SLIDE@y0,x0,y1,x1`` (level-0 pixels, as ``--region`` takes)."""
-        path, _, rectangle = str(text).rpartition("@") if "@" in str(text) else (text, "", "")
+        text = str(text)
+        whole = Path(text).is_file()  # a file whose name holds "@" is a whole slide
+        path, _, rectangle = (text, "", "") if whole or "@" not in text else text.rpartition("@")
         region = None
         if rectangle:
             try:

@@ -200,7 +200,9 @@ def _import_published(
     registry: ModelRegistry,
     overwrite: bool,
 ) -> RegistryEntry:
-    from napari_mitosis.models.known import converted, download, known
+    import tempfile
+
+    from napari_mitosis.models.known import download, known, published_network
     from napari_mitosis.models.registry import file_sha256
 
     model = known(as_published or str(source))
@@ -211,8 +213,9 @@ def _import_published(
         origin = str(raw.resolve())
     else:
         raw, origin = download(model, registry.root / ".downloads"), model.url
-    path, folder = converted(raw, model)
-    try:
+    network = published_network(raw, model)
+    with tempfile.TemporaryDirectory(prefix="napari-mitosis-import-") as folder:
+        path = save_checkpoint(Path(folder) / f"{model.name}.safetensors", network, model.card)
         return registry.add(
             [path],
             path.parent,
@@ -226,5 +229,3 @@ def _import_published(
             overwrite=overwrite,
             extra={"publisher_file": raw.name, "publisher_sha256": file_sha256(raw)},
         )
-    finally:
-        folder.cleanup()

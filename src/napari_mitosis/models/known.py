@@ -11,11 +11,11 @@ as one of our checkpoints with the publisher's card.
 
 from __future__ import annotations
 
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from napari_mitosis.models.card import ModelCard  # torch-free: the CLI lists these names
 
@@ -108,11 +108,11 @@ def download(model: Published, folder: Path) -> Path:
     return target
 
 
-def convert(path: str | Path, model: Published, out: Path) -> Path:
-    """The publisher's checkpoint as one of ours: its tensors (no code runs) into the
-    card's architecture, every weight filled, saved with the publisher's card."""
+def published_network(path: str | Path, model: Published) -> Any:
+    """The publisher's checkpoint in the card's architecture: its tensors (no code runs),
+    every weight of the architecture filled (unused extras of the file are ignored, as its
+    publisher loads it with ``strict=False``)."""
     from napari_mitosis.models.card import build_model
-    from napari_mitosis.models.checkpoint import save_checkpoint
     from napari_mitosis.models.inert_pickle import checkpoint_state_dict
 
     state = checkpoint_state_dict(path, prefix=model.prefix)
@@ -123,10 +123,4 @@ def convert(path: str | Path, model: Published, out: Path) -> Path:
             f"{path}: not a {model.name} checkpoint: {len(missing)} of its "
             f"{len(network.state_dict())} weights are missing (e.g. {missing[0]})"
         )
-    return save_checkpoint(out, network, model.card, overwrite=True)
-
-
-def converted(path: str | Path, model: Published) -> tuple[Path, tempfile.TemporaryDirectory]:
-    """`convert` into a temporary folder (the caller registers the file, then cleans up)."""
-    folder = tempfile.TemporaryDirectory(prefix="napari-mitosis-import-")
-    return convert(path, model, Path(folder.name) / f"{model.name}.safetensors"), folder
+    return network
