@@ -47,9 +47,7 @@ def wait(client: TestClient, job: str, until=("done", "failed", "cancelled")) ->
     pytest.fail(f"job {job} did not finish: {status}")
 
 
-def test_a_job_runs_the_slide_pipeline_and_serves_its_files(
-    dask, served, tmp_path: Path
-) -> None:
+def test_a_job_runs_the_slide_pipeline_and_serves_its_files(dask, served, tmp_path: Path) -> None:
     from napari_mitosis.samples.synthetic import write_synthetic_slide
 
     slides = tmp_path / "slides"  # at the detector's 0.25 µm/px; the classifier reads 1
