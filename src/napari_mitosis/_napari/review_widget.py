@@ -98,7 +98,8 @@ class ReviewWidget(Container):
                 self.reviewer,
                 self.keys,
                 self.key_help,
-                *self.buttons.values(),
+                # One compact row: previous, next, the four decisions, undo.
+                Container(widgets=list(self.buttons.values()), layout="horizontal", labels=False),
                 self.add_mode,
                 self.show,
                 self.progress,
@@ -203,6 +204,7 @@ class ReviewWidget(Container):
         self.review = review_from_layer(layer, self.reviewer.value)
         self.layer = layer
         self.source.value = candidate_source(layer, image)
+        self.source.visible = bool(self.source.value)  # no empty row without a model
         self._bind(layer)
         self._colour_all()
         if image is not None:
