@@ -217,6 +217,18 @@ def tiny_classifier(
     return save_checkpoint(path, build_model(card), card)
 
 
+def crop_classifier(path: Path, *, classes=("normal", "atypical"), threshold=0.5) -> Path:
+    """An untrained small CNN as an atypical classifier: 0.25 µm/px, the central 32 px of
+    its crops resized to its 24 px input (so the reading and resizing rules both matter)."""
+    from napari_mitosis.models.card import ModelCard, build_model
+    from napari_mitosis.models.checkpoint import save_checkpoint
+
+    card = ModelCard("small_cnn", {"outputs": 1, "width": 4}, task="classification",
+                     input_size=24, mpp=0.25, classes=tuple(classes), threshold=threshold,
+                     centre_crop=32)  # fmt: skip
+    return save_checkpoint(path, build_model(card), card)
+
+
 def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untyped-def]
     """How many of the docs' code blocks ran, and why the others did not."""
     from docs_examples import TALLY

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import crop_classifier
 from napari_mitosis.classification.run import classify_slide
 from napari_mitosis.cohort.config import RUN_CONFIG, read_run_config, settings_from_checkpoints
 from napari_mitosis.cohort.runner import (
@@ -135,11 +136,21 @@ def test_cli_run_on_a_scheduler_exit_code_and_a_changed_config_is_refused(
     # An existing cluster, reached by its scheduler's address as a remote one would be.
     from distributed import LocalCluster
 
+    atypical = crop_classifier(tmp_path / "atypical.safetensors", threshold=0.5)
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
-        address = ["--scheduler", cluster.scheduler_address]
+        address = ["--scheduler", cluster.scheduler_address, "--subtype", str(atypical)]
         assert main(["run", *slides, *common, "--detect-tile", "256", *address]) == 1
     assert "broken.svs" in capsys.readouterr().err
     assert (out / cohort_slides[0].stem / "slide.json").exists()
+    # Each candidate was subtyped; the summary counts the classifier's atypical calls.
+    stem = cohort_slides[0].stem
+    row = read_summary(out / "summary.csv")[0]
+    p = [float(b["p_atypical"]) for b in read_summary(out / stem / f"{stem}.mitoses.csv")]
+    assert len(p) == int(row["mitosis_count"]) > 0
+    assert int(row["atypical_count"]) == sum(v >= 0.5 for v in p)
+    assert float(row["atypical_fraction"]) == pytest.approx(sum(v >= 0.5 for v in p) / len(p))
+    per_mm2 = float(row["mitoses_per_mm2"]) * int(row["atypical_count"]) / len(p)
+    assert float(row["atypical_per_mm2"]) == pytest.approx(per_mm2)
     # Another tile size would mix results in one table: refused, nothing redone.
     assert main(["run", *slides, *common, "--detect-tile", "512"]) == 2
     assert "detect_tile" in capsys.readouterr().err

@@ -85,7 +85,7 @@ def docs_workspace(
     """One folder with every input the docs name; each page runs in a copy of it."""
     from PIL import Image
 
-    from conftest import bright_squares
+    from conftest import bright_squares, crop_classifier
     from napari_mitosis import Annotation, write_geojson
     from test_published_models import wsinfer_folder
 
@@ -98,6 +98,7 @@ def docs_workspace(
     for name in ("mitosis.safetensors", "detector.safetensors"):
         shutil.copy(trained_detector[0], root / name)
     shutil.copy(trained_unet[0], root / "unet.safetensors")
+    crop_classifier(root / "atypical.safetensors")  # atypical vs normal, 0.25 µm/px crops
     wsinfer_folder(root / "breast-tumor-resnet34.tcga-brca", ("notumor", "tumor"))
     # class folders: 16 px images, a bright square (tumour) or none (normal)
     images, labels = bright_squares(40)

@@ -20,7 +20,8 @@ ALLOWED = {
     "engine": {"io", "models", "engine"},
     "samples": {"io", "samples"},
     "segmentation": {"io", "models", "engine", "segmentation"},
-    "detection": {"io", "models", "engine", "segmentation", "detection"},
+    # detection scores its candidates with crop classifiers (`detection.candidates`)
+    "detection": {"io", "models", "engine", "segmentation", "classification", "detection"},
     "classification": {"io", "models", "engine", "classification"},
     "cohort": {"io", "models", "engine", "segmentation", "detection", "classification", "cohort"},
 }

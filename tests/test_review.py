@@ -360,3 +360,69 @@ def test_the_review_starts_when_candidates_are_chosen_and_keys_work_at_once(
     assert widget.layer is second and widget.current() == 0
     widget.candidates.value = first  # back: the decision made is still there
     assert widget.review.decisions.tolist() == ["", "accepted"]
+
+
+def test_the_gallery_shows_each_candidate_and_a_click_and_keys_decide(
+    make_napari_viewer, qtbot
+) -> None:
+    """Thumbnails in review order, framed by decision; a click jumps, keys act in the
+    gallery as on the canvas; sorting by p_atypical; only thumbnails in view are read."""
+    from qtpy.QtCore import Qt
+
+    from napari_mitosis._napari.review_widget import ReviewWidget
+
+    viewer = make_napari_viewer(show=True)
+    image = np.zeros((600, 600, 3), np.uint8)
+    centres = np.array([[100.0, 100.0], [300.0, 450.0], [500.0, 200.0]])
+    for k, (y, x) in enumerate(centres.astype(int)):  # each candidate a colour of its own
+        image[y - 20 : y + 20, x - 20 : x + 20, k] = 255
+    viewer.add_image(image, rgb=True, metadata={"mpp": (0.5, 0.5)})
+    viewer.add_points(centres, features={"score": [0.9, 0.5, 0.7], "p_atypical": [0.1, 0.8, 0.3]})
+    widget = ReviewWidget(viewer)
+    gallery = widget.gallery
+    assert gallery.count() == 3 and not widget.settings.visible  # the long form folded away
+    order = [gallery.item(r).data(Qt.ItemDataRole.UserRole) for r in range(3)]
+    assert order == [0, 2, 1]  # by score
+    assert gallery.item(2).text() == "0.50 · a 0.80"
+    # Each thumbnail is its own candidate's crop (48 px = 24 µm at 0.5 µm/px).
+    for index, k in enumerate((0, 1, 2)):
+        thumb = gallery.pixels[index]
+        assert thumb.shape == (48, 48, 3) and thumb[24, 24, k] == 255
+    assert gallery.currentItem().data(Qt.ItemDataRole.UserRole) == 0  # the current one
+    # A click jumps to that candidate; keys pressed in the gallery decide on it.
+    rect = gallery.visualItemRect(gallery.item(2))
+    qtbot.mouseClick(gallery.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert widget.current() == 1
+    qtbot.keyClick(gallery, Qt.Key.Key_T)
+    assert widget.review.decisions.tolist() == ["", "atypical", ""]
+    assert widget.layer.features["review"].tolist() == ["", "atypical", ""]
+    assert gallery.currentItem().data(Qt.ItemDataRole.UserRole) == 1  # stays on the last one
+    qtbot.keyClick(gallery, Qt.Key.Key_Backspace)
+    assert widget.review.decisions.tolist() == ["", "", ""]
+    # Sorting by p_atypical: the likeliest atypical first, the gallery follows.
+    widget.order.value = "p_atypical"
+    assert [gallery.item(r).data(Qt.ItemDataRole.UserRole) for r in range(3)] == [1, 2, 0]
+    widget.more.value = True
+    assert widget.settings.visible
+
+
+def test_the_gallery_reads_only_what_is_in_view(qtbot) -> None:
+    """5,000 candidates: opening the gallery reads a few dozen thumbnails, never a level."""
+    from napari_mitosis._napari.review_gallery import READ_AHEAD, CandidateGallery
+
+    reads: list[tuple] = []
+
+    class Level:
+        shape, ndim, dtype = (100_000, 100_000, 3), 3, np.uint8
+
+        def __getitem__(self, key):  # type: ignore[no-untyped-def]
+            reads.append(key)
+            return np.zeros((key[0].stop - key[0].start, key[1].stop - key[1].start, 3), np.uint8)
+
+    rng = np.random.default_rng(0)
+    review = Review(rng.uniform(0, 100_000, (5000, 2)), rng.uniform(0, 1, 5000))
+    gallery = CandidateGallery(lambda i: None, lambda k: False)
+    gallery.resize(400, 300)
+    gallery.show_review(review, review.order("score"), Level(), (0.25, 0.25))
+    assert gallery.count() == 5000 and 0 < len(reads) <= READ_AHEAD
+    assert all(k[0].stop - k[0].start <= 96 for k in reads)

@@ -20,7 +20,7 @@ from PIL import Image
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
-from conftest import tiny_classifier
+from conftest import crop_classifier, tiny_classifier
 from napari_mitosis.serve.app import create_app, load_served
 
 
@@ -37,6 +37,7 @@ def checkpoints(tmp_path_factory: pytest.TempPathFactory, trained_detector) -> d
         "idc": tiny_classifier(folder / "idc.safetensors", threshold=0.4),
         "three": tiny_classifier(folder / "three.safetensors", classes=("a", "b", "c")),
         "detector": trained_detector[0],
+        "atypical": crop_classifier(folder / "atypical.safetensors"),
     }
 
 
@@ -68,7 +69,7 @@ def test_classify_gives_every_class_probability_for_each_image(client, checkpoin
     assert only["label"] == "abc"[int(np.argmax(only["probabilities"]))]
 
 
-def test_detect_health_models_page_and_schema(client, field_pairs) -> None:
+def test_detect_health_models_page_and_schema(client, checkpoints, field_pairs) -> None:
     field = field_pairs[0][0]
     response = client.post(
         "/v1/detect", files={"image": ("hpf.png", png(field), "image/png")}, data={"mpp": "0.25"}
@@ -77,8 +78,31 @@ def test_detect_health_models_page_and_schema(client, field_pairs) -> None:
     body = response.json()
     assert body["count"] == len(body["boxes_px"]) == len(body["scores"])
     assert np.allclose(np.asarray(body["boxes_um"]), np.asarray(body["boxes_px"]) * 0.25, atol=1e-2)
+    # Each candidate's crop through a served classifier, as `subtype` scores it.
+    subtyped = client.post(
+        "/v1/detect",
+        files={"image": ("hpf.png", png(field), "image/png")},
+        data={"mpp": "0.25", "subtype": "atypical", "verify": "atypical"},
+    ).json()
+    assert subtyped["count"] == body["count"] > 0
+    from napari_mitosis.classification.predictor import ClassifierPredictor
+    from napari_mitosis.detection.candidates import score_candidates
+    from napari_mitosis.models.checkpoint import load_checkpoint
+
+    predictor = ClassifierPredictor(*load_checkpoint(checkpoints["atypical"]), "cpu")
+    boxes = np.asarray(subtyped["boxes_px"])
+    centres = np.stack([(boxes[:, 1] + boxes[:, 3]) / 2, (boxes[:, 0] + boxes[:, 2]) / 2], 1)
+    expected = score_candidates(field, centres, predictor, mpp=0.25)
+    assert subtyped["p_atypical"] == pytest.approx(expected.tolist(), abs=1e-3)
+    assert subtyped["p_mitosis"] == subtyped["p_atypical"]
+    assert subtyped["classifiers"]["p_atypical"] == {"model": "atypical", "threshold": 0.5}
     health = client.get("/v1/health").json()
-    assert health["status"] == "ok" and set(health["models"]) == {"idc", "three", "detector"}
+    assert health["status"] == "ok" and set(health["models"]) == {
+        "idc",
+        "three",
+        "detector",
+        "atypical",
+    }
     assert client.get("/v1/models").json()["idc"]["classes"] == ["benign", "idc"]
     assert 'id="classify"' in client.get("/").text
     paths = client.get("/openapi.json").json()["paths"]

@@ -47,6 +47,7 @@ def review_from_layer(layer: Any, reviewer: str) -> Review:
         column("review_time", ""),
         column("added", False).astype(bool),
         reviewer=reviewer,
+        p_atypical=features["p_atypical"].to_numpy(float) if "p_atypical" in features else None,
     )
     for name, values in (
         ("review", review.decisions),

@@ -29,7 +29,7 @@ from napari_mitosis._napari.viewer_parts import (
     camera,
     candidate_source,
     canvas_width_px,
-    rectangle,
+    hotspot_layer,
 )
 from napari_mitosis.detection.grading import DEFAULT_FIELD_DIAMETER_MM, HotspotFinder, grade
 from napari_mitosis.detection.review import COLOURS, DECISIONS, ORDERS, Review
@@ -87,29 +87,46 @@ class ReviewWidget(Container):
         self.save_button = PushButton(text="Save GeoJSON")
         self.report_path = FileEdit(label="report", mode="w", filter="*.html")
         self.report_button = PushButton(text="Write report")
-        super().__init__(
+        self.more = CheckBox(label="settings", value=False)
+        # The long form, folded away: what is set once per review.
+        self.settings = Container(
             widgets=[
-                self.image,
-                self.candidates,
-                self.source,
-                self.order,
                 self.field_um,
                 self.diameter,
                 self.reviewer,
                 self.keys,
                 self.key_help,
+                self.save_path,
+                self.report_path,
+            ],
+            visible=False,
+        )
+        super().__init__(
+            widgets=[
+                self.image,
+                self.candidates,
+                self.source,
+                Container(widgets=[self.order, self.show], layout="horizontal"),
                 # One compact row: previous, next, the four decisions, undo.
                 Container(widgets=list(self.buttons.values()), layout="horizontal", labels=False),
-                self.add_mode,
-                self.show,
                 self.progress,
                 self.counts,
-                self.save_path,
-                self.save_button,
-                self.report_path,
-                self.report_button,
+                self.add_mode,
+                Container(
+                    widgets=[self.save_button, self.report_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.more,
+                self.settings,
             ]
         )
+        from napari_mitosis._napari.review_gallery import CandidateGallery
+
+        self.gallery = CandidateGallery(self._go_to, self._gallery_key)
+        self.native.layout().addWidget(self.gallery)
+        self.more.changed.connect(lambda value: setattr(self.settings, "visible", bool(value)))
+        self.order.changed.connect(lambda *_: self._apply_filter())
         self.review: Review | None = None
         self.layer: Any = None
         self.tissue: Any = None
@@ -178,6 +195,17 @@ class ReviewWidget(Container):
         for action, key in keys.items():
             layer.bind_key(key, lambda _layer, a=action: self.act(a), overwrite=True)
             self._bound.append(key)
+
+    def _gallery_key(self, name: str) -> bool:
+        """A key pressed in the gallery: the review's action, if it is one of its keys."""
+        try:
+            actions = {k.lower(): a for a, k in self.key_map().items()}
+        except ValueError:
+            return False
+        action = actions.get(name.lower())
+        if action is not None:
+            self.act(action)
+        return action is not None
 
     # --- starting ---------------------------------------------------------------------
     def _restart(self) -> None:
@@ -280,9 +308,12 @@ class ReviewWidget(Container):
         units_per_um = 1.0 if self._mpp() else 1.0 / 0.25  # pixel units: 0.25 µm/px assumed
         view.zoom = width_px / (self.field_um.value * units_per_um)
         layer.selected_data = {index}
+        p = self.review.p_atypical[index]
         self.progress.value = (
             f"{self.review.progress()} · candidate {self.position + 1} of {len(self.sequence)}"
+            + ("" if np.isnan(p) else f" · p_atypical {p:.2f}")
         )
+        self.gallery.set_current(index)
 
     # --- the layer follows the state --------------------------------------------------
     def _write_row(self, index: int) -> None:
@@ -292,6 +323,7 @@ class ReviewWidget(Container):
         features.loc[index, "review_time"] = self.review.times[index]
         features.loc[index, "added"] = bool(self.review.added[index])
         self._colour(index)
+        self.gallery.refresh(index)
 
     def _colour_property(self) -> str:
         return "edge_color" if hasattr(self.layer, "shape_type") else "border_color"
@@ -334,6 +366,10 @@ class ReviewWidget(Container):
             setattr(self.layer, name, colours)
         self.sequence = self.review.order(self.order.value)
         self.sequence = self.sequence[shown[self.sequence]]
+        image = self.image.value
+        if image is not None:  # the gallery follows the order and the filter
+            level0 = image.data[0] if image.multiscale else image.data
+            self.gallery.show_review(self.review, self.sequence, level0, self._mpp())
 
     def _update_counts(self) -> None:
         counts = self.review.counts()
@@ -366,28 +402,11 @@ class ReviewWidget(Container):
             self._update_counts()
 
     def _draw_hotspot(self) -> None:
-        g = self.grading
-        if g.get("hotspot_centre_y") is None or self.image.value is None:
-            return
-        mpp = self._mpp()
-        half = (g["hotspot_side_um"] / mpp[0] / 2, g["hotspot_side_um"] / mpp[1] / 2)
-        box = rectangle((g["hotspot_centre_y"], g["hotspot_centre_x"]), half)
-        image = self.image.value
-        if self.hotspot_layer is None or self.hotspot_layer not in self.viewer.layers:
-            self.hotspot_layer = self.viewer.add_shapes(
-                [box],
-                shape_type="rectangle",
-                name=f"{image.name} hotspot (10 HPF)",
-                edge_color="#2060ff",
-                face_color="transparent",
-                edge_width=max(half) / 40,
-                scale=image.scale[-2:],
-                translate=image.translate[-2:],
-                units=image.units,
+        if self.image.value is not None:
+            self.hotspot_layer = hotspot_layer(
+                self.viewer, self.hotspot_layer, self.image.value, self.grading, self._mpp()
             )
             self.viewer.layers.selection.active = self.layer
-        elif not np.allclose(np.asarray(self.hotspot_layer.data[0]), box):
-            self.hotspot_layer.data = [box]  # only when the hotspot moved
 
     # --- added figures ----------------------------------------------------------------
     def _toggle_add_mode(self) -> None:

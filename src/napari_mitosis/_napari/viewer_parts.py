@@ -68,3 +68,28 @@ def candidate_source(layer: Any, image: Any) -> str:
     line = f"candidates from {model.get('name', 'a model')}; trained on: {notes or 'not recorded'}"
     warning = synthetic_warning(notes, image)
     return f"{line}\n⚠ {warning}" if warning else line
+
+
+def hotspot_layer(viewer: Any, layer: Any, image: Any, grading: dict, mpp: Any) -> Any:
+    """The 10-HPF hotspot of ``grading`` as a blue square in its own shapes layer on
+    ``image``: ``layer`` moved (only when it moved) or, when gone, a new one."""
+    if grading.get("hotspot_centre_y") is None or mpp is None:
+        return layer
+    side = grading["hotspot_side_um"]
+    half = (side / mpp[0] / 2, side / mpp[1] / 2)
+    box = rectangle((grading["hotspot_centre_y"], grading["hotspot_centre_x"]), half)
+    if layer is None or layer not in viewer.layers:
+        return viewer.add_shapes(
+            [box],
+            shape_type="rectangle",
+            name=f"{image.name} hotspot (10 HPF)",
+            edge_color="#2060ff",
+            face_color="transparent",
+            edge_width=max(half) / 40,
+            scale=image.scale[-2:],
+            translate=image.translate[-2:],
+            units=image.units,
+        )
+    if not np.allclose(np.asarray(layer.data[0]), box):
+        layer.data = [box]
+    return layer

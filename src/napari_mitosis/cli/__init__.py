@@ -25,6 +25,7 @@ from napari_mitosis.cli import (
     segmentation,
     serve,
     slides,
+    subtype,
 )
 from napari_mitosis.cli.options import HelpFormatter, read_recipe
 from napari_mitosis.io.errors import OutputExistsError, SlideError
@@ -35,6 +36,7 @@ GROUPS = (
     demo,
     segmentation,
     detection,
+    subtype,
     review,
     classification,
     classify,

@@ -18,7 +18,13 @@ def _run(args: argparse.Namespace) -> int:
         "detect_tile": args.detect_tile,
         "heatmap_format": args.heatmap_format,
         "device": args.device,
+        "drop_unverified": args.drop_unverified or None,
     }
+    for key in ("subtype", "verify"):  # crop classifiers: files or registered names
+        if getattr(args, key) is not None:
+            from napari_mitosis.models.registry import resolve_model
+
+            options[key] = str(Path(resolve_model(getattr(args, key))).resolve())
     configs = [m for m in args.models if m.suffix.lower() in (".yaml", ".yml", ".toml")]
     if configs and len(args.models) > 1:
         raise ValueError("give either one run config or model checkpoints, not both")
@@ -67,6 +73,18 @@ def register(command: CommandAdder) -> None:
         "--detect-in", choices=("tumour", "tissue"), help="where mitoses are looked for"
     )
     rn.add_argument("--detect-tile", type=int, help="detector tile px (default: its crop)")
+    rn.add_argument(
+        "--subtype",
+        type=Path,
+        help="a crop classifier for each candidate (atypical vs normal): adds p_atypical and "
+        "the summary's atypical_count, atypical_per_mm2 and atypical_fraction",
+    )
+    rn.add_argument("--verify", type=Path, help="a second-stage crop classifier (p_mitosis)")
+    rn.add_argument(
+        "--drop-unverified",
+        action="store_true",
+        help="with --verify: keep only candidates at or above the verifier's threshold",
+    )
     rn.add_argument(
         "--heatmap-format",
         choices=("ome-zarr", "tiff"),

@@ -21,11 +21,11 @@ from napari_mitosis.cli.options import (
     add_steps,
     add_tiling,
     add_training,
-    parse_region,
     slide_provenance,
     slide_split_options,
     stain_options,
 )
+from napari_mitosis.cli.subtype import add_candidate_classifiers
 from napari_mitosis.io.output_file import refuse_existing
 
 
@@ -214,37 +214,9 @@ def _print_step(step: int, steps: int, record: dict[str, float]) -> None:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from napari_mitosis.detection.run import detect_slide
+    from napari_mitosis.cli.subtype import detect_and_classify
 
-    outputs = [args.out / f"{args.image.stem}.mitoses{x}" for x in (".geojson", ".csv")]
-    refuse_existing(outputs, overwrite=args.overwrite)
-    result = detect_slide(
-        args.image,
-        args.model,
-        region=parse_region(args.region),
-        device=args.device,
-        tissue_only=args.tissue_only,
-        min_tissue=args.min_tissue,
-        score_threshold=args.threshold,
-        overlap=args.overlap,
-        batch_size=args.batch_size,
-        mpp=args.mpp,
-        device_tiles=args.device_tiles,
-    )
-    _write_boxes(result.detections, outputs, args.overwrite)
-    print(f"{args.image}: {result.summary()}")
-    for path in outputs:
-        print(f"  {path}")
-    return 0
-
-
-def _write_boxes(detections: Any, outputs: list[Path], overwrite: bool) -> None:
-    from napari_mitosis.io.detections import write_detections_csv
-    from napari_mitosis.io.geojson import write_geojson
-
-    outputs[0].parent.mkdir(parents=True, exist_ok=True)
-    write_geojson(outputs[0], detections.to_annotations(), overwrite=overwrite)
-    write_detections_csv(outputs[1], detections, overwrite=overwrite)
+    return detect_and_classify(args)
 
 
 def _evaluate_detector(args: argparse.Namespace) -> int:
@@ -429,6 +401,7 @@ def register(command: CommandAdder) -> None:
     add_mpp(dt)
     add_tiling(dt, batch=4)
     add_device_tiles(dt)
+    add_candidate_classifiers(dt, subtype_flag="--subtype")
     add_device(dt)
     add_overwrite(dt)
     dt.set_defaults(run=_detect)

@@ -51,6 +51,14 @@ def _report(args: argparse.Namespace) -> int:
             f"the model's own count is {'—' if spot is None else f'{spot:.1f}'} per 10 HPF "
             f"→ score {machine['mitotic_score']}, a machine count, not a pathologist's"
         )
+    machine = numbers["machine"]
+    if machine["subtyped"]:
+        share = machine["atypical_fraction"]
+        print(
+            f"  the classifier calls {machine['atypical']} of {machine['candidates']} "
+            f"candidates atypical ({'—' if share is None else f'{share:.0%}'}); the reviewer "
+            f"confirmed {numbers['atypical']}"
+        )
     if args.json:
         print(json.dumps(numbers))
     return 0

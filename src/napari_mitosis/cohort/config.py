@@ -15,6 +15,8 @@ from napari_mitosis.io.output_file import atomic_output
 RUN_CONFIG = "run-config.yaml"
 #: Settings that do not change results; a resumed run may differ in them.
 RUN_ONLY = ("device", "device_tiles", "classify_batch_size", "detect_batch_size")
+#: The settings that name a model (checksummed, resolved relative to a run config).
+ROLES = ("classifier", "detector", "subtype", "verify")
 
 
 def sha256_of(path: str | Path) -> str:
@@ -75,7 +77,7 @@ def read_run_config(path: str | Path, **overrides: Any) -> PipelineSettings:
     if not isinstance(record, dict) or not isinstance(record.get("settings"), dict):
         raise ValueError(f"{path}: a run config needs a 'settings' table")
     settings = dict(record["settings"])
-    for role in ("classifier", "detector"):
+    for role in ROLES:
         if settings.get(role):
             model = Path(settings[role]).expanduser()
             model = model if model.is_absolute() else (path.parent / model).resolve()
@@ -109,7 +111,7 @@ def describe_run(settings: PipelineSettings) -> dict[str, Any]:
     from napari_mitosis.models.registry import ModelRegistry
 
     models = {}
-    for role in ("classifier", "detector"):
+    for role in ROLES:
         path = getattr(settings, role)
         if path:
             card = read_card(path)
@@ -142,7 +144,7 @@ def _comparable(description: dict[str, Any]) -> dict[str, Any]:
     settings = {
         k: v
         for k, v in description.get("settings", {}).items()
-        if k not in RUN_ONLY and k not in ("classifier", "detector")
+        if k not in RUN_ONLY and k not in ROLES
     }
     models = {k: v.get("sha256") for k, v in (description.get("models") or {}).items()}
     return {"settings": settings, "models": models}

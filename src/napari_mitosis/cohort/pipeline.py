@@ -30,6 +30,9 @@ class PipelineSettings:
 
     classifier: str | None = None  # checkpoint path; None skips the tumour heatmap
     detector: str | None = None  # checkpoint path; None skips mitosis detection
+    subtype: str | None = None  # crop classifier on each candidate (p_atypical)
+    verify: str | None = None  # second-stage crop classifier (p_mitosis)
+    drop_unverified: bool = False  # keep only candidates the verifier passes
     detect_in: Literal["tumour", "tissue"] = "tumour"  # "tumour" needs a classifier
     device: str = "auto"
     #: decode JPEG tiles and cut patches on the model's device (`engine.device_tiles`);
@@ -54,6 +57,8 @@ class PipelineSettings:
             raise ValueError(f"detect_in must be 'tumour' or 'tissue', not {self.detect_in!r}")
         if self.detect_in == "tumour" and self.detector and not self.classifier:
             raise ValueError("detecting inside tumour needs a classifier; use detect_in='tissue'")
+        if (self.subtype or self.verify) and not self.detector:
+            raise ValueError("classifying candidates (subtype, verify) needs a detector")
 
     def on_device_tiles(self, device: Any) -> bool:
         """Whether a model on ``device`` reads device tiles (``device_tiles``)."""
@@ -79,6 +84,8 @@ class PipelineModels:
 
     classifier: ClassifierPredictor | None = None
     detector: DetectionPredictor | None = None
+    subtype: ClassifierPredictor | None = None
+    verify: ClassifierPredictor | None = None
 
     @classmethod
     def load(cls, settings: PipelineSettings) -> PipelineModels:
@@ -91,7 +98,13 @@ class PipelineModels:
         if settings.detector:
             model, card = load_checkpoint(settings.detector, task="detection")
             detector = DetectionPredictor(model, card, settings.device, tile=settings.detect_tile)
-        return cls(classifier, detector)
+        crops = [
+            None if path is None else ClassifierPredictor(
+                *load_checkpoint(path, task="classification"), settings.device
+            )
+            for path in (settings.subtype, settings.verify)
+        ]  # fmt: skip
+        return cls(classifier, detector, *crops)
 
 
 @dataclass
@@ -106,6 +119,8 @@ class SlideAnalysis:
     detect_in: str
     seconds: float = 0.0
     numbers: dict[str, Any] = field(default_factory=dict)
+    #: The candidate classifiers' model and threshold per column (`CandidateScores.models`).
+    candidate_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summarise(self) -> dict[str, Any]:
         """tissue/tumour area (mm²), mitosis count, mitoses per mm² of the analysed area,
@@ -119,6 +134,9 @@ class SlideAnalysis:
             "hotspot_mitoses": None,
             "hotspot_per_mm2": None,
             "hotspot_per_10_hpf": None,
+            "atypical_count": None,
+            "atypical_per_mm2": None,
+            "atypical_fraction": None,
         }
         if self.mpp is not None:
             ds = self.tissue.downsample
@@ -135,7 +153,20 @@ class SlideAnalysis:
                 row["hotspot_mitoses"] = int(self.detection.hotspot["count"])
                 row["hotspot_per_mm2"] = self.detection.hotspot["per_mm2"]
                 row["hotspot_per_10_hpf"] = self.detection.hotspot["per_10_hpf"]
+            self._atypical(row)
         return row
+
+    def _atypical(self, row: dict[str, Any]) -> None:
+        """The subtyping classifier's atypical calls, per mm² and as a share."""
+        found = self.detection.detections if self.detection else None
+        record = self.candidate_models.get("p_atypical")
+        if found is None or record is None or "p_atypical" not in found.measurements:
+            return
+        count = int((found.measurements["p_atypical"] >= record["threshold"]).sum())
+        row["atypical_count"] = count
+        row["atypical_fraction"] = count / len(found) if len(found) else None
+        if self.detection.area_mm2:
+            row["atypical_per_mm2"] = count / self.detection.area_mm2
 
 
 def analyse_slide(
@@ -190,13 +221,44 @@ def analyse_slide(
                 )
             else:
                 detection = _nothing_found(slide)
+        scored: dict[str, dict[str, Any]] = {}
+        if detection is not None and (models.subtype or models.verify):
+            scored = _classify_candidates(slide, detection, models, settings, progress, should_stop)
         mpp = slide.mpp
     analysis = SlideAnalysis(
         path, mpp, tissue, heatmap, detection, settings.detect_in if detection else ""
     )
+    analysis.candidate_models = scored
     analysis.seconds = time.perf_counter() - started
     analysis.numbers = analysis.summarise()
     return analysis
+
+
+def _classify_candidates(
+    slide: Any,
+    detection: DetectionResult,
+    models: PipelineModels,
+    settings: PipelineSettings,
+    progress: StageProgress | None,
+    should_stop: Callable[[], bool] | None,
+) -> dict[str, dict[str, Any]]:
+    """Each candidate's crop through the subtyping classifier and the verifier, in place."""
+    from napari_mitosis.detection.candidates import classify_candidates, with_scores
+
+    names = tuple(None if p is None else Path(p).stem for p in (settings.subtype, settings.verify))
+    scores = classify_candidates(
+        slide,
+        detection.detections.centres,
+        subtype=models.subtype,
+        verify=models.verify,
+        names=names,  # type: ignore[arg-type]
+        progress=progress,
+        should_stop=should_stop,
+    )
+    detection.detections = with_scores(
+        detection.detections, scores, drop_unverified=settings.drop_unverified
+    )
+    return scores.models
 
 
 def _stage(progress: StageProgress | None, stage: str) -> Callable[[int, int], None] | None:
@@ -239,7 +301,7 @@ def write_analysis(
     """Heatmap + mask (OME-Zarr or TIFF) + tumour GeoJSON, mitosis boxes as QuPath
     GeoJSON + CSV, all in level-0 pixels / µm; each written atomically."""
     from napari_mitosis.io.detections import write_detections_csv
-    from napari_mitosis.io.geojson import write_geojson
+    from napari_mitosis.io.geojson import CLASSIFIERS_KEY, write_geojson
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -252,6 +314,9 @@ def write_analysis(
     if analysis.detection is not None:
         geojson, table = planned["mitoses"]
         found = analysis.detection.detections
-        written.append(write_geojson(geojson, found.to_annotations(), overwrite=overwrite))
+        features = found.to_annotations()
+        for feature in features if analysis.candidate_models else ():
+            feature.properties[CLASSIFIERS_KEY] = analysis.candidate_models
+        written.append(write_geojson(geojson, features, overwrite=overwrite))
         written.append(write_detections_csv(table, found, overwrite=overwrite))
     return written

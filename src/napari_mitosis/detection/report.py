@@ -36,6 +36,10 @@ def summary(
     graded = grade(review.counted(), tissue, mpp0, **options)
     made = ~review.added  # the model's own candidates, whatever was decided on them
     machine = grade(review.centres[made], tissue, mpp0, **options)
+    atypical = review.decisions.astype(str) == "atypical"
+    reviewed_atypical = grade(review.centres[atypical], tissue, mpp0, **options)
+    called = review.called_atypical() & made
+    machine_atypical = grade(review.centres[called], tissue, mpp0, **options)
     return {
         "mitoses": counts["mitoses"],
         "accepted": counts["accepted"],
@@ -55,6 +59,10 @@ def summary(
         },
         "field_diameter_mm": graded["field_diameter_mm"],
         "mitotic_score": graded["mitotic_score"],
+        # Atypical figures among the counted ones; per 10 HPF in their own densest area.
+        "atypical_fraction": _share(counts["atypical"], counts["mitoses"]),
+        "atypical_per_mm2": reviewed_atypical["per_mm2"],
+        "atypical_hotspot_per_10_hpf": reviewed_atypical["hotspot_per_10_hpf"],
         "reviewers": sorted({str(r) for r in review.reviewers if r}),
         # What the model alone would give: its candidates all taken as mitoses. A machine
         # count, never a pathologist's; the numbers above count reviewed decisions only.
@@ -63,8 +71,27 @@ def summary(
             "per_mm2": machine["per_mm2"],
             "hotspot_per_10_hpf": machine["hotspot_per_10_hpf"],
             "mitotic_score": machine["mitotic_score"],
+            # The subtyping classifier's calls among them (p_atypical ≥ its threshold).
+            "subtyped": review.atypical_threshold is not None,
+            "atypical": int(called.sum()),
+            "atypical_fraction": _share(int(called.sum()), int(made.sum())),
+            "atypical_per_mm2": machine_atypical["per_mm2"],
+            "atypical_hotspot_per_10_hpf": machine_atypical["hotspot_per_10_hpf"],
         },
     }
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _atypical(numbers: dict[str, Any], count: int | None = None) -> str:
+    """ "N (F % of the mitoses), X per 10 HPF in their densest area"."""
+    count = numbers["atypical"] if count is None else count
+    fraction = numbers["atypical_fraction"]
+    text = str(count) + ("" if fraction is None else f" ({fraction:.0%})")
+    spot = numbers["atypical_hotspot_per_10_hpf"]
+    return text if not count or spot is None else f"{text}, {spot:.1f} per 10 HPF at their densest"
 
 
 def _per_10(value: float | None) -> str:
@@ -135,7 +162,7 @@ def write_report(
     numbers = summary(review, tissue, slide.mpp, diameter_mm=field_diameter_mm)
     rows = [
         ("Mitoses (accepted + atypical)", numbers["mitoses"]),
-        ("of which atypical", numbers["atypical"]),
+        ("of which atypical", _atypical(numbers)),
         ("Rejected (non-mitotic figures)", numbers["rejected"]),
         ("Unsure", numbers["unsure"]),
         ("Not reviewed", numbers["unreviewed"]),
@@ -159,6 +186,16 @@ def write_report(
             + _per_10(numbers["machine"]["hotspot_per_10_hpf"])
             + f" → score {numbers['machine']['mitotic_score']} (not a diagnosis)",
         ),
+        *(
+            [
+                (
+                    "Machine atypical calls (p_atypical ≥ the classifier's threshold)",
+                    _atypical(numbers["machine"], numbers["machine"]["atypical"]),
+                )
+            ]
+            if numbers["machine"]["subtyped"]
+            else []
+        ),
         ("Date", datetime.date.today().isoformat()),
     ]
     table = "\n".join(
@@ -178,6 +215,18 @@ def write_report(
             for i in chosen
         )
         gallery.append(f"<h2>{html.escape(QUPATH_CLASSES[decision])} ({len(chosen)})</h2>{images}")
+    called = np.flatnonzero(review.called_atypical() & (review.decisions.astype(str) != "atypical"))
+    if len(called):  # the classifier's atypical calls the reviewer has not confirmed
+        chosen = called[np.argsort(-review.p_atypical[called])][:GALLERY_MAX]
+        images = "".join(
+            f'<figure><img src="{_png(_crop(slide, review.centres[i]))}" alt="atypical call {i}">'
+            f"<figcaption>#{i} · p {review.p_atypical[i]:.2f}</figcaption></figure>"
+            for i in chosen
+        )
+        gallery.append(
+            f"<h2>Called atypical by the classifier, not confirmed by review ({len(chosen)})"
+            f"</h2>{images}"
+        )
     card = (
         "<pre>" + html.escape(json.dumps(asdict(model_card), indent=1, default=str)) + "</pre>"
         if model_card is not None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from napari_mitosis.io.geojson import REVIEW_CLASSES, REVIEW_KEY, Annotation
+from napari_mitosis.io.geojson import CLASSIFIERS_KEY, REVIEW_CLASSES, REVIEW_KEY, Annotation
 
 DECISIONS = ("accepted", "rejected", "atypical", "unsure")
 #: The decisions that count as mitoses (atypical figures are mitoses).
@@ -22,7 +22,7 @@ COUNTED = ("accepted", "atypical")
 #: decision → QuPath class; unreviewed candidates keep "Mitosis candidate".
 QUPATH_CLASSES = REVIEW_CLASSES
 DECISION_OF_CLASS = {v: k for k, v in QUPATH_CLASSES.items()}
-ORDERS = ("score", "position", "unreviewed")
+ORDERS = ("score", "position", "unreviewed", "p_atypical")
 #: decision → RGBA for drawing (unreviewed: yellow).
 COLOURS = {
     "": (1.0, 0.85, 0.0, 1.0),
@@ -60,11 +60,18 @@ class Review:
     added: np.ndarray = None  # type: ignore[assignment]
     reviewer: str = ""
     history: list[Step] = field(default_factory=list)
+    #: A subtyping classifier's probability that each candidate is atypical (NaN: not
+    #: scored) and the threshold at which it calls one (`detection.candidates`).
+    p_atypical: np.ndarray = None  # type: ignore[assignment]
+    atypical_threshold: float | None = None
+    atypical_model: dict = field(default_factory=dict)  # {"model": name} of that classifier
 
     def __post_init__(self) -> None:
         self.centres = np.asarray(self.centres, float).reshape(-1, 2)
         n = len(self.centres)
         self.scores = np.asarray(self.scores, float).reshape(n)
+        given = self.p_atypical
+        self.p_atypical = np.full(n, np.nan) if given is None else np.asarray(given, float)
         for name, fill in (("decisions", ""), ("reviewers", ""), ("times", "")):
             value = getattr(self, name)
             setattr(
@@ -80,10 +87,12 @@ class Review:
 
     def order(self, by: str = "score") -> np.ndarray:
         """Candidate indices in review order: ``score`` high → low, ``position`` (top to
-        bottom in 1 mm-ish bands of 2048 px, left to right), or ``unreviewed`` first (by
-        score)."""
+        bottom in 1 mm-ish bands of 2048 px, left to right), ``unreviewed`` first (by
+        score), or ``p_atypical`` high → low (the likeliest atypical figures first)."""
         if by not in ORDERS:
             raise ValueError(f"unknown order {by!r}; choose one of {ORDERS}")
+        if by == "p_atypical":
+            return np.argsort(-np.nan_to_num(self.p_atypical, nan=-1.0), kind="stable")
         if by == "position":
             band = np.floor(self.centres[:, 0] / 2048)
             return np.lexsort((self.centres[:, 1], band))
@@ -116,6 +125,7 @@ class Review:
         """A missed mitosis the reviewer adds; returns its index."""
         self.centres = np.vstack([self.centres, np.asarray(centre_yx, float).reshape(1, 2)])
         self.scores = np.append(self.scores, np.nan)
+        self.p_atypical = np.append(self.p_atypical, np.nan)
         self.decisions = np.append(self.decisions, np.array([decision], object))
         self.reviewers = np.append(self.reviewers, np.array([self.reviewer], object))
         self.times = np.append(self.times, np.array([now()], object))
@@ -132,6 +142,7 @@ class Review:
         if step.added:
             keep = slice(0, step.index)
             self.centres, self.scores = self.centres[keep], self.scores[keep]
+            self.p_atypical = self.p_atypical[keep]
             self.decisions, self.reviewers = self.decisions[keep], self.reviewers[keep]
             self.times, self.added = self.times[keep], self.added[keep]
         else:
@@ -153,6 +164,12 @@ class Review:
         """The centres that count as mitoses."""
         return self.centres[np.isin(self.decisions.astype(str), COUNTED)]
 
+    def called_atypical(self) -> np.ndarray:
+        """Which candidates the subtyping classifier calls atypical (none without one)."""
+        if self.atypical_threshold is None:
+            return np.zeros(len(self), bool)
+        return np.nan_to_num(self.p_atypical, nan=-1.0) >= self.atypical_threshold
+
     def progress(self) -> str:
         done = int((self.decisions != "").sum())
         return f"{done} of {len(self)} reviewed"
@@ -164,6 +181,8 @@ class Review:
         out = []
         for i, (y, x) in enumerate(self.centres):
             measurements = {} if np.isnan(self.scores[i]) else {"score": float(self.scores[i])}
+            if not np.isnan(self.p_atypical[i]):
+                measurements["p_atypical"] = float(self.p_atypical[i])
             review = {
                 "decision": str(self.decisions[i]),
                 "reviewer": str(self.reviewers[i]),
@@ -179,6 +198,9 @@ class Review:
             shape.measurements = measurements
             shape.object_type = "detection"
             shape.properties = {REVIEW_KEY: review}
+            if self.atypical_threshold is not None:
+                record = {"threshold": self.atypical_threshold, **self.atypical_model}
+                shape.properties[CLASSIFIERS_KEY] = {"p_atypical": record}
             out.append(shape)
         return out
 
@@ -190,6 +212,14 @@ class Review:
             -1, 2
         )
         scores = np.array([a.measurements.get("score", np.nan) for a in annotations], float)
+        p_atypical = np.array([a.measurements.get("p_atypical", np.nan) for a in annotations])
+        record: dict = {}
+        for a in annotations:  # the classifier's record, from the first candidate with one
+            record = ((getattr(a, "properties", None) or {}).get(CLASSIFIERS_KEY) or {}).get(
+                "p_atypical"
+            ) or {}
+            if record:
+                break
         decisions, reviewers, times, added = [], [], [], []
         for a in annotations:
             saved = (getattr(a, "properties", None) or {}).get(REVIEW_KEY) or {}
@@ -198,4 +228,9 @@ class Review:
             reviewers.append(saved.get("reviewer", ""))
             times.append(saved.get("time", ""))
             added.append(bool(saved.get("added", False)))
-        return cls(centres, scores, decisions, reviewers, times, np.array(added, bool), reviewer)
+        review = cls(centres, scores, decisions, reviewers, times, np.array(added, bool), reviewer)
+        review.p_atypical = p_atypical.reshape(len(review)).astype(float)
+        if "threshold" in record:
+            review.atypical_threshold = float(record["threshold"])
+            review.atypical_model = {k: v for k, v in record.items() if k != "threshold"}
+        return review

@@ -38,6 +38,9 @@ class Detections:
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
     classes: list[str] = field(default_factory=list)
     mpp: tuple[float, float] | None = None  # (y, x) µm per level-0 pixel
+    #: Further numbers per box (a candidate classifier's ``p_atypical``, ``p_mitosis``):
+    #: QuPath measurements in GeoJSON, extra columns in CSV.
+    measurements: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.boxes = np.asarray(self.boxes, float).reshape(-1, 4)
@@ -48,6 +51,10 @@ class Detections:
             raise ValueError(
                 f"{n} boxes but {len(self.scores)} scores and {len(self.classes)} classes"
             )
+        self.measurements = {k: np.asarray(v, float) for k, v in self.measurements.items()}
+        wrong = [k for k, v in self.measurements.items() if v.shape != (n,)]
+        if wrong:
+            raise ValueError(f"measurements {wrong} do not hold one number per box ({n})")
         if n and np.any(self.boxes[:, 2:] < self.boxes[:, :2]):
             raise ValueError("boxes must be (x0, y0, x1, y1) with x1 ≥ x0 and y1 ≥ y0")
 
@@ -58,7 +65,8 @@ class Detections:
         """The detections where ``keep`` (a boolean mask) is true."""
         keep = np.asarray(keep, bool)
         classes = [c for c, k in zip(self.classes, keep, strict=True) if k]
-        return Detections(self.boxes[keep], self.scores[keep], classes, self.mpp)
+        measured = {k: v[keep] for k, v in self.measurements.items()}
+        return Detections(self.boxes[keep], self.scores[keep], classes, self.mpp, measured)
 
     @property
     def centres(self) -> np.ndarray:
@@ -71,11 +79,13 @@ class Detections:
     def to_annotations(self) -> list[Annotation]:
         """Rectangles QuPath imports as detections with a ``score`` measurement."""
         out = []
-        for (x0, y0, x1, y1), score, name in zip(
-            self.boxes, self.scores, self.classes, strict=True
+        for i, ((x0, y0, x1, y1), score, name) in enumerate(
+            zip(self.boxes, self.scores, self.classes, strict=True)
         ):
             corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
-            out.append(Annotation(corners, "rectangle", name, {"score": float(score)}, "detection"))
+            measured = {"score": float(score)}
+            measured.update({k: float(v[i]) for k, v in self.measurements.items()})
+            out.append(Annotation(corners, "rectangle", name, measured, "detection"))
         return out
 
 
@@ -104,13 +114,15 @@ def mask_to_boxes(mask: np.ndarray, *, min_area: int = 0, connectivity: int = 2)
 def write_detections_csv(
     path: str | Path, detections: Detections, *, overwrite: bool = False
 ) -> Path:
-    """CSV of x, y, width, height (level-0 px, top-left corner), score, class, and the same in µm."""
+    """CSV of x, y, width, height (level-0 px, top-left corner), score, class, the same in
+    µm, then one column per measurement (``p_atypical`` …)."""
     my, mx = detections.mpp if detections.mpp else (float("nan"), float("nan"))
+    extra = list(detections.measurements)
     with atomic_output(path, overwrite=overwrite) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for (x0, y0, x1, y1), score, name in zip(
-            detections.boxes, detections.scores, detections.classes, strict=True
+        writer.writerow([*CSV_COLUMNS, *extra])
+        for i, ((x0, y0, x1, y1), score, name) in enumerate(
+            zip(detections.boxes, detections.scores, detections.classes, strict=True)
         ):
             w, h = x1 - x0, y1 - y0
             writer.writerow(
@@ -125,13 +137,15 @@ def write_detections_csv(
                     f"{y0 * my:.6g}",
                     f"{w * mx:.6g}",
                     f"{h * my:.6g}",
+                    *(f"{detections.measurements[k][i]:.6g}" for k in extra),
                 ]
             )
     return Path(path)
 
 
 def read_detections_csv(path: str | Path, *, mpp: tuple[float, float] | None = None) -> Detections:
-    """Read a CSV written by `write_detections_csv` (pixel columns are authoritative)."""
+    """Read a CSV written by `write_detections_csv` (pixel columns are authoritative);
+    further ``p_…`` columns become measurements."""
     path = Path(path)
     boxes, scores, classes = [], [], []
     with path.open(newline="") as handle:
@@ -139,10 +153,14 @@ def read_detections_csv(path: str | Path, *, mpp: tuple[float, float] | None = N
         missing = {"x", "y", "width", "height"} - set(reader.fieldnames or ())
         if missing:
             raise ValueError(f"{path}: missing columns {sorted(missing)}")
+        extra = [k for k in reader.fieldnames or () if k.startswith("p_")]
+        measured: dict[str, list[float]] = {k: [] for k in extra}
         for number, row in enumerate(reader, start=2):
             try:
                 x, y, w, h = (float(row[k]) for k in ("x", "y", "width", "height"))
                 score = float(row.get("score") or 1.0)
+                for k in extra:
+                    measured[k].append(float(row[k] or "nan"))
             except ValueError as err:
                 raise ValueError(f"{path}: line {number}: {err}") from err
             if w <= 0 or h <= 0:
@@ -150,4 +168,4 @@ def read_detections_csv(path: str | Path, *, mpp: tuple[float, float] | None = N
             boxes.append((x, y, x + w, y + h))
             scores.append(score)
             classes.append(row.get("class") or "Mitosis")
-    return Detections(np.asarray(boxes).reshape(-1, 4), np.asarray(scores), classes, mpp)
+    return Detections(np.asarray(boxes).reshape(-1, 4), np.asarray(scores), classes, mpp, measured)

@@ -46,6 +46,9 @@ def candidate_class(name: str) -> str:
 
 #: The feature property holding a review's decision, reviewer, time and "added".
 REVIEW_KEY = "napari_mitosis_review"
+#: The feature property naming the model and threshold behind each candidate
+#: classifier's measurement (``{"p_atypical": {"model": …, "threshold": …}}``).
+CLASSIFIERS_KEY = "napari_mitosis_classifiers"
 #: Properties this module reads into `Annotation` fields; others stay in ``properties``.
 STANDARD_PROPERTIES = ("objectType", "classification", "measurements")
 #: QuPath draws classes in these colours (RGB) when a file gives none.

@@ -12,6 +12,7 @@ job queue is full and 503 when jobs cannot run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import io
 import threading
@@ -270,21 +271,53 @@ def create_app(
             float | None, Form(gt=0, description="its µm/px (default: the model's)")
         ] = None,
         model: Annotated[str | None, Form(description="a served detector")] = None,
+        subtype: Annotated[
+            str | None, Form(description="a served crop classifier for each candidate")
+        ] = None,
+        verify: Annotated[
+            str | None, Form(description="a served second-stage classifier (p_mitosis)")
+        ] = None,
     ) -> dict[str, Any]:
-        """Mitosis boxes with scores, in pixels and µm."""
+        """Mitosis boxes with scores, in pixels and µm; with ``subtype``/``verify``, each
+        candidate's crop probabilities (``p_atypical``, ``p_mitosis``)."""
+        from napari_mitosis.detection.candidates import classify_candidates
         from napari_mitosis.detection.run import detect_array
 
         served = pick(model, "detection")
+        crops = {
+            k: pick(n, "classification") for k, n in (("subtype", subtype), ("verify", verify)) if n
+        }
         pixels = read_image(image, await image.read())
         size = mpp or served.card.mpp or 1.0
 
         def run() -> Any:
             with served.lock:
-                return detect_array(pixels, served.predictor, mpp=(size, size))
+                found = detect_array(pixels, served.predictor, mpp=(size, size))
+            if not crops:
+                return found, None
+            with contextlib.ExitStack() as held:
+                for name in sorted({c.name for c in crops.values()}):  # each lock once
+                    held.enter_context(models[name].lock)
+                scores = classify_candidates(
+                    pixels,
+                    found.centres,
+                    mpp=size,
+                    names=(
+                        getattr(crops.get("subtype"), "name", None),
+                        getattr(crops.get("verify"), "name", None),
+                    ),
+                    **{k: c.predictor for k, c in crops.items()},
+                )
+            return found, scores
 
-        found = await asyncio.to_thread(run)
+        found, scores = await asyncio.to_thread(run)
         boxes = np.asarray(found.boxes, float).reshape(-1, 4)
+        extra: dict[str, Any] = {}
+        if scores is not None:
+            extra = {k: [float(v) for v in col] for k, col in scores.columns.items()}
+            extra["classifiers"] = scores.models
         return {
+            **extra,
             "image": image.filename,
             "model": served.name,
             "mpp": size,
