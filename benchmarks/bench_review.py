@@ -121,7 +121,9 @@ def main() -> int:
     print(line("accept + redraw", drawn_accept, 50))
     print(line("gallery: fill with all", filled, 500))
     print(line("gallery: scroll a page", scrolls, 50))
-    print(f"  gallery thumbnails read after {args.repeats} pages: {thumbnails} of {args.candidates}")
+    print(
+        f"  gallery thumbnails read after {args.repeats} pages: {thumbnails} of {args.candidates}"
+    )
     return 0
 
 

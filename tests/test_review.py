@@ -380,7 +380,7 @@ def test_the_gallery_shows_each_candidate_and_a_click_and_keys_decide(
     viewer.add_points(centres, features={"score": [0.9, 0.5, 0.7], "p_atypical": [0.1, 0.8, 0.3]})
     widget = ReviewWidget(viewer)
     gallery = widget.gallery
-    assert gallery.count() == 3 and not widget.settings.visible  # the long form folded away
+    assert gallery.count() == 3 and widget.settings.native.isHidden()  # the long form folded
     order = [gallery.item(r).data(Qt.ItemDataRole.UserRole) for r in range(3)]
     assert order == [0, 2, 1]  # by score
     assert gallery.item(2).text() == "0.50 · a 0.80"
@@ -403,7 +403,7 @@ def test_the_gallery_shows_each_candidate_and_a_click_and_keys_decide(
     widget.order.value = "p_atypical"
     assert [gallery.item(r).data(Qt.ItemDataRole.UserRole) for r in range(3)] == [1, 2, 0]
     widget.more.value = True
-    assert widget.settings.visible
+    assert not widget.settings.native.isHidden()
 
 
 def test_the_gallery_reads_only_what_is_in_view(qtbot) -> None:

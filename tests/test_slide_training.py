@@ -88,7 +88,7 @@ def test_train_detector_on_a_slide_finds_the_held_out_region(
     code = main(
         [
             "train-detector", str(slide), "--annotations", str(points), "--out", str(out),
-            "--crop", "128", "--steps", "30", "--eval-every", "15", "--val-fraction", "0.25",
+            "--crop", "128", "--steps", "20", "--eval-every", "10", "--val-fraction", "0.25",
             "--init", str(trained_detector[0]), "--lr", "1e-4", "--device", "cpu",
         ]
     )  # fmt: skip
