@@ -61,6 +61,7 @@ def main() -> int:
         (image,) = viewer.open(str(slide), plugin="napari-mitosis")
         (points,) = viewer.open(str(path), plugin="napari-mitosis")
         widget = ReviewWidget(viewer)
+        viewer.window.add_dock_widget(widget, area="right")  # the gallery laid out, as docked
         widget.image.value, widget.candidates.value = image, points
         started = time.perf_counter()
         widget.start()

@@ -422,7 +422,12 @@ def test_the_gallery_reads_only_what_is_in_view(qtbot) -> None:
     rng = np.random.default_rng(0)
     review = Review(rng.uniform(0, 100_000, (5000, 2)), rng.uniform(0, 1, 5000))
     gallery = CandidateGallery(lambda i: None, lambda k: False)
+    qtbot.addWidget(gallery)
     gallery.resize(400, 300)
-    gallery.show_review(review, review.order("score"), Level(), (0.25, 0.25))
+    gallery.show()
+    order = review.order("score")
+    gallery.show_review(review, order, Level(), (0.25, 0.25))
     assert gallery.count() == 5000 and 0 < len(reads) <= READ_AHEAD
     assert all(k[0].stop - k[0].start <= 96 for k in reads)
+    gallery.set_current(int(order[-1]))  # the last candidate: scrolled into view and read
+    assert int(order[-1]) in gallery.pixels and len(reads) <= 2 * READ_AHEAD

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QSize, Qt
+from qtpy.QtCore import QPoint, QSize, Qt
 from qtpy.QtGui import QColor, QIcon, QImage, QPainter, QPen, QPixmap
 from qtpy.QtWidgets import QListView, QListWidget, QListWidgetItem
 
@@ -94,7 +94,9 @@ class CandidateGallery(QListWidget):
         """Read the thumbnails of the items in view (and a few beyond) not read yet."""
         if self.review is None or not self.items:
             return
-        first = self.indexAt(self.viewport().rect().topLeft()).row()
+        self.executeDelayedItemsLayout()  # where items are, before asking which are in view
+        cell = self.gridSize()  # the middle of the first cell in view: an item, not a margin
+        first = self.indexAt(QPoint(cell.width() // 2, cell.height() // 2)).row()
         start = max(first, 0)
         for row in range(start, min(start + READ_AHEAD, self.count())):
             index = int(self.item(row).data(Qt.ItemDataRole.UserRole))
@@ -133,6 +135,9 @@ class CandidateGallery(QListWidget):
         self.setCurrentItem(item)
         self.blockSignals(False)
         self.scrollToItem(item, QListView.ScrollHint.EnsureVisible)
+        if index not in self.pixels:  # the current one at least, whatever the layout
+            self.pixels[index] = thumbnail(self.level0, self.review.centres[index], self.side_px)
+            self.refresh(index)
         self.load_visible()
 
     def keyPressEvent(self, event: Any) -> None:
