@@ -183,3 +183,19 @@ def test_on_real_figures_subtype_reproduces_evaluate_classifiers_auc(tmp_path: P
     np.testing.assert_allclose(p, [by_file[name] for name in names], atol=1e-4)
     assert roc_auc_score(truth, p) == pytest.approx(crop_auc, abs=0.01)
     assert labels.sum() > 5  # both classes are there: the AUC means something
+
+
+def test_detect_subtypes_what_it_finds_in_one_go(
+    sample, trained_detector, tmp_path: Path, capsys
+) -> None:
+    """`detect --subtype A --midog-json`, defaults otherwise, as the docs show it."""
+    model = crop_classifier(tmp_path / "atypical.safetensors")
+    out = tmp_path / "out"
+    assert main(["detect", str(sample.path), "--model", str(trained_detector[0]), "--subtype",
+                 str(model), "--midog-json", "--out", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader((out / f"{sample.path.stem}.mitoses.csv").open()))
+    assert rows and all(0 < float(r["p_atypical"]) < 1 for r in rows)
+    assert f"of {len(rows)} with p_atypical ≥ 0.5" in printed and "\\n" not in printed
+    points = json.loads((out / f"{sample.path.stem}.mitotic-figures.json").read_text())
+    assert len(points["points"]) == len(rows)

@@ -88,7 +88,6 @@ def detect_and_classify(args: argparse.Namespace) -> int:
     """``detect``: boxes, then (``--subtype``/``--verify``) each candidate's crops."""
     from napari_mitosis.cli.options import parse_region
     from napari_mitosis.detection.candidate_files import CandidateFile, output_paths
-    from napari_mitosis.detection.candidates import classify_candidates
     from napari_mitosis.detection.run import detect_slide
     from napari_mitosis.io.formats import open_slide
 
@@ -109,18 +108,33 @@ def detect_and_classify(args: argparse.Namespace) -> int:
             device_tiles=args.device_tiles,
         )
         found = CandidateFile(args.image, result.detections)
-        extra = ""
-        if classifiers["subtype"] is not None or classifiers["verify"] is not None:
-            scores = classify_candidates(
-                slide,
-                found.centres,
-                subtype=classifiers["subtype"],
-                verify=classifiers["verify"],
-                names=classifiers["names"],
-            )
-            total = len(found.detections)
-            found = found.scored(scores, drop_unverified=args.drop_unverified)
-            extra = f"\\n  {describe_scores(scores, len(found.detections), total)}"
+        written, line = _classify_and_write(args, slide, found, classifiers)
+    print(f"{args.image}: {result.summary()}" + (f"\n  {line}" if line else ""))
+    for path in written:
+        print(f"  {path}")
+    return 0
+
+
+def _classify_and_write(
+    args: argparse.Namespace, slide: Any, found: Any, classifiers: dict[str, Any]
+) -> tuple[list[Path], str]:
+    """Each candidate through the chosen classifiers, then GeoJSON, CSV (and MIDOG JSON);
+    returns the files and a line on what the classifiers said ("" without any)."""
+    from napari_mitosis.detection.candidates import classify_candidates
+
+    line = ""
+    if classifiers["subtype"] is not None or classifiers["verify"] is not None:
+        scores = classify_candidates(
+            slide,
+            found.centres,
+            subtype=classifiers["subtype"],
+            verify=classifiers["verify"],
+            names=classifiers["names"],
+            batch_size=getattr(args, "crop_batch_size", 32),
+        )
+        total = len(found.detections)
+        found = found.scored(scores, drop_unverified=args.drop_unverified)
+        line = describe_scores(scores, len(found.detections), total)
     written = found.write(
         args.out,
         args.image.stem,
@@ -128,15 +142,11 @@ def detect_and_classify(args: argparse.Namespace) -> int:
         atypical_threshold=atypical_threshold(classifiers),
         overwrite=args.overwrite,
     )
-    print(f"{args.image}: {result.summary()}{extra}")
-    for path in written:
-        print(f"  {path}")
-    return 0
+    return written, line
 
 
 def _subtype(args: argparse.Namespace) -> int:
     from napari_mitosis.detection.candidate_files import output_paths, read_candidates
-    from napari_mitosis.detection.candidates import classify_candidates
     from napari_mitosis.io.formats import open_slide
 
     if args.subtype is None and args.verify is None:
@@ -146,24 +156,8 @@ def _subtype(args: argparse.Namespace) -> int:
     classifiers = load_candidate_classifiers(args)
     with open_slide(args.image, mpp=args.mpp) as slide:
         candidates = read_candidates(args.detections, mpp=slide.mpp)
-        scores = classify_candidates(
-            slide,
-            candidates.centres,
-            subtype=classifiers["subtype"],
-            verify=classifiers["verify"],
-            names=classifiers["names"],
-            batch_size=args.batch_size,
-        )
-    scored = candidates.scored(scores, drop_unverified=args.drop_unverified)
-    written = scored.write(
-        args.out,
-        args.image.stem,
-        midog_json=args.midog_json,
-        atypical_threshold=atypical_threshold(classifiers),
-        overwrite=args.overwrite,
-    )
-    print(f"{args.image}: {len(candidates.detections)} candidates; "
-          f"{describe_scores(scores, len(scored.detections), len(candidates.detections))}")  # fmt: skip
+        written, line = _classify_and_write(args, slide, candidates, classifiers)
+    print(f"{args.image}: {len(candidates.detections)} candidates; {line}")
     for path in written:
         print(f"  {path}")
     return 0
@@ -181,7 +175,9 @@ def register(command: CommandAdder) -> None:
     )
     add_candidate_classifiers(st, subtype_flag="--model")
     st.add_argument("--out", type=Path, required=True, help="output folder")
-    st.add_argument("--batch-size", type=int, default=32, help="crops per forward pass")
+    st.add_argument(
+        "--batch-size", dest="crop_batch_size", type=int, default=32, help="crops per forward pass"
+    )
     add_mpp(st)
     add_device(st)
     add_overwrite(st)
