@@ -108,9 +108,9 @@ def test_cohort_on_two_workers_resumes_reports_failures_and_matches_the_api(
         overlap=64,
         tile=256,
     )
-    assert int(row["mitosis_count"]) == len(found.detections)
-    assert float(row["mitoses_per_mm2"]) == pytest.approx(found.density()["per_mm2"])
-    assert float(row["hotspot_per_10_hpf"]) == pytest.approx(found.hotspot["per_10_hpf"])
+    assert int(row["candidate_count"]) == len(found.detections)
+    assert float(row["candidates_per_mm2"]) == pytest.approx(found.density()["per_mm2"])
+    assert float(row["hotspot_candidates_per_10_hpf"]) == pytest.approx(found.hotspot["per_10_hpf"])
     assert float(row["tissue_area_mm2"]) > float(row["tumour_area_mm2"]) > 0
     folder = out / slide.stem
     boxes = read_summary(folder / f"{slide.stem}.mitoses.csv")
@@ -146,10 +146,10 @@ def test_cli_run_on_a_scheduler_exit_code_and_a_changed_config_is_refused(
     stem = cohort_slides[0].stem
     row = read_summary(out / "summary.csv")[0]
     p = [float(b["p_atypical"]) for b in read_summary(out / stem / f"{stem}.mitoses.csv")]
-    assert len(p) == int(row["mitosis_count"]) > 0
+    assert len(p) == int(row["candidate_count"]) > 0
     assert int(row["atypical_count"]) == sum(v >= 0.5 for v in p)
     assert float(row["atypical_fraction"]) == pytest.approx(sum(v >= 0.5 for v in p) / len(p))
-    per_mm2 = float(row["mitoses_per_mm2"]) * int(row["atypical_count"]) / len(p)
+    per_mm2 = float(row["candidates_per_mm2"]) * int(row["atypical_count"]) / len(p)
     assert float(row["atypical_per_mm2"]) == pytest.approx(per_mm2)
     # Another tile size would mix results in one table: refused, nothing redone.
     assert main(["run", *slides, *common, "--detect-tile", "512"]) == 2

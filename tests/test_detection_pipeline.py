@@ -291,12 +291,20 @@ def test_vgg16_backbone_as_in_the_original_article() -> None:
 
 @pytest.mark.parametrize("output", ["rectangles (shapes)", "centres (points)"])
 def test_widget_adds_scored_boxes_at_the_image_scale_with_a_density(
-    make_napari_viewer, qtbot, trained_detector, test_fields, output: str
+    make_napari_viewer, qtbot, trained_detector, test_fields, output: str, tmp_path, monkeypatch
 ) -> None:
+    from conftest import crop_classifier
     from napari_mitosis._napari.detection_widget import DetectionWidget
+    from napari_mitosis.cli import main
+    from napari_mitosis.detection.candidates import score_candidates
 
     path, _ = trained_detector
     rgb, truth = test_fields[0]
+    subtype = output.startswith("centres")  # points: each candidate subtyped too
+    if subtype:  # a registered atypical classifier, offered by name in "subtype with"
+        monkeypatch.setenv("NAPARI_MITOSIS_MODELS", str(tmp_path / "registry"))
+        atypical = crop_classifier(tmp_path / "atypical.safetensors")
+        assert main(["models", "import", str(atypical), "--name", "atypical"]) == 0
     viewer = make_napari_viewer()
     image = viewer.add_image(
         rgb, rgb=True, scale=(0.25, 0.25), name="hpf", metadata={"mpp": [0.25, 0.25]}
@@ -307,6 +315,9 @@ def test_widget_adds_scored_boxes_at_the_image_scale_with_a_density(
     widget.overlap.value = 32
     widget.output.value = output
     widget.image.value = image
+    if subtype:
+        assert list(widget.subtype.choices) == [None, "atypical"]
+        widget.subtype.value = "atypical"
     worker = widget.run()
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
@@ -314,7 +325,8 @@ def test_widget_adds_scored_boxes_at_the_image_scale_with_a_density(
     found = viewer.layers["hpf mitoses"]
     assert tuple(found.scale) == (0.25, 0.25)
     n = len(found.data)
-    assert n >= 2 and list(found.features.columns) == ["score", "class"]
+    columns = ["score", "class", "p_atypical"] if subtype else ["score", "class"]
+    assert n >= 2 and list(found.features.columns) == columns
     assert (found.features["score"] >= read_card(path).threshold).all()
     centres = (
         np.array([d.mean(axis=0) for d in found.data]) if output.startswith("rect") else found.data
@@ -322,7 +334,18 @@ def test_widget_adds_scored_boxes_at_the_image_scale_with_a_density(
     result = match_detections(centres, truth.mitoses, max_distance=32)
     assert result.tp >= 2
     area = 384 * 384 * 0.25**2 / 1e6  # the whole field, mm²
-    assert widget.status.value.startswith(f"{n} mitoses · {n / area:.1f}/mm²")
+    assert widget.status.value.startswith(f"{n} candidates")
+    assert f" · {n / area:.1f}/mm²" in widget.status.value
+    if subtype:  # the same probabilities as the core's subtype step gives
+        from napari_mitosis.classification.predictor import ClassifierPredictor
+        from napari_mitosis.models.checkpoint import load_checkpoint
+
+        expected = score_candidates(
+            rgb, centres, ClassifierPredictor(*load_checkpoint(atypical), "cpu"), mpp=0.25
+        )
+        np.testing.assert_allclose(found.features["p_atypical"], expected, atol=1e-5)
+        assert "called atypical" in widget.status.value
+        assert found.metadata["classifiers"]["p_atypical"]["model"] == "atypical"
     assert "/10 HPF" in widget.status.value and widget.run_button.enabled
 
 

@@ -245,14 +245,10 @@ def test_a_missed_mitosis_is_added_with_a_click_and_undone(
 def test_the_report_gives_the_known_numbers(cmu_small: Path, tmp_path: Path, capsys) -> None:
     # Points on the region's tissue (its tissue mask, checked below).
     centres = np.array([[2667, 1449], [637, 1471], [1965, 1719], [1351, 1197], [385, 959]], float)
-    annotations = []
-    for (y, x), decision in zip(
-        centres, ["accepted", "accepted", "atypical", "rejected", "unsure"], strict=True
-    ):
-        a = Annotation(np.array([[y, x]]), "point", QUPATH_CLASSES[decision], {"score": 0.8})
-        annotations.append(a)
-    annotations.append(Annotation(np.array([[1243.0, 967.0]]), "point", "Mitosis candidate"))
-    path = write_geojson(tmp_path / "reviewed.geojson", annotations)
+    review = Review(np.vstack([centres, [[1243.0, 967.0]]]), np.full(6, 0.8))
+    for index, decision in enumerate(["accepted", "accepted", "atypical", "rejected", "unsure"]):
+        review.decide(index, decision)
+    path = write_geojson(tmp_path / "reviewed.geojson", review.to_annotations())
     out = tmp_path / "report.html"
     code = main(["report", str(cmu_small), "--detections", str(path), "--out", str(out), "--json"])
     assert code == 0
@@ -335,8 +331,28 @@ def test_a_models_output_is_reported_as_candidates_not_as_a_pathologists_mitoses
     assert main(["report", str(cmu_small), "--detections", str(path), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert ": 0 mitoses (0 atypical), 0 rejected, 3 not reviewed" in printed
+    assert "machine count: 3 candidates, 0 reviewed; the grade counts reviewed mitoses only" in (
+        printed
+    )
     assert "3 of 3 candidates are not reviewed" in printed
-    assert "— (nobody reviewed these candidates)" in out.read_text()
+    page = out.read_text()
+    assert "— (nobody reviewed these candidates)" in page and 'class="basis"' in page
+    # Counting them is asked for by name, and the grade then says it is a machine estimate.
+    args = ["report", str(cmu_small), "--detections", str(path), "--out", str(out)]
+    assert main([*args, "--count-unreviewed", "--overwrite", "--json"]) == 0
+    printed = capsys.readouterr().out
+    numbers = json.loads(printed.strip().splitlines()[-1])
+    assert (numbers["basis"], numbers["counted"], numbers["mitoses"]) == ("machine estimate", 3, 0)
+    assert numbers["hotspot"]["count"] == 3
+    assert numbers["mitotic_score"] == numbers["machine"]["mitotic_score"]
+    assert "(a machine estimate)" in printed and "counted as mitoses" in printed
+    assert "a machine estimate: unreviewed candidates counted" in out.read_text()
+    # An older writer's machine output ("Mitosis" with a score, no review record) is read
+    # as candidates; a "Mitosis" drawn by hand (no score) is a pathologist's.
+    old = [Annotation(c[None], "point", "Mitosis", {"score": 0.9}) for c in centres]
+    hand = [Annotation(c[None], "point", "Mitosis") for c in centres]
+    assert Review.from_annotations(old).counts()["unreviewed"] == 3
+    assert Review.from_annotations(hand).counts()["mitoses"] == 3
 
 
 def test_the_review_starts_when_candidates_are_chosen_and_keys_work_at_once(

@@ -67,7 +67,7 @@ def test_a_job_runs_the_slide_pipeline_and_serves_its_files(dask, served, tmp_pa
     on_disk = (tmp_path / "results" / job / f"{job}.mitoses.geojson").read_bytes()
     assert served_file.status_code == 200 and served_file.content == on_disk
     features = json.loads(on_disk)["features"]
-    assert status["summary"]["mitosis_count"] == len(features)
+    assert status["summary"]["candidate_count"] == len(features)
     assert status["summary"]["tumour_area_mm2"] > 0  # the synthetic slide has tumour
     assert client.get(f"/v1/jobs/{job}/results/slide.json").status_code == 404
     assert client.get(f"/v1/jobs/{job}/results/..%2F..%2Fjobs.sqlite").status_code == 404
@@ -144,7 +144,7 @@ def test_a_restarted_server_fails_the_running_job_and_runs_the_queued_one(
     assert not (results / running).exists()
     assert not list(results.glob(".*.partial"))
     done = wait(client, queued)
-    assert done["status"] == "done" and done["summary"]["mitoses_in"] == "tissue"
+    assert done["status"] == "done" and done["summary"]["candidates_in"] == "tissue"
     assert f"{queued}.mitoses.geojson" in client.get(f"/v1/jobs/{queued}/results").json()["files"]
     assert {j["id"] for j in client.get("/v1/jobs").json()["jobs"]} == {running, queued}
     runner.close()

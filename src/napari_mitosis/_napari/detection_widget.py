@@ -7,6 +7,7 @@ translation and lines up at every zoom; each shape's score and class are layer f
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,7 +32,66 @@ class DetectionWidget(TiledModelWidget):
             label="score threshold (0 = model's)", value=0.0, min=0.0, max=1.0, step=0.05
         )
         self.output = ComboBox(label="add as", choices=OUTPUTS, value=OUTPUTS[0])
-        super().__init__(viewer, [self.threshold, self.output])
+        # A registered crop classifier (atypical vs normal) run on every candidate found.
+        self.subtype = ComboBox(
+            label="subtype with", choices=self._classifier_names, value=None
+        )
+        super().__init__(viewer, [self.threshold, self.output, self.subtype])
+        self._classifiers: dict[tuple[str, str], Any] = {}
+
+    def _classifier_names(self, _widget: Any = None) -> list[str | None]:
+        """Registered crop classifiers that read µm/px (None: no subtyping)."""
+        from napari_mitosis.models.registry import ModelRegistry
+
+        try:
+            return [None, *(e.name for e in ModelRegistry().entries("classification") if e.mpp)]
+        except ValueError:
+            return [None]
+
+    def _refresh(self, _event: Any = None) -> None:
+        super()._refresh(_event)
+        if not self._closed:
+            self.subtype.reset_choices()
+
+    def _classifier(self, name: str) -> Any:
+        from napari_mitosis.classification.predictor import ClassifierPredictor
+        from napari_mitosis.models.checkpoint import load_checkpoint
+
+        key = (name, self.device.value)
+        if key not in self._classifiers:
+            model, card = load_checkpoint(name, task="classification")
+            self._classifiers[key] = ClassifierPredictor(model, card, key[1])
+        return self._classifiers[key]
+
+    def _finish_steps(self, layer: Any, run: Any) -> Any:
+        """Detections, then (with "subtype with") each candidate's crop through the
+        classifier in batches, as `subtype` runs it: ``p_<class>`` columns."""
+        from napari_mitosis.detection.candidates import (
+            CandidateScores,
+            candidate_run,
+            probability_columns,
+        )
+        from napari_mitosis.detection.candidates import with_scores as scored
+
+        result = self._finish(layer, run)
+        name = self.subtype.value
+        if not name or not len(result.detections):
+            return result
+        predictor = self._classifier(name)
+        level0 = layer.data[0] if layer.multiscale else layer.data
+        mpp = self.image_mpp(layer, predictor.card.mpp)
+        crops = candidate_run(
+            level0, result.detections.centres, predictor, mpp=mpp[1] if mpp else None
+        )
+        yield from crops.steps()
+        columns = probability_columns(predictor, crops.result())
+        record = {"model": str(name), "threshold": predictor.card.threshold}
+        scores = CandidateScores(columns, dict.fromkeys(columns, record))
+        return replace(
+            result,
+            detections=scored(result.detections, scores),
+            candidate_models=scores.models,
+        )
 
     def _make_predictor(self, model: Any, card: Any, device: str) -> Any:
         from napari_mitosis.models.detector import DetectionPredictor
@@ -65,11 +125,16 @@ class DetectionWidget(TiledModelWidget):
             "scale": layer.scale[-2:],
             "translate": layer.translate[-2:],
             "units": layer.units,
-            "features": {"score": found.scores, "class": np.asarray(found.classes, dtype=object)},
+            "features": {
+                "score": found.scores,
+                "class": np.asarray(found.classes, dtype=object),
+                **found.measurements,
+            },
             "metadata": {
                 "mpp": list(found.mpp) if found.mpp else None,
                 "density": density,
                 "model": {"name": self.model_ref(), "notes": self._predictor().card.notes},
+                "classifiers": result.candidate_models,
             },
         }
         sizes = np.r_[found.boxes[:, 2:] - found.boxes[:, :2]].ravel()
@@ -94,7 +159,13 @@ class DetectionWidget(TiledModelWidget):
                 border_color="#ff3030",
                 **common,
             )
-        text = f"{len(found)} mitoses"
+        text = f"{len(found)} candidates"
+        models = result.candidate_models
+        if "p_atypical" in models and "p_atypical" in found.measurements:
+            called = int(
+                (found.measurements["p_atypical"] >= models["p_atypical"]["threshold"]).sum()
+            )
+            text += f" ({called} called atypical)"
         if density is not None:
             text += (
                 f" · {density['per_mm2']:.1f}/mm² · {density['per_10_hpf']:.1f}/10 HPF"

@@ -9,6 +9,7 @@ drives the progress bar and lets Cancel stop between batches. Loaded models are 
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +117,12 @@ class TiledModelWidget(Container):
     def _finish(self, layer: Any, run: Any) -> Any:
         """Runs in the worker after the last tile: the result handed to `_on_done`."""
         raise NotImplementedError
+
+    def _finish_steps(self, layer: Any, run: Any) -> Generator[tuple[int, int], None, Any]:
+        """The worker's work after the last tile, yielding (done, total) where it has
+        batches of its own (so progress and Cancel reach them); returns `_finish`'s result."""
+        return self._finish(layer, run)
+        yield  # a generator: subclasses yield their own steps
 
     def _on_done(self, layer: Any, result: Any) -> None:
         raise NotImplementedError
@@ -339,7 +346,7 @@ class TiledModelWidget(Container):
         )
         def work() -> Any:
             yield from run.steps()
-            return self._finish(layer, run)
+            return (yield from self._finish_steps(layer, run))
 
         self._worker = work()
         self._running_on = layer
@@ -364,6 +371,7 @@ class TiledModelWidget(Container):
 
     def _on_progress(self, step: tuple[int, int]) -> None:
         if not self._closed:
+            self.progress.max = max(int(step[1]), 1)
             self.progress.value = step[0]
 
     def _on_finished(self) -> None:

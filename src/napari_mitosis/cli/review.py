@@ -10,7 +10,7 @@ from napari_mitosis.cli.options import IMAGE_HELP, CommandAdder, add_mpp, add_ov
 
 
 def _report(args: argparse.Namespace) -> int:
-    from napari_mitosis.detection.report import write_report
+    from napari_mitosis.detection.report import basis_line, write_report
     from napari_mitosis.detection.review import Review
     from napari_mitosis.engine.tissue import slide_tissue_mask
     from napari_mitosis.io.formats import open_slide
@@ -34,16 +34,21 @@ def _report(args: argparse.Namespace) -> int:
             field_diameter_mm=args.field_diameter_mm,
             model_card=card,
             detections_path=args.detections,
+            count_unreviewed=args.count_unreviewed,
             overwrite=args.overwrite,
         )
+    if numbers["unreviewed"]:
+        print(basis_line(numbers))
     spot = numbers["hotspot"]
     per_10 = "—" if spot["per_10_hpf"] is None else f"{spot['per_10_hpf']:.1f}"
     print(
         f"{args.image}: {numbers['mitoses']} mitoses ({numbers['atypical']} atypical), "
         f"{numbers['rejected']} rejected, {numbers['unreviewed']} not reviewed; hotspot "
-        f"{per_10} per 10 HPF → mitotic score {numbers['mitotic_score']}; {args.out}"
+        f"{per_10} per 10 HPF → mitotic score {numbers['mitotic_score']}"
+        + (" (a machine estimate)" if numbers["basis"] == "machine estimate" else "")
+        + f"; {args.out}"
     )
-    if numbers["unreviewed"]:
+    if numbers["unreviewed"] and numbers["basis"] == "reviewed":
         machine = numbers["machine"]
         spot = machine["hotspot_per_10_hpf"]
         print(
@@ -81,6 +86,11 @@ def register(command: CommandAdder) -> None:
         help="microscope field diameter the mitotic score is given for (0.40–0.69 mm)",
     )
     rp.add_argument("--model", type=Path, help="the detector that proposed them (its card)")
+    rp.add_argument(
+        "--count-unreviewed",
+        action="store_true",
+        help="count candidates nobody reviewed as mitoses (the grade is then a machine estimate)",
+    )
     rp.add_argument("--json", action="store_true", help="end with the numbers as one JSON line")
     add_mpp(rp)
     add_overwrite(rp)

@@ -123,17 +123,18 @@ class SlideAnalysis:
     candidate_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def summarise(self) -> dict[str, Any]:
-        """tissue/tumour area (mm²), mitosis count, mitoses per mm² of the analysed area,
-        and the densest 10-HPF area's count, per mm² and per 10 HPF (None if unknown)."""
+        """tissue/tumour area (mm²), the detector's candidate count and per mm² of the
+        analysed area, and the densest 10-HPF area's count, per mm² and per 10 HPF (None if
+        unknown). Named "candidates": a machine count, not a reviewed one."""
         row: dict[str, Any] = {
             "tissue_area_mm2": None,
             "tumour_area_mm2": None,
-            "mitosis_count": None,
-            "mitoses_in": self.detect_in if self.detection else None,
-            "mitoses_per_mm2": None,
-            "hotspot_mitoses": None,
-            "hotspot_per_mm2": None,
-            "hotspot_per_10_hpf": None,
+            "candidate_count": None,
+            "candidates_in": self.detect_in if self.detection else None,
+            "candidates_per_mm2": None,
+            "hotspot_candidates": None,
+            "hotspot_candidates_per_mm2": None,
+            "hotspot_candidates_per_10_hpf": None,
             "atypical_count": None,
             "atypical_per_mm2": None,
             "atypical_fraction": None,
@@ -145,14 +146,14 @@ class SlideAnalysis:
         if self.heatmap is not None:
             row["tumour_area_mm2"] = self.heatmap.tumour_area_mm2()
         if self.detection is not None:
-            row["mitosis_count"] = len(self.detection.detections)
+            row["candidate_count"] = len(self.detection.detections)
             density = self.detection.density()
             if density is not None:
-                row["mitoses_per_mm2"] = density["per_mm2"]
+                row["candidates_per_mm2"] = density["per_mm2"]
             if self.detection.hotspot is not None:
-                row["hotspot_mitoses"] = int(self.detection.hotspot["count"])
-                row["hotspot_per_mm2"] = self.detection.hotspot["per_mm2"]
-                row["hotspot_per_10_hpf"] = self.detection.hotspot["per_10_hpf"]
+                row["hotspot_candidates"] = int(self.detection.hotspot["count"])
+                row["hotspot_candidates_per_mm2"] = self.detection.hotspot["per_mm2"]
+                row["hotspot_candidates_per_10_hpf"] = self.detection.hotspot["per_10_hpf"]
             self._atypical(row)
         return row
 

@@ -80,7 +80,7 @@ def _cohort(
             continue
         print(
             f"{row['slide']:<34} {row['tissue_area_mm2']:>10.3f} {row['tumour_area_mm2']:>10.3f} "
-            f"{row['mitosis_count']:>8} {row['hotspot_per_10_hpf'] or 0:>8.1f}"
+            f"{row['candidate_count']:>8} {row['hotspot_candidates_per_10_hpf'] or 0:>8.1f}"
         )
     print(f"summary: {report.summary}")
     first = report.rows[0]

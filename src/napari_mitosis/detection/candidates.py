@@ -123,10 +123,25 @@ def score_candidates(
     if not len(centres_yx):
         outputs = predictor.outputs()
         return np.zeros(0) if outputs == 1 else np.zeros((0, outputs))
-    source, downsample = _at_model_scale(image, predictor.card, mpp)
-    run = CandidateRun(source, predictor, centres_yx / downsample, batch_size=batch_size)
+    run = candidate_run(image, centres_yx, predictor, mpp=mpp, batch_size=batch_size)
     run.run(progress, should_stop)
     return run.result()
+
+
+def candidate_run(
+    image: Slide | Any,
+    centres_yx: np.ndarray,
+    predictor: ClassifierPredictor,
+    *,
+    mpp: float | None = None,
+    batch_size: int = 32,
+) -> CandidateRun:
+    """The run `score_candidates` drives, for callers that step it themselves (a napari
+    worker yields between its batches): ``image`` a slide, or a level-0 array (NumPy or
+    Dask) of ``mpp`` µm/px; ``centres_yx`` in its level-0 pixels."""
+    source, downsample = _at_model_scale(image, predictor.card, mpp)
+    centres_yx = np.asarray(centres_yx, float).reshape(-1, 2)
+    return CandidateRun(source, predictor, centres_yx / downsample, batch_size=batch_size)
 
 
 def probability_columns(

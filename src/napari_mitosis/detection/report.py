@@ -29,18 +29,37 @@ GALLERY_MAX = 200
 
 
 def summary(
-    review: Review, tissue: TissueMask, mpp0: tuple[float, float], **options: Any
+    review: Review,
+    tissue: TissueMask,
+    mpp0: tuple[float, float],
+    *,
+    count_unreviewed: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
-    """The numbers of a report, as `--json` prints them."""
+    """The numbers of a report, as `--json` prints them.
+
+    The grade counts reviewed mitoses only, unless ``count_unreviewed``: then candidates
+    nobody has judged count as mitoses too, and ``basis`` says the grade is a machine
+    estimate, so a machine count is never passed off as a pathologist's.
+    """
     counts = review.counts()
-    graded = grade(review.counted(), tissue, mpp0, **options)
+    counted = np.isin(review.decisions.astype(str), COUNTED)
+    if count_unreviewed:
+        counted |= review.decisions.astype(str) == ""
+    graded = grade(review.centres[counted], tissue, mpp0, **options)
     made = ~review.added  # the model's own candidates, whatever was decided on them
     machine = grade(review.centres[made], tissue, mpp0, **options)
     atypical = review.decisions.astype(str) == "atypical"
     reviewed_atypical = grade(review.centres[atypical], tissue, mpp0, **options)
     called = review.called_atypical() & made
     machine_atypical = grade(review.centres[called], tissue, mpp0, **options)
+    partly = counts["unreviewed"] > 0
     return {
+        # "reviewed": the grade counts reviewed mitoses only; "machine estimate": it also
+        # counts the unreviewed candidates (--count-unreviewed) and is no diagnosis.
+        "basis": "machine estimate" if count_unreviewed and partly else "reviewed",
+        "counted": int(counted.sum()),
+        "reviewed": len(review) - counts["unreviewed"],
         "mitoses": counts["mitoses"],
         "accepted": counts["accepted"],
         "atypical": counts["atypical"],
@@ -92,6 +111,32 @@ def _atypical(numbers: dict[str, Any], count: int | None = None) -> str:
     text = str(count) + ("" if fraction is None else f" ({fraction:.0%})")
     spot = numbers["atypical_hotspot_per_10_hpf"]
     return text if not count or spot is None else f"{text}, {spot:.1f} per 10 HPF at their densest"
+
+
+def basis_line(numbers: dict[str, Any]) -> str:
+    """What the grade counts, said first when anything is unreviewed: "machine count: N
+    candidates, R reviewed; …"."""
+    if not numbers["unreviewed"]:
+        return ""
+    head = (
+        f"machine count: {numbers['reviewed'] + numbers['unreviewed']} candidates, "
+        f"{numbers['reviewed']} reviewed; "
+    )
+    if numbers["basis"] == "machine estimate":
+        return head + (
+            f"the {numbers['unreviewed']} unreviewed candidates are counted as mitoses "
+            "(--count-unreviewed): the grade is a machine estimate, not a pathologist's count"
+        )
+    return head + (
+        f"the grade counts reviewed mitoses only ({numbers['unreviewed']} not reviewed; "
+        "--count-unreviewed counts them as a machine estimate)"
+    )
+
+
+def _basis(numbers: dict[str, Any]) -> str:
+    line = basis_line(numbers)
+    style = "background:#fff3c4;padding:.6em;border-left:6px solid #e0a800"
+    return f'<p class="basis" style="{style}"><b>{html.escape(line)}</b></p>' if line else ""
 
 
 def _per_10(value: float | None) -> str:
@@ -154,12 +199,20 @@ def write_report(
     field_diameter_mm: float = DEFAULT_FIELD_DIAMETER_MM,
     model_card: Any = None,
     detections_path: str | Path | None = None,
+    count_unreviewed: bool = False,
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the HTML report atomically; returns its `summary` numbers."""
     if slide.mpp is None:
         raise ValueError(f"{slide.path}: a report needs the slide's µm/pixel (give --mpp)")
-    numbers = summary(review, tissue, slide.mpp, diameter_mm=field_diameter_mm)
+    numbers = summary(
+        review,
+        tissue,
+        slide.mpp,
+        count_unreviewed=count_unreviewed,
+        diameter_mm=field_diameter_mm,
+    )
+    estimate = numbers["basis"] == "machine estimate"
     rows = [
         ("Mitoses (accepted + atypical)", numbers["mitoses"]),
         ("of which atypical", _atypical(numbers)),
@@ -178,7 +231,11 @@ def write_report(
                 else f"{numbers['hotspot']['per_10_hpf']:.1f} per 10 HPF of tissue"
             ),
         ),
-        ("Mitotic score (Nottingham grade)", numbers["mitotic_score"]),
+        (
+            "Mitotic score (Nottingham grade)",
+            f"{numbers['mitotic_score']}"
+            + (" — a machine estimate: unreviewed candidates counted" if estimate else ""),
+        ),
         ("Reviewer(s)", ", ".join(numbers["reviewers"]) or "— (nobody reviewed these candidates)"),
         (
             "Machine count (the model's candidates, unreviewed)",
@@ -239,6 +296,7 @@ def write_report(
 figure{{display:inline-block;margin:4px;text-align:center;font-size:11px}}img{{border:1px solid #999}}</style></head>
 <body><h1>Mitotic count — {html.escape(Path(slide.path).name)}</h1>
 <p>Slide {html.escape(str(slide.path))}; candidates and decisions from {source}.</p>
+{_basis(numbers)}
 <table>{table}</table>
 <h2>Slide, counted figures and the hotspot (blue square)</h2>
 <img src="{_png(_thumbnail(slide, review, numbers))}" alt="slide thumbnail">

@@ -207,7 +207,9 @@ class Review:
     @classmethod
     def from_annotations(cls, annotations: Sequence[Annotation], reviewer: str = "") -> Review:
         """A review from candidates or a saved review: classes map back to decisions, and
-        saved review properties restore who decided when."""
+        saved review properties restore who decided when. A "Mitosis" with a detector's
+        score and no review record is machine output from an older writer: a candidate;
+        one drawn by hand (no score) is a pathologist's mitosis."""
         centres = np.array([a.coords.reshape(-1, 2).mean(axis=0) for a in annotations]).reshape(
             -1, 2
         )
@@ -224,6 +226,8 @@ class Review:
         for a in annotations:
             saved = (getattr(a, "properties", None) or {}).get(REVIEW_KEY) or {}
             decision = saved.get("decision", DECISION_OF_CLASS.get(a.classification or "", ""))
+            if not saved and decision == "accepted" and "score" in a.measurements:
+                decision = ""  # an older writer's machine output ("Mitosis" with a score)
             decisions.append(decision if decision in DECISIONS else "")
             reviewers.append(saved.get("reviewer", ""))
             times.append(saved.get("time", ""))

@@ -4,7 +4,7 @@ level-0 pixels, merged across tile borders. Scripts, the CLI and widgets call th
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,8 @@ class DetectionResult:
     hotspot: dict[str, float] | None = None  # `densest_area` of the analysed mask
     resampled: float = 1.0  # slide pixels per model pixel (< 1: upsampled; `io.resampled`)
     note: str = ""  # `resampling_note`: what the model saw, when not the slide's own pixels
+    #: Candidate classifiers' model and threshold per probability column (`subtype`).
+    candidate_models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def density(self) -> dict[str, float] | None:
         """Count, mitoses per mm² and per 10 HPF (None when the area is unknown or empty)."""
