@@ -236,6 +236,11 @@ def pytest_terminal_summary(terminalreporter) -> None:  # type: ignore[no-untype
     if not TALLY.ran and not TALLY.skipped:
         return
     terminalreporter.write_sep("-", "docs examples")
-    terminalreporter.write_line(f"{len(TALLY.ran)} code blocks ran, {len(TALLY.skipped)} skipped")
+    terminalreporter.write_line(
+        f"{len(TALLY.ran)} code blocks ran ({len(TALLY.shortened)} of them trainings "
+        f"shortened), {len(TALLY.skipped)} skipped"
+    )
+    for where, why in TALLY.shortened:
+        terminalreporter.write_line(f"  shortened {where}: {why}")
     for where, why in TALLY.skipped:
         terminalreporter.write_line(f"  skipped {where}: {why}")

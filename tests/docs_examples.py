@@ -8,6 +8,12 @@ page writes in HTML comments, visible in the Markdown and hidden on the site:
   long training); the reason is printed in the suite's summary.
 - ``<!-- docs-background: URL -->`` — the next ``bash`` block is a server: it is started in
   the background and the page goes on once URL answers; it is stopped when the page ends.
+- ``<!-- docs-shorten: "--steps 4" "why" -->`` — the next ``bash`` block is a training
+  that takes minutes as written: it runs with these options added to each of its
+  ``napari-mitosis train-*`` commands (the last of a repeated option wins, so ``--steps
+  300`` becomes 4). Everything else runs as written — reading the data, building the
+  model, the training loop, evaluation, writing and registering the checkpoint — and the
+  summary lists the block as shortened, with the reason.
 
 Chosen over mktestdocs (no per-page namespace, no skip directive, Python/bash only by a
 hand-written loop) and pytest-examples (Python only, formatting rather than running):
@@ -17,6 +23,8 @@ and takes an evaluator per language, so ``bash`` blocks run in a real shell.
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 import time
 import urllib.request
@@ -40,6 +48,7 @@ class Tally:
 
     ran: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    shortened: list[tuple[str, str]] = field(default_factory=list)
 
 
 TALLY = Tally()
@@ -61,11 +70,63 @@ class BackgroundParser:
         example.namespace["_background_url"] = example.parsed
 
 
+class ShortenParser:
+    """``<!-- docs-shorten: "OPTIONS" "why" -->``: the next shell block's trainings run
+    with OPTIONS added."""
+
+    def __init__(self) -> None:
+        self.lexer = DirectiveInHTMLCommentLexer(directive="docs-shorten")
+
+    def __call__(self, document: Document) -> Iterable[Region]:
+        for lexed in self.lexer(document):
+            words = shlex.split(lexed.lexemes["arguments"])
+            if len(words) != 2 or not words[1].strip():
+                raise ValueError(
+                    f"{document.path}: docs-shorten takes the options and why, both quoted"
+                )
+            yield Region(lexed.start, lexed.end, ShortenRequest(*words), self.evaluate)
+
+    @staticmethod
+    def evaluate(example: Example) -> None:
+        example.namespace["_shorten"] = example.parsed
+
+
+@dataclass(frozen=True)
+class ShortenRequest:
+    options: str
+    why: str
+
+
+TRAINING = re.compile(r"^(\s*napari-mitosis train-[a-z]+\b[^#]*?)(\s*#.*)?$")
+
+
+def shortened(code: str, options: str) -> str:
+    """``code`` with ``options`` appended to each ``napari-mitosis train-*`` command (its
+    continuation lines joined first); an error if there is none."""
+    lines = re.sub(r"\s*\\\n\s*", " ", code).splitlines()
+    out, changed = [], 0
+    for line in lines:
+        match = TRAINING.match(line)
+        if match:
+            line = f"{match.group(1).rstrip()} {options}{match.group(2) or ''}"
+            changed += 1
+        out.append(line)
+    if not changed:
+        raise ValueError(
+            f"docs-shorten: the next block has no napari-mitosis train-* command:\n{code}"
+        )
+    return "\n".join(out) + "\n"
+
+
 def run_shell(example: Example) -> None:
     """A ``bash`` block in the page's folder, as a user's shell runs it (``set -e``)."""
     ns = example.namespace
     code = str(example.parsed)
     where = f"{Path(example.path).name}, line {example.line}"
+    request = ns.pop("_shorten", None)
+    if request is not None:
+        code = shortened(code, request.options)
+        TALLY.shortened.append((f"{Path(example.path).name}:{example.line}", request.why))
     url = ns.pop("_background_url", None)
     if url is not None:
         log = Path(ns["_cwd"]) / f".background-{example.line}.log"
@@ -113,6 +174,7 @@ SYBIL = Sybil(
     parsers=[
         SkipParser(),
         BackgroundParser(),
+        ShortenParser(),
         PythonCodeBlockParser(),
         CodeBlockParser(language="bash", evaluator=run_shell),
         CodeBlockParser(language="console", evaluator=run_shell),
@@ -121,10 +183,11 @@ SYBIL = Sybil(
 )
 
 
+DIRECTIVES = (BackgroundParser.evaluate, ShortenParser.evaluate)
+
+
 def is_code(example: Example) -> bool:
-    return example.region.evaluator not in (BackgroundParser.evaluate,) and not isinstance(
-        example.parsed, tuple
-    )
+    return example.region.evaluator not in DIRECTIVES and not isinstance(example.parsed, tuple)
 
 
 def run_page(page: Path, namespace: dict) -> tuple[int, list[str]]:
@@ -147,14 +210,18 @@ def run_page(page: Path, namespace: dict) -> tuple[int, list[str]]:
     return ran, skipped
 
 
-def block_census() -> dict[str, tuple[int, int]]:
-    """Per page: (code blocks, of which marked to skip), read from the Markdown alone."""
+def block_census() -> dict[str, tuple[int, int, int]]:
+    """Per page: (code blocks, of which marked to skip, of which run shortened), read from
+    the Markdown alone."""
     census = {}
     for page in PAGES:
         document = SYBIL.parse(page)
-        blocks = skips = 0
-        skip_next = False
+        blocks = skips = shorts = 0
+        skip_next = shorten_next = False
         for example in document.examples():
+            if example.region.evaluator is ShortenParser.evaluate:
+                shorten_next = True
+                continue
             if isinstance(example.parsed, tuple):  # a skip directive: (action, reason)
                 action, reason = example.parsed
                 if action != "next" or not (reason or "").strip(" \"'"):
@@ -167,6 +234,7 @@ def block_census() -> dict[str, tuple[int, int]]:
                 continue
             blocks += 1
             skips += skip_next
-            skip_next = False
-        census[page.name] = (blocks, skips)
+            shorts += shorten_next and not skip_next
+            skip_next = shorten_next = False
+        census[page.name] = (blocks, skips, shorts)
     return census

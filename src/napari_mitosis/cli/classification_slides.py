@@ -131,7 +131,7 @@ def evaluate_on_slides(args: argparse.Namespace) -> int:
     """Cell-level metrics against the tumour annotations, and the Camelyon16 FROC."""
     import numpy as np
 
-    from napari_mitosis.classification.data import annotation_for, tumour_mask
+    from napari_mitosis.classification.data import tumour_mask
     from napari_mitosis.classification.froc import froc, heatmap_candidates, lesions_from_mask
     from napari_mitosis.classification.metrics import binary_metrics, write_roc_plot
     from napari_mitosis.classification.run import classify_slide
@@ -143,9 +143,9 @@ def evaluate_on_slides(args: argparse.Namespace) -> int:
     table, plot = args.out / "evaluation.csv", args.out / "roc.png"
     refuse_existing((table, plot), overwrite=args.overwrite)
     labels, scores, per_slide, rows = [], [], [], ["slide,cells,tumour_cells,lesions,candidates"]
-    for path in args.data:
+    for path, annotation in _annotated_slides(args):
         slide = open_slide(path, mpp=args.mpp)
-        tumour = tumour_mask(slide, annotation_for(path, args.annotations))
+        tumour = tumour_mask(slide, annotation)
         result = classify_slide(slide, args.model, device=args.device, tta=args.tta)
         cells = np.argwhere(result.visited)
         centres = (cells + 0.5) * result.cell_level0 + np.asarray(result.origin_level0)
@@ -186,7 +186,6 @@ def _evaluate_classes_on_slides(args: argparse.Namespace) -> int:
     """A K-class model's cells against each slide's class regions (its card's classes)."""
     import numpy as np
 
-    from napari_mitosis.classification.data import annotation_for
     from napari_mitosis.classification.metrics import multiclass_metrics, write_confusion_plot
     from napari_mitosis.classification.run import classify_slide
     from napari_mitosis.classification.slide_regions import class_regions
@@ -195,11 +194,11 @@ def _evaluate_classes_on_slides(args: argparse.Namespace) -> int:
     table, plot = args.out / "evaluation.csv", args.out / "confusion.png"
     refuse_existing((table, plot), overwrite=args.overwrite)
     labels, scores, rows, classes = [], [], ["slide,cells,annotated_cells"], ()
-    for path in args.data:
+    for path, annotation in _annotated_slides(args):
         slide = open_slide(path, mpp=args.mpp)
         result = classify_slide(slide, args.model, device=args.device, tta=args.tta)
         classes = result.classes
-        regions = class_regions(slide, annotation_for(path, args.annotations), classes)
+        regions = class_regions(slide, annotation, classes)
         cells = np.argwhere(result.visited)
         centres = (cells + 0.5) * result.cell_level0 + np.asarray(result.origin_level0)
         at = [
