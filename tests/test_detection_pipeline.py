@@ -114,19 +114,16 @@ def test_cli_trains_a_detector_from_boxes_csv_and_from_coco(
     assert main(args) == 2  # the checkpoint exists: refused, not replaced
     assert "already exists" in capsys.readouterr().err
 
-    coco = {
-        "images": [{"id": i, "file_name": f"f{i}.png"} for i in range(3)],
-        "annotations": [
-            {"image_id": i, "bbox": [x0, y0, x1 - x0, y1 - y0], "category_id": 1}
-            for i, (_, t) in enumerate(field_pairs[:3])
-            for x0, y0, x1, y1 in mask_to_boxes(t.mitosis_mask).boxes
-        ],
-        "categories": [{"id": 1, "name": "mitosis"}],
-    }
-    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    # MIDOG's layout: corner boxes, imposters, a tumour type per image; split by image,
+    # a share of each tumour type held out for validation.
+    from test_midog_coco import _midog_style
+
+    coco = _midog_style(tmp_path / "midog", field_pairs[:3], tumour_types=["a", "a", "b"])
     out2 = tmp_path / "coco.safetensors"
-    coco_args = ["--coco", str(tmp_path / "coco.json"), "--out", str(out2)]
-    assert main(["train-detector", str(data), *coco_args, *fast, "--device", "cpu"]) == 0
+    coco_args = ["--coco", str(coco), "--out", str(out2)]
+    assert main(["train-detector", str(coco.parent), *coco_args, *fast, "--device", "cpu"]) == 0
+    assert "2 training and 1 validation images at 0.25 µm/px (split by image; validation " \
+        "holds a)" in capsys.readouterr().out  # fmt: skip
     assert out2.exists()
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from conftest import CMU_SMALL
 from docs_examples import PAGES, block_census, run_page
+from test_midog_coco import MIDOG_PP, _midog_style
 
 #: Blocks marked to skip are long trainings on real data, windows that wait, installs and
 #: the network; the share that runs (as written, or a training shortened) may only grow.
@@ -93,6 +94,13 @@ def docs_workspace(
     shutil.copy(sample.path, root / "slide.svs")
     if CMU_SMALL.exists():  # real tissue without figures, for --negatives
         shutil.copy(CMU_SMALL, root / CMU_SMALL.name)
+    if MIDOG_PP.exists():  # the real MIDOG++ database (labels only)
+        shutil.copy(MIDOG_PP, root / MIDOG_PP.name)
+    # MIDOG's layout with synthetic images of known truth: midog/001.tiff… + MIDOG++.json
+    database = _midog_style(
+        root / "midog", field_pairs[:2], tumour_types=["human breast cancer"] * 2
+    )
+    database.rename(database.with_name("MIDOG++.json"))
     shutil.copy(trained_classifier[0], root / "tumour.safetensors")
     shutil.copy(trained_classifier[0], root / "idc.safetensors")
     for name in ("mitosis.safetensors", "detector.safetensors"):

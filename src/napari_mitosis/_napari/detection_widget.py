@@ -33,9 +33,7 @@ class DetectionWidget(TiledModelWidget):
         )
         self.output = ComboBox(label="add as", choices=OUTPUTS, value=OUTPUTS[0])
         # A registered crop classifier (atypical vs normal) run on every candidate found.
-        self.subtype = ComboBox(
-            label="subtype with", choices=self._classifier_names, value=None
-        )
+        self.subtype = ComboBox(label="subtype with", choices=self._classifier_names, value=None)
         super().__init__(viewer, [self.threshold, self.output, self.subtype])
         self._classifiers: dict[tuple[str, str], Any] = {}
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from napari_mitosis.cli.midog import add_coco_options
 from napari_mitosis.cli.options import (
     BACKBONES,
     IMAGE_HELP,
@@ -54,8 +55,29 @@ def _detection_fields(args: argparse.Namespace) -> list[Any]:
     from napari_mitosis.io.mitosis_datasets import boxed_fields, coco_fields
 
     if args.coco is not None:
-        return coco_fields(args.coco, args.images)
+        return coco_fields(
+            args.coco, args.images, tumour_types=args.tumour_types, box_format=args.coco_boxes
+        )
     return boxed_fields(args.images, args.annotations)
+
+
+def _split_by_image(fields: list, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, validation) indices of whole images; where the images name their
+    domain (a COCO file's tumour type), ``fraction`` of each domain is held out."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    groups: dict[str, list[int]] = {}
+    for index, (field, _) in enumerate(fields):
+        groups.setdefault(field.group, []).append(index)
+    rest, held = [], []
+    for members in groups.values():
+        order = [members[i] for i in rng.permutation(len(members))]
+        n = min(max(1, round(len(order) * fraction)), len(order) - 1) if len(order) > 1 else 0
+        held, rest = held + order[:n], rest + order[n:]
+    if not held:  # every domain has one image: hold out one image
+        held.append(rest.pop())
+    return rest, held
 
 
 def _negatives(annotated: Any) -> tuple[Any, ...]:
@@ -149,15 +171,13 @@ def _train_detector(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{args.images}: need at least 2 annotated images (train + validation)"
             )
-        order = np.random.default_rng(args.seed).permutation(len(fields))
-        n_val = max(1, round(len(fields) * args.val_fraction))
+        rest, held = _split_by_image(fields, args.val_fraction, args.seed)
         known = [f.mpp[1] for f, _ in fields if f.mpp]
         mpp = float(np.median(known)) if known else args.mpp
-        train = [
-            (fields[i][0].image, fields[i][1], *_negatives(fields[i][0])) for i in order[n_val:]
-        ]
-        validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in order[:n_val]]
-        split = ""
+        train = [(fields[i][0].image, fields[i][1], *_negatives(fields[i][0])) for i in rest]
+        validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in held]
+        groups = sorted({fields[i][0].group for i in held} - {""})
+        split = f" (split by image; validation holds {', '.join(groups)})" if groups else ""
     negatives, negative_validation, provenance = _negative_tissue(args, mpp)
     notes = "; ".join(n for n in (notes, provenance) if n)
     backbone = args.backbone
@@ -235,6 +255,7 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
     model, card = load_checkpoint(args.model, task="detection")
     predictor = DetectionPredictor(model, card, args.device)
     given = args.mpp or card.mpp
+    groups: dict[str, str] = {}  # image → tumour type (COCO files name it)
     if args.centred_crops:  # every crop's one figure at its centre
         from napari_mitosis.detection.centred_crops import read_centred_crops
 
@@ -243,6 +264,16 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
             (name, image, centre, (given, given) if given else None)
             for name, image, centre in zip(crops.names, crops.images, crops.centres(), strict=True)
         ]
+    elif args.coco is not None:  # truth: the mitotic figures' box centres
+        from napari_mitosis.io.detections import Detections
+
+        boxed = _detection_fields(args)
+        fields = [
+            (f.image_path.name, f.image, Detections(boxes).centres,
+             f.mpp or ((given, given) if given else None))
+            for f, boxes in boxed
+        ]  # fmt: skip
+        groups = {f.image_path.name: f.group for f, _ in boxed}
     else:
         fields = [
             (f.image_path.name, f.image, truth, f.mpp or ((given, given) if given else None))
@@ -261,8 +292,7 @@ def _evaluate_detector(args: argparse.Namespace) -> int:
         scored.append((name, found, truth, mpp[1] if mpp else None))
     threshold = card.threshold if args.threshold is None else args.threshold
     evaluation = evaluate_detections(scored, threshold=threshold, distance_um=args.distance_um)
-    for f in evaluation.fields:
-        print(f"{f.name}: TP {f.tp}  FP {f.fp}  FN {f.fn}")
+    print(evaluation.table(groups))
     print(evaluation.summary())
     args.out.mkdir(parents=True, exist_ok=True)
     write_evaluation_csv(table, evaluation, overwrite=args.overwrite)
@@ -320,7 +350,7 @@ def register(command: CommandAdder) -> None:
         help="folder of <image stem>.boxes.csv or .geojson (default: beside the images); "
         "for a slide, its GeoJSON (QuPath points or boxes, or a reviewed GeoJSON)",
     )
-    where.add_argument("--coco", type=Path, help="one COCO detection JSON for the folder")
+    add_coco_options(td, where)
     where.add_argument(
         "--centred-crops",
         action="store_true",
@@ -415,11 +445,15 @@ def register(command: CommandAdder) -> None:
     )
     add_model(ed, "detector")
     ed.add_argument("--out", type=Path, required=True, help="folder for the table and PR plot")
+    add_coco_options(ed)
     ed.add_argument(
+        "--radius-um",
         "--distance-um",
+        dest="distance_um",
         type=float,
         default=8.0,
-        help="a detection within this distance of a true centroid is a hit",
+        help="a detection within this distance of a true centroid is a hit (8: ICPR's "
+        "rule; MIDOG's is 7.5)",
     )
     ed.add_argument("--threshold", type=float, default=None, help="score (default: the card's)")
     ed.add_argument("--json", action="store_true", help="end with the scores as one JSON line")

@@ -64,6 +64,32 @@ class DetectorEvaluation:
             "best_f1": self.best.f1,
         }
 
+    def table(self, groups: dict[str, str] | None = None) -> str:
+        """Per image and overall, as MIDOG reports it: TP, FP, FN, precision, recall and
+        F1 at the threshold, the overall F1 from the pooled counts; with ``groups`` (image
+        → tumour type), a pooled row per type too."""
+        rows = [(f.name, f.tp, f.fp, f.fn) for f in self.fields]
+        if groups:
+            for group in sorted(set(groups.values()) - {""}):
+                members = [f for f in self.fields if groups.get(f.name) == group]
+                rows.append(
+                    (
+                        f"[{group}]",
+                        *(sum(getattr(f, k) for f in members) for k in ("tp", "fp", "fn")),
+                    )
+                )
+        r = self.result
+        rows.append(("overall", r.tp, r.fp, r.fn))
+        width = max(len(str(name)) for name, *_ in rows)
+        lines = [f"{'image':<{width}}  {'TP':>5} {'FP':>5} {'FN':>5}  precision recall     F1"]
+        for name, tp, fp, fn in rows:
+            m = MatchResult(tp, fp, fn, np.zeros(0, bool), np.zeros((0, 2), int))
+            lines.append(
+                f"{name:<{width}}  {tp:>5} {fp:>5} {fn:>5}  "
+                f"{m.precision:>9.3f} {m.recall:>6.3f} {m.f1:>6.3f}"
+            )
+        return "\n".join(lines)
+
     def summary(self) -> str:
         r, b = self.result, self.best
         return "\n".join(

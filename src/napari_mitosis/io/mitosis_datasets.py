@@ -12,7 +12,6 @@ mitoses, which is a valid negative.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,8 @@ class AnnotatedField:
     mpp: tuple[float, float] | None
     #: (n, 2) (y, x) centres of reviewed look-alikes ("Non-mitotic figure"): hard negatives
     negatives: np.ndarray | None = None
+    #: the image's domain (a COCO file's tumour type): validation holds out some of each
+    group: str = ""
 
 
 def _images(folder: Path) -> list[Path]:
@@ -242,40 +243,38 @@ def centroid_fields(
 
 
 def coco_fields(
-    path: str | Path, images: str | Path | None = None
+    path: str | Path,
+    images: str | Path | None = None,
+    *,
+    tumour_types: list[str] | None = None,
+    box_format: str = "auto",
 ) -> list[tuple[AnnotatedField, np.ndarray]]:
-    """(field, boxes xyxy) for every image a COCO detection JSON lists (``bbox`` = x, y, w, h).
+    """(field, mitosis boxes xyxy) for every image a COCO detection JSON lists (MIDOG's
+    too: `io.coco`); imposters ("not mitotic figure") are the field's hard negatives and
+    its tumour type is the field's ``group``. Images are looked up under ``images``
+    (default: the JSON's folder); an image with no annotation is a negative. Images the
+    file lists but the folder lacks are named, all of them, rather than skipped."""
+    from napari_mitosis.io.coco import missing_images, read_coco
 
-    Images are looked up under ``images`` (default: the JSON's folder); an image with no
-    annotation is a negative.
-    """
-    path = Path(path)
-    root = Path(images) if images is not None else path.parent
-    try:
-        content = json.loads(path.read_text())
-        listed = {int(i["id"]): str(i["file_name"]) for i in content["images"]}
-        per_image: dict[int, list[list[float]]] = {i: [] for i in listed}
-        for number, a in enumerate(content.get("annotations", []), start=1):
-            if int(a["image_id"]) not in per_image:
-                raise ValueError(f"annotation {number} names unknown image id {a['image_id']}")
-            per_image[int(a["image_id"])].append([float(v) for v in a["bbox"]])
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from err
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{path}: not a COCO detection file (missing {err})") from err
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
-    out = []
-    for image_id, file_name in listed.items():
-        image_path = root / file_name
-        if not image_path.is_file():
-            raise FileNotFoundError(f"{path}: lists {file_name}, which is not in {root}")
-        image, mpp = _rgb(image_path)
-        xywh = np.asarray(per_image[image_id], float).reshape(-1, 4)
-        xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-        out.append(
-            (AnnotatedField(image_path, path, image, mpp), checked_boxes(path, xyxy, image.shape))
+    database = read_coco(path, box_format).select(tumour_types)  # type: ignore[arg-type]
+    root = Path(images) if images is not None else Path(path).parent
+    missing = missing_images(database, root)
+    if missing:
+        shown = ", ".join(missing[:10]) + (
+            f" and {len(missing) - 10} more" if len(missing) > 10 else ""
         )
-    if not out:
-        raise ValueError(f"{path}: lists no images")
+        raise FileNotFoundError(
+            f"{path}: {len(missing)} of its {len(database.images)} images are not in {root}: "
+            f"{shown} (--tumour-type keeps only some types)"
+        )
+    out = []
+    for entry in database.images:
+        image_path = root / entry.file_name
+        image, mpp = _rgb(image_path)
+        imposters = entry.imposters
+        centres = np.c_[imposters[:, 1] + imposters[:, 3], imposters[:, 0] + imposters[:, 2]] / 2
+        field = AnnotatedField(
+            image_path, Path(path), image, mpp, centres.reshape(-1, 2), entry.tumour_type
+        )
+        out.append((field, checked_boxes(Path(path), entry.mitoses, image.shape)))
     return out
