@@ -147,6 +147,10 @@ def test_cli_run_on_a_scheduler_exit_code_and_a_changed_config_is_refused(
     row = read_summary(out / "summary.csv")[0]
     p = [float(b["p_atypical"]) for b in read_summary(out / stem / f"{stem}.mitoses.csv")]
     assert len(p) == int(row["candidate_count"]) > 0
+    from napari_mitosis.io.geojson import read_geojson
+
+    features = read_geojson(out / stem / f"{stem}.mitoses.geojson")
+    assert {f.properties["detector"] for f in features} == {Path(settings.detector).name}
     assert int(row["atypical_count"]) == sum(v >= 0.5 for v in p)
     assert float(row["atypical_fraction"]) == pytest.approx(sum(v >= 0.5 for v in p) / len(p))
     per_mm2 = float(row["candidates_per_mm2"]) * int(row["atypical_count"]) / len(p)

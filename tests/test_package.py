@@ -87,6 +87,36 @@ def test_no_module_imports_itself_back_through_others() -> None:
             visit(node, [])
 
 
+def test_product_code_reads_no_private_napari_attribute() -> None:
+    """napari's public API only: an attribute with a leading underscore read off a layer,
+    viewer, window, canvas or event (``layer._data_view``, ``viewer._canvas_size``,
+    ``window._qt_viewer``) breaks without notice in a napari release."""
+    import ast
+
+    owners = {"layer", "layers", "viewer", "window", "canvas", "event", "camera", "dims"}
+    found = []
+    for path in _modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            private, owner = None, None
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+                owner, private = node.value, node.attr
+            elif (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", "") in ("getattr", "hasattr", "setattr")
+                and len(node.args) > 1
+                and isinstance(node.args[1], ast.Constant)
+            ):
+                owner, private = node.args[0], str(node.args[1].value)
+            if owner is None or not private.startswith("_"):
+                continue
+            name = owner.attr if isinstance(owner, ast.Attribute) else getattr(owner, "id", "")
+            if not (name.lower().lstrip("_") in owners or name.endswith(("_layer", "_viewer"))):
+                private = None
+            if private and not private.startswith("__"):
+                found.append(f"{path.relative_to(PACKAGE)}:{node.lineno} {private}")
+    assert not found, found
+
+
 def test_no_module_is_over_500_lines() -> None:
     sizes = {p.relative_to(PACKAGE): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
     assert max(sizes.values()) <= 500, {str(p): n for p, n in sizes.items() if n > 500}

@@ -77,6 +77,7 @@ def test_detect_health_models_page_and_schema(client, checkpoints, field_pairs) 
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["count"] == len(body["boxes_px"]) == len(body["scores"])
+    assert set(body["classes"]) == {"Mitosis candidate"} and body["model"]
     assert np.allclose(np.asarray(body["boxes_um"]), np.asarray(body["boxes_px"]) * 0.25, atol=1e-2)
     # Each candidate's crop through a served classifier, as `subtype` scores it.
     subtyped = client.post(

@@ -199,3 +199,8 @@ def test_detect_subtypes_what_it_finds_in_one_go(
     assert f"of {len(rows)} with p_atypical ≥ 0.5" in printed and "\\n" not in printed
     points = json.loads((out / f"{sample.path.stem}.mitotic-figures.json").read_text())
     assert len(points["points"]) == len(rows)
+    # Candidates, named as such, with the detector that proposed them.
+    features = read_geojson(out / f"{sample.path.stem}.mitoses.geojson")
+    assert {(f.classification, f.properties["detector"]) for f in features} == {
+        ("Mitosis candidate", trained_detector[0].name)
+    }

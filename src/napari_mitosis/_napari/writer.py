@@ -9,12 +9,13 @@ slide the slide's scale).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_mitosis.detection.review import QUPATH_CLASSES, REVIEW_KEY
-from napari_mitosis.io.geojson import Annotation, write_geojson
+from napari_mitosis.io.geojson import DETECTOR_KEY, Annotation, write_geojson
 from napari_mitosis.io.pyramid_tiff import write_pyramid_tiff
 
 
@@ -67,6 +68,8 @@ def _feature_rows(
         column: columns.pop(column, None)
         for column in ("review", "reviewer", "review_time", "added")
     }
+    # the detector the candidates came from (the detection widget's layer metadata)
+    model = ((attributes.get("metadata") or {}).get("model") or {}).get("name")
     rows = []
     for i in range(n):
         measurements = {}
@@ -75,7 +78,7 @@ def _feature_rows(
             if isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
                 measurements[key] = float(value)
         name = str(names[i]) if names is not None and names[i] not in (None, "") else None
-        properties: dict[str, Any] = {}
+        properties: dict[str, Any] = {DETECTOR_KEY: Path(str(model)).name} if model else {}
         if review["review"] is not None:
             decision = str(review["review"][i] or "")
             name = QUPATH_CLASSES.get(decision, name)

@@ -90,6 +90,7 @@ def detect_and_classify(args: argparse.Namespace) -> int:
     from napari_mitosis.detection.candidate_files import CandidateFile, output_paths
     from napari_mitosis.detection.run import detect_slide
     from napari_mitosis.io.formats import open_slide
+    from napari_mitosis.models.registry import model_name
 
     outputs = output_paths(args.out, args.image.stem, midog_json=args.midog_json)
     refuse_existing(outputs, overwrite=args.overwrite)
@@ -107,7 +108,7 @@ def detect_and_classify(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             device_tiles=args.device_tiles,
         )
-        found = CandidateFile(args.image, result.detections)
+        found = CandidateFile(args.image, result.detections, detector=model_name(args.model))
         written, line = _classify_and_write(args, slide, found, classifiers)
     print(f"{args.image}: {result.summary()}" + (f"\n  {line}" if line else ""))
     for path in written:

@@ -303,6 +303,7 @@ def write_analysis(
     GeoJSON + CSV, all in level-0 pixels / µm; each written atomically."""
     from napari_mitosis.io.detections import write_detections_csv
     from napari_mitosis.io.geojson import CLASSIFIERS_KEY, write_geojson
+    from napari_mitosis.models.registry import model_name
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -315,7 +316,7 @@ def write_analysis(
     if analysis.detection is not None:
         geojson, table = planned["mitoses"]
         found = analysis.detection.detections
-        features = found.to_annotations()
+        features = found.to_annotations(model_name(settings.detector))
         for feature in features if analysis.candidate_models else ():
             feature.properties[CLASSIFIERS_KEY] = analysis.candidate_models
         written.append(write_geojson(geojson, features, overwrite=overwrite))

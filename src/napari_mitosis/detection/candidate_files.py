@@ -35,6 +35,7 @@ class CandidateFile:
     path: Path
     detections: Detections
     annotations: list[Annotation] | None = None  # GeoJSON: kept as they came
+    detector: str | None = None  # the model that proposed them, written with each one
 
     @property
     def centres(self) -> np.ndarray:
@@ -55,7 +56,7 @@ class CandidateFile:
                 measured = {**a.measurements, **{k: float(v[i]) for k, v in scores.columns.items()}}
                 properties = {**a.properties, CLASSIFIERS_KEY: scores.models}
                 annotations.append(replace(a, measurements=measured, properties=properties))
-        return CandidateFile(self.path, found.subset(keep), annotations)
+        return CandidateFile(self.path, found.subset(keep), annotations, self.detector)
 
     def write(
         self,
@@ -71,7 +72,7 @@ class CandidateFile:
         paths = output_paths(folder, stem, midog_json=midog_json)
         annotations = self.annotations
         if annotations is None:
-            annotations = self.detections.to_annotations()
+            annotations = self.detections.to_annotations(self.detector)
         write_geojson(paths[0], annotations, overwrite=overwrite)
         write_detections_csv(paths[1], self.detections, overwrite=overwrite)
         if midog_json:

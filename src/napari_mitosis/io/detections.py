@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from skimage.measure import label, regionprops_table
 
-from napari_mitosis.io.geojson import REVIEW_CLASSES, Annotation
+from napari_mitosis.io.geojson import DETECTOR_KEY, REVIEW_CLASSES, Annotation
 from napari_mitosis.io.output_file import atomic_output
 
 CSV_COLUMNS = (
@@ -76,8 +76,11 @@ class Detections:
             axis=1,
         )
 
-    def to_annotations(self) -> list[Annotation]:
-        """Rectangles QuPath imports as detections with a ``score`` measurement."""
+    def to_annotations(self, detector: str | None = None) -> list[Annotation]:
+        """Rectangles QuPath imports as detections with a ``score`` measurement (and each
+        ``p_*`` column); ``detector`` names the model that proposed them, in each
+        feature's ``detector`` property."""
+        source = {DETECTOR_KEY: detector} if detector else {}
         out = []
         for i, ((x0, y0, x1, y1), score, name) in enumerate(
             zip(self.boxes, self.scores, self.classes, strict=True)
@@ -85,7 +88,7 @@ class Detections:
             corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]])
             measured = {"score": float(score)}
             measured.update({k: float(v[i]) for k, v in self.measurements.items()})
-            out.append(Annotation(corners, "rectangle", name, measured, "detection"))
+            out.append(Annotation(corners, "rectangle", name, measured, "detection", dict(source)))
         return out
 
 

@@ -47,6 +47,8 @@ def candidate_class(name: str) -> str:
 #: The feature property holding a review's decision, reviewer, time and "added".
 REVIEW_KEY = "napari_mitosis_review"
 #: The feature property naming the model and threshold behind each candidate
+#: Feature property naming the detector that proposed a candidate.
+DETECTOR_KEY = "detector"
 #: classifier's measurement (``{"p_atypical": {"model": …, "threshold": …}}``).
 CLASSIFIERS_KEY = "napari_mitosis_classifiers"
 #: Properties this module reads into `Annotation` fields; others stay in ``properties``.

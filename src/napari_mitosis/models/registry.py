@@ -210,6 +210,15 @@ def resolve_model(ref: str | Path, registry: ModelRegistry | None = None) -> Pat
     raise FileNotFoundError(f"{path}: no such model file or folder")
 
 
+def model_name(ref: str | Path | None) -> str | None:
+    """How outputs name a model: a registered model by its name, a file by its file name
+    (``detector.safetensors``), a folder by the folder's."""
+    if ref is None:
+        return None
+    path = Path(ref).expanduser()
+    return path.name if path.exists() else str(ref)
+
+
 def download_hf(spec: str) -> tuple[Path, str]:
     """``hf://owner/repo[@revision]`` → a local snapshot folder and its exact source."""
     body = spec[len(HF_PREFIX) :]

@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from napari_mitosis import __version__
+from napari_mitosis.io.geojson import candidate_class
 from napari_mitosis.models.card import ModelCard
 from napari_mitosis.serve.batching import Batcher
 from napari_mitosis.serve.jobs import STEPS, JobError, JobRunner, ServedRefs, public
@@ -322,6 +323,8 @@ def create_app(
             "model": served.name,
             "mpp": size,
             "count": len(boxes),
+            # what every writer calls a model's output until a reviewer decides
+            "classes": [candidate_class(c) for c in found.classes],
             "boxes_px": boxes.round(2).tolist(),
             "boxes_um": (boxes * size).round(3).tolist(),
             "scores": [float(s) for s in found.scores],
