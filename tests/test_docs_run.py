@@ -4,8 +4,8 @@ Each page runs in its own folder holding what its blocks name: ``slide.svs`` (a 
 slide with known mitoses), the suite's small trained models under the docs' file names
 (``tumour.safetensors``, ``mitosis.safetensors``, ``unet.safetensors``…), a WSInfer folder,
 class folders, annotated slides and fields in the ICPR layouts. Commands run with their
-defaults (``--device auto`` included), through the installed ``napari-mitosis``, with the
-model registry in a folder of the test's own.
+defaults (``--device auto`` included), each in its own process forked from one that has
+imported torch (`docs_cli_server`), with the model registry in a folder of the test's own.
 """
 
 from __future__ import annotations
@@ -145,16 +145,45 @@ def docs_workspace(
     return root
 
 
+@pytest.fixture(scope="session")
+def cli_client():
+    """A folder holding the ``napari-mitosis`` client of a fork server that has imported
+    torch once (`docs_cli_server`): each command of the docs still runs in its own
+    process, as written, without paying the imports again."""
+    import tempfile
+    import time
+
+    from docs_cli_server import write_client
+
+    folder = Path(tempfile.mkdtemp(prefix="nm-docs-", dir="/tmp"))  # a short socket path
+    socket_path = str(folder / "cli.sock")
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("docs_cli_server.py")), socket_path],
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not Path(socket_path + ".ready").exists():
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError(f"the docs' fork server did not start ({server.returncode})")
+        time.sleep(0.1)
+    yield write_client(folder / "bin", socket_path).parent
+    server.terminate()
+    server.wait(timeout=30)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
 def test_every_block_of_the_page_runs_as_written(
-    page: Path, docs_workspace: Path, tmp_path: Path, monkeypatch
+    page: Path, docs_workspace: Path, cli_client: Path, tmp_path: Path, monkeypatch
 ) -> None:
     import napari
 
     work = tmp_path / "work"
     shutil.copytree(docs_workspace, work)
     env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    path = [str(cli_client), str(Path(sys.executable).parent), env["PATH"]]
+    env["PATH"] = os.pathsep.join(path)
     env["NAPARI_MITOSIS_MODELS"] = str(tmp_path / "registry")
     monkeypatch.setenv("NAPARI_MITOSIS_MODELS", env["NAPARI_MITOSIS_MODELS"])
     monkeypatch.chdir(work)
