@@ -418,6 +418,14 @@ def test_the_gallery_shows_each_candidate_and_a_click_and_keys_decide(
     # Sorting by p_atypical: the likeliest atypical first, the gallery follows.
     widget.order.value = "p_atypical"
     assert [gallery.item(r).data(Qt.ItemDataRole.UserRole) for r in range(3)] == [1, 2, 0]
+    # Filtering by p_atypical and by score: the layer, the gallery and the keys follow.
+    widget.min_p_atypical.value = 0.25
+    assert widget.layer.shown.tolist() == [False, True, True] and gallery.count() == 2
+    widget.min_score.value = 0.6
+    assert widget.layer.shown.tolist() == [False, False, True] and gallery.count() == 1
+    assert widget.sequence.tolist() == [2]
+    widget.min_score.value = widget.min_p_atypical.value = 0.0
+    assert gallery.count() == 3
     widget.more.value = True
     assert not widget.settings.native.isHidden()
 

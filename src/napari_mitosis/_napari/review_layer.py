@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_mitosis.detection.review import Review
+from napari_mitosis.detection.review import COLOURS, Review
 
 
 def review_from_layer(layer: Any, reviewer: str) -> Review:
@@ -57,3 +57,39 @@ def review_from_layer(layer: Any, reviewer: str) -> Review:
     ):
         layer.features[name] = values
     return review
+
+
+def _colour_property(layer: Any) -> str:
+    return "edge_color" if hasattr(layer, "shape_type") else "border_color"
+
+
+def paint_all(layer: Any, decisions: np.ndarray) -> None:
+    """Every candidate in its decision's colour."""
+    colours = np.array([COLOURS[str(d)] for d in decisions], float).reshape(-1, 4)
+    setattr(layer, _colour_property(layer), colours)
+
+
+def paint_one(layer: Any, index: int, decision: str, shown: bool) -> None:
+    """One candidate's colour (transparent when filtered out). Points: changed in place in
+    the layer's public array (setting the whole array re-parses every colour: 80 ms for
+    5,000 points); shapes have no such array, so theirs are set whole, publicly."""
+    colour = np.array(COLOURS[decision], float)
+    if not shown:
+        colour[3] = 0.0
+    if hasattr(layer, "shape_type"):
+        colours = np.array(layer.edge_color, float)
+        colours[index] = colour
+        layer.edge_color = colours
+        return
+    layer.border_color[index] = colour  # the layer's own array
+    layer.events.border_color()
+
+
+def show_only(layer: Any, decisions: np.ndarray, shown: np.ndarray) -> None:
+    """The filter on the layer: points hide, shapes (no ``shown``) turn transparent."""
+    if hasattr(layer, "shown"):
+        layer.shown = shown
+        return
+    colours = np.array([COLOURS[str(d)] for d in decisions], float).reshape(-1, 4)
+    colours[~shown, 3] = 0.0
+    layer.edge_color = colours

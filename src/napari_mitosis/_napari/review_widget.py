@@ -24,7 +24,12 @@ from magicgui.widgets import (
     PushButton,
 )
 
-from napari_mitosis._napari.review_layer import review_from_layer
+from napari_mitosis._napari.review_layer import (
+    paint_all,
+    paint_one,
+    review_from_layer,
+    show_only,
+)
 from napari_mitosis._napari.viewer_parts import (
     camera,
     candidate_source,
@@ -32,7 +37,7 @@ from napari_mitosis._napari.viewer_parts import (
     hotspot_layer,
 )
 from napari_mitosis.detection.grading import DEFAULT_FIELD_DIAMETER_MM, HotspotFinder, grade
-from napari_mitosis.detection.review import COLOURS, DECISIONS, ORDERS, Review
+from napari_mitosis.detection.review import DECISIONS, ORDERS, Review
 
 if TYPE_CHECKING:
     import napari
@@ -81,6 +86,10 @@ class ReviewWidget(Container):
         }
         self.add_mode = CheckBox(label="click adds a missed mitosis", value=False)
         self.show = ComboBox(label="show", choices=FILTERS, value="all")
+        self.min_score = FloatSpinBox(label="score ≥", value=0.0, min=0.0, max=1.0, step=0.05)
+        self.min_p_atypical = FloatSpinBox(
+            label="p_atypical ≥", value=0.0, min=0.0, max=1.0, step=0.05
+        )
         self.progress = Label(value="")
         self.counts = Label(value="")
         self.save_path = FileEdit(label="save as", mode="w", filter="*.geojson")
@@ -107,6 +116,7 @@ class ReviewWidget(Container):
                 self.candidates,
                 self.source,
                 Container(widgets=[self.order, self.show], layout="horizontal"),
+                Container(widgets=[self.min_score, self.min_p_atypical], layout="horizontal"),
                 # One compact row: previous, next, the four decisions, undo.
                 Container(widgets=list(self.buttons.values()), layout="horizontal", labels=False),
                 self.progress,
@@ -126,7 +136,8 @@ class ReviewWidget(Container):
         self.gallery = CandidateGallery(self._go_to, self._gallery_key)
         self.native.layout().addWidget(self.gallery)
         self.more.changed.connect(lambda value: setattr(self.settings, "visible", bool(value)))
-        self.order.changed.connect(lambda *_: self._apply_filter())
+        for choice in (self.order, self.min_score, self.min_p_atypical):
+            choice.changed.connect(lambda *_: self._apply_filter())
         self.review: Review | None = None
         self.layer: Any = None
         self.tissue: Any = None
@@ -325,41 +336,25 @@ class ReviewWidget(Container):
         self._colour(index)
         self.gallery.refresh(index)
 
-    def _colour_property(self) -> str:
-        return "edge_color" if hasattr(self.layer, "shape_type") else "border_color"
+    def _shown(self) -> np.ndarray:
+        return self.review.shown(
+            self.show.value,
+            min_score=float(self.min_score.value),
+            min_p_atypical=float(self.min_p_atypical.value),
+        )
 
     def _colour_all(self) -> None:
-        colours = np.array([COLOURS[str(d)] for d in self.review.decisions], float)
-        setattr(self.layer, self._colour_property(), colours.reshape(-1, 4))
+        paint_all(self.layer, self.review.decisions)
         self._apply_filter()
 
     def _colour(self, index: int) -> None:
-        """One candidate's colour. Points: changed in place in the layer's public array
-        (setting the whole array re-parses every colour: 80 ms for 5,000 points); shapes
-        have no such array, so their colours are set whole, through the public API."""
-        colour = np.array(COLOURS[str(self.review.decisions[index])], float)
-        if not self.review.shown(self.show.value)[index]:
-            colour[3] = 0.0
-        layer = self.layer
-        if hasattr(layer, "shape_type"):
-            colours = np.array(layer.edge_color, float)
-            colours[index] = colour
-            layer.edge_color = colours
-            return
-        layer.border_color[index] = colour  # the layer's own array
-        layer.events.border_color()
+        paint_one(self.layer, index, str(self.review.decisions[index]), bool(self._shown()[index]))
 
     def _apply_filter(self) -> None:
         if self.review is None or self.layer is None:
             return
-        shown = self.review.shown(self.show.value)
-        if hasattr(self.layer, "shown"):
-            self.layer.shown = shown
-        else:  # shapes have no `shown`: hidden ones become transparent
-            name = self._colour_property()
-            colours = np.array([COLOURS[str(d)] for d in self.review.decisions], float)
-            colours[~shown, 3] = 0.0
-            setattr(self.layer, name, colours)
+        shown = self._shown()
+        show_only(self.layer, self.review.decisions, shown)
         self.sequence = self.review.order(self.order.value)
         self.sequence = self.sequence[shown[self.sequence]]
         image = self.image.value

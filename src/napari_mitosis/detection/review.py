@@ -102,13 +102,21 @@ class Review:
         reviewed = self.decisions[by_score] != ""
         return np.concatenate([by_score[~reviewed], by_score[reviewed]])
 
-    def shown(self, which: str = "all") -> np.ndarray:
-        """Which candidates a filter keeps: ``all``, ``unreviewed`` or one decision."""
-        if which == "all":
-            return np.ones(len(self), bool)
-        if which not in ("unreviewed", *DECISIONS):
+    def shown(
+        self, which: str = "all", *, min_score: float = 0.0, min_p_atypical: float = 0.0
+    ) -> np.ndarray:
+        """Which candidates a filter keeps: ``all``, ``unreviewed`` or one decision, at or
+        above ``min_score`` and ``min_p_atypical``. A candidate without the value (one the
+        reviewer added has no score; no classifier ran) is kept: nothing says it is below."""
+        if which != "all" and which not in ("unreviewed", *DECISIONS):
             raise ValueError(f"unknown filter {which!r}; choose all, unreviewed or {DECISIONS}")
-        return self.decisions.astype(str) == ("" if which == "unreviewed" else which)
+        keep = np.ones(len(self), bool)
+        if which != "all":
+            keep = self.decisions.astype(str) == ("" if which == "unreviewed" else which)
+        for values, least in ((self.scores, min_score), (self.p_atypical, min_p_atypical)):
+            if least > 0:
+                keep &= np.nan_to_num(np.asarray(values, float), nan=np.inf) >= least
+        return keep
 
     def decide(self, index: int, decision: str) -> None:
         """Record ``decision`` ("" clears it) on candidate ``index``, undoably."""
