@@ -26,6 +26,8 @@ class DetectionWidget(TiledModelWidget):
 
     task = "detection"
     model_label = "detector"
+    # a heavy model on the hotspot a fast one found over the whole tissue
+    regions = (*TiledModelWidget.regions, "hotspot of the last run")
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.threshold = FloatSpinBox(
@@ -106,11 +108,17 @@ class DetectionWidget(TiledModelWidget):
 
         found = run.result(self.threshold.value or None)
         card = run.predictor.card
+        hotspot = None
+        if self.tissue is not None and run.mpp0 is not None:  # "whole tissue": its hotspot
+            from napari_mitosis.detection.run import densest_area
+
+            hotspot = densest_area(found.centres, self.tissue, run.mpp0)
         return DetectionResult(
             found,
             int(run.grid.level),
             run.area_mm2(),
             len(run.origins),
+            hotspot,
             resampled=self.resampled,
             note=self.resampling_note(card.mpp),
         )
@@ -158,6 +166,12 @@ class DetectionWidget(TiledModelWidget):
                 **common,
             )
         text = f"{len(found)} candidates"
+        if result.hotspot is not None and found.mpp is not None:
+            from napari_mitosis.detection.run import hotspot_region
+
+            level0 = layer.data[0] if layer.multiscale else layer.data
+            self.last_hotspot = hotspot_region(result.hotspot, found.mpp, level0.shape)
+            text += f" · hotspot {result.hotspot['per_10_hpf']:.1f}/10 HPF"
         models = result.candidate_models
         if "p_atypical" in models and "p_atypical" in found.measurements:
             called = int(

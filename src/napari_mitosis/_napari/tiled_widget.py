@@ -9,6 +9,7 @@ drives the progress bar and lets Cancel stop between batches. Loaded models are 
 
 from __future__ import annotations
 
+import io
 from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ class TiledModelWidget(Container):
 
     task = ""  # the model card task this widget runs
     model_label = "model"
+    regions: tuple[str, ...] = REGIONS
 
     def __init__(self, viewer: napari.viewer.Viewer, extra: list[Widget]) -> None:
         from napari.layers import Image, Shapes
@@ -67,7 +69,7 @@ class TiledModelWidget(Container):
             step=0.001,
         )
         self.overlap = SpinBox(label="overlap (px)", value=64, min=0, max=1024, step=16)
-        self.region = ComboBox(label="region", choices=REGIONS, value=REGIONS[0])
+        self.region = ComboBox(label="region", choices=self.regions, value=REGIONS[0])
         self.shapes = ComboBox(label="shapes layer", choices=self._layers_of(Shapes))
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -94,6 +96,10 @@ class TiledModelWidget(Container):
         )
         self._models: dict[tuple[str, str], Any] = {}
         self.tissue: Any = None  # the last run's tissue mask, when one was computed
+        #: level-0 (y0, x0, y1, x1) of the last run's 10-HPF hotspot (detection)
+        self.last_hotspot: tuple[int, int, int, int] | None = None
+        self._estimate: Any = None  # the run's time estimate (`engine.timing`)
+        self._run_status = ""
         self._worker: Any = None
         self._running_on: Any = None  # the image layer of the run in progress
         self._closed = False  # the widget's Qt side is gone: touch none of it
@@ -272,6 +278,14 @@ class TiledModelWidget(Container):
 
     def _region(self, layer: Any, downsample: float) -> tuple[int, int, int, int] | None:
         """The chosen region in pixels of the level being analysed."""
+        if self.region.value == "hotspot of the last run":
+            if self.last_hotspot is None:
+                raise ValueError(
+                    "no hotspot yet: run a fast detector on the whole tissue first, then the "
+                    "heavy one on its hotspot"
+                )
+            y0, x0, y1, x1 = (v / downsample for v in self.last_hotspot)
+            return int(y0), int(x0), int(np.ceil(y1)), int(np.ceil(x1))
         if self.region.value == "current view":
             corners = np.asarray(layer.corner_pixels, float)[:, -2:]
             if layer.multiscale:  # corner_pixels are in the displayed level's pixels
@@ -334,6 +348,7 @@ class TiledModelWidget(Container):
             downsample=downsample,
             level_mpp=(mpp[0] * downsample, mpp[1] * downsample) if mpp else None,
         )
+        self.tissue = None  # this run's, or none: never an earlier run's
         if self._min_tissue() > 0:
             from napari_mitosis.engine.tissue import tissue_mask
 
@@ -356,6 +371,7 @@ class TiledModelWidget(Container):
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         self.status.value = f"level {level}: {len(run.origins)} of {len(run.grid)} tiles"
+        self._run_status, self._estimate = self.status.value, None
         note = self.resampling_note(card.mpp)
         if note:
             self.status.value += f" ({note})"
@@ -370,9 +386,20 @@ class TiledModelWidget(Container):
                 self.status.value = why
 
     def _on_progress(self, step: tuple[int, int]) -> None:
-        if not self._closed:
-            self.progress.max = max(int(step[1]), 1)
-            self.progress.value = step[0]
+        """The bar, and the time left from the tiles per second so far (a new estimate
+        for each stage, e.g. the candidates' crops after the tiles)."""
+        if self._closed:
+            return
+        from napari_mitosis.engine.timing import TimeEstimate
+
+        done, total = int(step[0]), max(int(step[1]), 1)
+        if self._estimate is None or self.progress.max != total:
+            self._estimate = TimeEstimate("tiles", stream=io.StringIO())
+        self.progress.max = total
+        self.progress.value = done
+        self._estimate(done, total)
+        if self._estimate.text:
+            self.status.value = f"{self._run_status} · {self._estimate.text}"
 
     def _on_finished(self) -> None:
         self._running_on = None

@@ -423,6 +423,12 @@ def register(command: CommandAdder) -> None:
     add_model(dt, "detector")
     dt.add_argument("--out", type=Path, required=True, help="output folder")
     dt.add_argument("--region", help="y0,x0,y1,x1 in level-0 pixels (default: whole image)")
+    dt.add_argument(
+        "--hotspot-from",
+        metavar="MODEL",
+        help="run a fast detector over the tissue first and --model only on the 10-HPF "
+        "square where its candidates are densest (a heavy model on a CPU)",
+    )
     dt.add_argument("--tissue-only", action="store_true", help="skip tiles without tissue")
     dt.add_argument(
         "--min-tissue", type=float, default=0.05, help="with --tissue-only: tissue fraction"

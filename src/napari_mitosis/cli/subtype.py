@@ -89,6 +89,7 @@ def detect_and_classify(args: argparse.Namespace) -> int:
     from napari_mitosis.cli.options import parse_region
     from napari_mitosis.detection.candidate_files import CandidateFile, output_paths
     from napari_mitosis.detection.run import detect_slide
+    from napari_mitosis.engine.timing import TimeEstimate
     from napari_mitosis.io.formats import open_slide
     from napari_mitosis.models.registry import model_name
 
@@ -96,10 +97,14 @@ def detect_and_classify(args: argparse.Namespace) -> int:
     refuse_existing(outputs, overwrite=args.overwrite)
     classifiers = load_candidate_classifiers(args)
     with open_slide(args.image, mpp=args.mpp) as slide:
+        region = parse_region(args.region)
+        if args.hotspot_from is not None:
+            region = _hotspot_of(args, slide)
         result = detect_slide(
             slide,
             args.model,
-            region=parse_region(args.region),
+            region=region,
+            progress=TimeEstimate("tiles"),
             device=args.device,
             tissue_only=args.tissue_only,
             min_tissue=args.min_tissue,
@@ -114,6 +119,37 @@ def detect_and_classify(args: argparse.Namespace) -> int:
     for path in written:
         print(f"  {path}")
     return 0
+
+
+def _hotspot_of(args: argparse.Namespace, slide: Any) -> tuple[int, int, int, int]:
+    """``--hotspot-from FAST``: the fast model over the tissue, then the 10-HPF square
+    where its candidates are densest, for the (slow) ``--model`` to run on alone."""
+    from napari_mitosis.detection.run import detect_slide, hotspot_region
+    from napari_mitosis.engine.timing import TimeEstimate
+
+    if args.region is not None:
+        raise ValueError("give --region or --hotspot-from, not both")
+    if slide.mpp is None:
+        raise ValueError(f"{slide.path}: --hotspot-from needs the slide's µm/pixel (give --mpp)")
+    fast = detect_slide(
+        slide,
+        args.hotspot_from,
+        device=args.device,
+        tissue_only=True,
+        min_tissue=args.min_tissue,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        progress=TimeEstimate("tiles"),
+    )
+    if fast.hotspot is None:
+        raise ValueError(f"{slide.path}: {args.hotspot_from} analysed no tissue: no hotspot")
+    region = hotspot_region(fast.hotspot, slide.mpp, slide.levels[0].shape)
+    print(
+        f"{args.image}: hotspot by {args.hotspot_from}: {fast.hotspot['count']:.0f} "
+        f"candidates, {fast.hotspot['per_10_hpf']:.1f} per 10 HPF; {args.model} runs on "
+        f"region {','.join(str(v) for v in region)} (level-0 px) alone"
+    )
+    return region
 
 
 def _classify_and_write(

@@ -213,6 +213,27 @@ def densest_area(
     return finder.find(centres_yx)
 
 
+def hotspot_region(
+    hotspot: dict[str, float],
+    mpp0: tuple[float, float],
+    shape: tuple[int, ...],
+    *,
+    fields: int = 10,
+    hpf_mm2: float = HPF_MM2,
+) -> tuple[int, int, int, int]:
+    """The level-0 region (y0, x0, y1, x1) of a hotspot: the square of ``fields`` HPF
+    around its centre, moved inside the image (cut to it when the image is smaller)."""
+    side_um = (fields * hpf_mm2) ** 0.5 * 1000.0
+    out = []
+    for centre, mpp, size in ((hotspot["centre_y"], mpp0[0], shape[0]),
+                              (hotspot["centre_x"], mpp0[1], shape[1])):  # fmt: skip
+        side = min(round(side_um / mpp), int(size))
+        start = min(max(round(centre - side / 2), 0), int(size) - side)
+        out.append((start, start + side))
+    (y0, y1), (x0, x1) = out
+    return y0, x0, y1, x1
+
+
 def mitotic_density(count: int, area_mm2: float, *, hpf_mm2: float = HPF_MM2) -> dict[str, float]:
     """Mitoses per mm² and per 10 high-power fields (default HPF 0.237 mm², as in MIDOG/TUPAC)."""
     if area_mm2 <= 0:
