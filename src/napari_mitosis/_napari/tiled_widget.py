@@ -380,6 +380,7 @@ class TiledModelWidget(Container):
         return self._worker
 
     def cancel(self, why: str = "cancelled: no layer added") -> None:
+        self._run_status = ""  # progress still in flight must not replace ``why``
         if self._worker is not None:
             self._worker.quit()
             if not self._closed:
@@ -398,7 +399,7 @@ class TiledModelWidget(Container):
         self.progress.max = total
         self.progress.value = done
         self._estimate(done, total)
-        if self._estimate.text:
+        if self._estimate.text and self._run_status:
             self.status.value = f"{self._run_status} · {self._estimate.text}"
 
     def _on_finished(self) -> None:

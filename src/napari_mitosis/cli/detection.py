@@ -61,25 +61,6 @@ def _detection_fields(args: argparse.Namespace) -> list[Any]:
     return boxed_fields(args.images, args.annotations)
 
 
-def _split_by_image(fields: list, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(training, validation) indices of whole images; where the images name their
-    domain (a COCO file's tumour type), ``fraction`` of each domain is held out."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    groups: dict[str, list[int]] = {}
-    for index, (field, _) in enumerate(fields):
-        groups.setdefault(field.group, []).append(index)
-    rest, held = [], []
-    for members in groups.values():
-        order = [members[i] for i in rng.permutation(len(members))]
-        n = min(max(1, round(len(order) * fraction)), len(order) - 1) if len(order) > 1 else 0
-        held, rest = held + order[:n], rest + order[n:]
-    if not held:  # every domain has one image: hold out one image
-        held.append(rest.pop())
-    return rest, held
-
-
 def _negatives(annotated: Any) -> tuple[Any, ...]:
     """A reviewed field's hard negatives, as the third item of a training field."""
     negatives = getattr(annotated, "negatives", None)
@@ -171,13 +152,16 @@ def _train_detector(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{args.images}: need at least 2 annotated images (train + validation)"
             )
-        rest, held = _split_by_image(fields, args.val_fraction, args.seed)
+        from napari_mitosis.io.coco import split_groups
+
+        groups = [field.group for field, _ in fields]  # tumour types, from a COCO file
+        rest, held = split_groups(groups, args.val_fraction, args.seed)
         known = [f.mpp[1] for f, _ in fields if f.mpp]
         mpp = float(np.median(known)) if known else args.mpp
         train = [(fields[i][0].image, fields[i][1], *_negatives(fields[i][0])) for i in rest]
         validation = [(fields[i][0].image, Detections(fields[i][1]).centres) for i in held]
-        groups = sorted({fields[i][0].group for i in held} - {""})
-        split = f" (split by image; validation holds {', '.join(groups)})" if groups else ""
+        named = sorted({groups[i] for i in held} - {""})
+        split = f" (split by image; validation holds {', '.join(named)})" if named else ""
     negatives, negative_validation, provenance = _negative_tissue(args, mpp)
     notes = "; ".join(n for n in (notes, provenance) if n)
     backbone = args.backbone

@@ -21,20 +21,25 @@ def add_coco_options(parser: argparse.ArgumentParser, where: Any = None) -> None
         help="one COCO detection JSON for the image folder (MIDOG 2021/MIDOG++ included: "
         "'not mitotic figure' boxes are imposters, used as hard negatives, never counted)",
     )
+    _add_selection(parser)
+
+
+def _add_selection(parser: argparse.ArgumentParser) -> None:
+    """``--tumour-type`` and ``--coco-boxes``: which images of a COCO file, read how."""
     parser.add_argument(
         "--tumour-type",
         "--tumor-type",
         dest="tumour_types",
         nargs="+",
         metavar="TYPE",
-        help="with --coco: only images of these tumour types (the file's tumor_type)",
+        help="only images of these tumour types (the COCO file's tumor_type)",
     )
     parser.add_argument(
         "--coco-boxes",
         choices=BOX_FORMATS,
         default="auto",
-        help="with --coco: bbox as COCO's x,y,w,h or corners x1,y1,x2,y2 (auto: corners "
-        "for MIDOG's categories, else whichever fits the images)",
+        help="bbox as COCO's x,y,w,h or corners x1,y1,x2,y2 (auto: corners for MIDOG's "
+        "categories, else whichever fits the images)",
     )
 
 
@@ -84,14 +89,6 @@ def register(command: CommandAdder) -> None:
     cm.add_argument(
         "--points", action="store_true", help="box centres as points (default: rectangles)"
     )
-    cm.add_argument(
-        "--tumour-type",
-        "--tumor-type",
-        dest="tumour_types",
-        nargs="+",
-        metavar="TYPE",
-        help="only images of these tumour types",
-    )
-    cm.add_argument("--coco-boxes", choices=BOX_FORMATS, default="auto", help="bbox layout")
+    _add_selection(cm)
     add_overwrite(cm)
     cm.set_defaults(run=_convert_midog)

@@ -155,22 +155,28 @@ def missing_images(database: CocoDatabase, folder: Path) -> list[str]:
     return [i.file_name for i in database.images if not (folder / i.file_name).is_file()]
 
 
-def split_by_image(
-    database: CocoDatabase, fraction: float, seed: int
-) -> tuple[list[int], list[int]]:
-    """(training, validation) image indices: whole images, ``fraction`` of each tumour
-    type held out (at least one of a type with two or more), so every domain is validated."""
+def split_groups(groups: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(training, validation) indices of whole images, ``groups[i]`` image i's domain (a
+    tumour type; "" when unnamed): ``fraction`` of each domain is held out, at least one
+    image of a domain with two or more, so every domain is validated; when every domain
+    has a single image, one image is held out."""
     rng = np.random.default_rng(seed)
-    groups: dict[str, list[int]] = {}
-    for index, image in enumerate(database.images):
-        groups.setdefault(image.tumour_type, []).append(index)
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
     train, held = [], []
-    for members in groups.values():
-        order = [members[i] for i in rng.permutation(len(members))]
-        n = round(len(order) * fraction)
-        n = min(max(n, 1 if len(order) > 1 else 0), len(order) - 1) if len(order) > 1 else 0
+    for indices in members.values():
+        order = [indices[i] for i in rng.permutation(len(indices))]
+        n = min(max(1, round(len(order) * fraction)), len(order) - 1) if len(order) > 1 else 0
         held += order[:n]
         train += order[n:]
     if not held and len(train) > 1:
         held.append(train.pop())
     return sorted(train), sorted(held)
+
+
+def split_by_image(
+    database: CocoDatabase, fraction: float, seed: int
+) -> tuple[list[int], list[int]]:
+    """`split_groups` of a COCO file's images by their tumour type."""
+    return split_groups([i.tumour_type for i in database.images], fraction, seed)
