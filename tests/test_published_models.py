@@ -200,13 +200,14 @@ def test_the_widget_runs_a_registered_k_class_model(
 ) -> None:
     from napari_mitosis._napari.classification_widget import ClassificationWidget
 
-    import_model(five_class, name="tissue-5", registry=registry)
+    import_model(five_class, name="tissue-5", licence="CC-BY-4.0", registry=registry)
     viewer = make_napari_viewer()
     viewer.open(str(cmu_small), plugin="napari-mitosis")
     widget = ClassificationWidget(viewer)
     assert widget.registered.choices == (None, "tissue-5")
     widget.registered.value = "tissue-5"
     assert "resnet18: classification, 64 px at 1 µm/px" in widget.card_text.value
+    assert "licence: CC-BY-4.0" in widget.card_text.value  # the registry's record, shown
     widget.device.value = "cpu"
     worker = widget.run()
     with qtbot.waitSignal(worker.finished, timeout=120_000):

@@ -175,9 +175,25 @@ class TiledModelWidget(Container):
             f"{card.architecture}: {card.task}, {card.input_size} px at {mpp}, "
             f"classes {', '.join(card.classes)}",
             trained_on(card),
+            *self._registered_line(),
         ]
         warning = synthetic_warning(card.notes, self.image.value)
         self.card_text.value = "\n".join([*lines, f"⚠ {warning}"] if warning else lines)
+
+    def _registered_line(self) -> list[str]:
+        """A registered model's licence and provenance, as the registry recorded them."""
+        from napari_mitosis.models.registry import ModelRegistry
+
+        if not self.registered.value:
+            return []
+        try:
+            entry = ModelRegistry().get(str(self.registered.value))
+        except (KeyError, ValueError):
+            return []
+        parts = [f"licence: {entry.licence or 'not recorded'}"]
+        if entry.provenance:
+            parts.append(entry.provenance[:100])
+        return ["; ".join(parts)]
 
     def _layers_of(self, kind: type) -> Any:
         return lambda _widget: [layer for layer in self.viewer.layers if isinstance(layer, kind)]
