@@ -146,6 +146,12 @@ def test_cli_fine_tunes_a_three_class_model_on_one_slide_and_maps_another(
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert metrics["recall_1"] > 0.8 and metrics["recall_2"] > 0.8 and metrics["n"] > 500
     assert (report / "confusion.png").is_file()
+    # One annotation file for one slide, as the docs show it: the same numbers.
+    assert main([
+        "evaluate-classifier", str(other), "--annotations", str(folder / f"{other.stem}.geojson"),
+        "--model", str(out), "--out", str(tmp_path / "one-file"), "--device", "cpu", "--json",
+    ]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == metrics
 
 
 def test_three_class_folders_train_and_evaluate(tumour_slides, tmp_path: Path, capsys) -> None:

@@ -36,7 +36,7 @@ def configure(widget, image, points, *, steps: int, name: str) -> None:
     """Fine-tune the suite's detector (registered as "base"): evaluations of a model that
     already finds figures take seconds, where an untrained one's many boxes take tens."""
     widget.image.value, widget.marks.value = image, points
-    widget.steps.value, widget.eval_every.value = steps, 5
+    widget.steps.value, widget.eval_every.value = steps, 2
     widget.crop.value, widget.device.value, widget.model_name.value = 128, "cpu", name
     widget.init.reset_choices()
     widget.init.value = "base"
@@ -60,12 +60,12 @@ def test_the_widget_trains_registers_and_matches_the_cli(
     _dock, detection = viewer.window.add_plugin_dock_widget("napari-mitosis", "Mitosis detection")
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="train")
-    configure(widget, image, points, steps=10, name="from-napari")
+    configure(widget, image, points, steps=4, name="from-napari")
     assert widget.found.value == "40 Mitosis (figures)"  # counted before anything starts
     widget.start()
     qtbot.waitUntil(lambda: widget.process is None, timeout=300_000)
     assert widget.registered == "from-napari", widget.status.value
-    assert [step for step, _, _ in widget.history] == [5, 10]
+    assert [step for step, _, _ in widget.history] == [2, 4]
     assert len(widget.loss_axes.lines) == 1 and len(widget.metric_axes.lines[0].get_xdata()) == 2
     assert "registered as from-napari" in widget.status.value
     assert "from-napari" in detection.registered.choices  # listed at once
@@ -82,8 +82,8 @@ def test_the_widget_trains_registers_and_matches_the_cli(
     out = tmp_path / "cli.safetensors"
     command = [
         sys.executable, "-m", "napari_mitosis", "train-detector", str(slide),
-        "--annotations", str(geojson), "--out", str(out), "--steps", "10",
-        "--eval-every", "5", "--crop", "128", "--device", "cpu", "--init", "base",
+        "--annotations", str(geojson), "--out", str(out), "--steps", "4",
+        "--eval-every", "2", "--crop", "128", "--device", "cpu", "--init", "base",
     ]  # fmt: skip
     subprocess.run(command, check=True, capture_output=True)
     assert read_card(out).metrics == card.metrics

@@ -47,7 +47,7 @@ CASES = {
     "the window closes": """
         QTimer.singleShot(1500, viewer.close)
         napari.run()
-        linger(4)
+        linger(2)
         print("the worker stopped:", not worker.is_running)
     """,
     "the image layer is removed": """
