@@ -64,6 +64,7 @@ _EXPORTS: dict[str, str] = {
     "train_unet": "segmentation.training",
     # detection
     "detect_slide": "detection.run",
+    "detect_hotspot": "detection.run",
     "detect_array": "detection.run",
     "densest_area": "detection.run",
     "mitotic_density": "detection.run",

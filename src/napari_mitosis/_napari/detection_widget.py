@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, FloatSpinBox
 
-from napari_mitosis._napari.tiled_widget import TiledModelWidget
+from napari_mitosis._napari.tiled_widget import HOTSPOT_REGION, TiledModelWidget
 
 if TYPE_CHECKING:
     import napari
@@ -27,7 +27,7 @@ class DetectionWidget(TiledModelWidget):
     task = "detection"
     model_label = "detector"
     # a heavy model on the hotspot a fast one found over the whole tissue
-    regions = (*TiledModelWidget.regions, "hotspot of the last run")
+    regions = (*TiledModelWidget.regions, HOTSPOT_REGION)
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         self.threshold = FloatSpinBox(
@@ -66,11 +66,7 @@ class DetectionWidget(TiledModelWidget):
     def _finish_steps(self, layer: Any, run: Any) -> Any:
         """Detections, then (with "subtype with") each candidate's crop through the
         classifier in batches, as `subtype` runs it: ``p_<class>`` columns."""
-        from napari_mitosis.detection.candidates import (
-            CandidateScores,
-            candidate_run,
-            probability_columns,
-        )
+        from napari_mitosis.detection.candidates import subtype_steps
         from napari_mitosis.detection.candidates import with_scores as scored
 
         result = self._finish(layer, run)
@@ -80,13 +76,10 @@ class DetectionWidget(TiledModelWidget):
         predictor = self._classifier(name)
         level0 = layer.data[0] if layer.multiscale else layer.data
         mpp = self.image_mpp(layer, predictor.card.mpp)
-        crops = candidate_run(
-            level0, result.detections.centres, predictor, mpp=mpp[1] if mpp else None
-        )
-        yield from crops.steps()
-        columns = probability_columns(predictor, crops.result())
-        record = {"model": str(name), "threshold": predictor.card.threshold}
-        scores = CandidateScores(columns, dict.fromkeys(columns, record))
+        scores = yield from subtype_steps(
+            level0, result.detections.centres, predictor, name=str(name),
+            mpp=mpp[1] if mpp else None,
+        )  # fmt: skip
         return replace(
             result,
             detections=scored(result.detections, scores),

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import napari
 
 REGIONS = ("whole image", "whole tissue", "current view", "shapes layer box")
+#: The detection widget's extra region: the last run's 10-HPF hotspot (`last_hotspot`).
+HOTSPOT_REGION = "hotspot of the last run"
 
 
 class TiledModelWidget(Container):
@@ -294,7 +296,7 @@ class TiledModelWidget(Container):
 
     def _region(self, layer: Any, downsample: float) -> tuple[int, int, int, int] | None:
         """The chosen region in pixels of the level being analysed."""
-        if self.region.value == "hotspot of the last run":
+        if self.region.value == HOTSPOT_REGION:
             if self.last_hotspot is None:
                 raise ValueError(
                     "no hotspot yet: run a fast detector on the whole tissue first, then the "

@@ -122,28 +122,21 @@ def detect_and_classify(args: argparse.Namespace) -> int:
 
 
 def _hotspot_of(args: argparse.Namespace, slide: Any) -> tuple[int, int, int, int]:
-    """``--hotspot-from FAST``: the fast model over the tissue, then the 10-HPF square
-    where its candidates are densest, for the (slow) ``--model`` to run on alone."""
-    from napari_mitosis.detection.run import detect_slide, hotspot_region
+    """``--hotspot-from FAST``: the region of FAST's 10-HPF hotspot (`detect_hotspot`)."""
+    from napari_mitosis.detection.run import detect_hotspot
     from napari_mitosis.engine.timing import TimeEstimate
 
     if args.region is not None:
         raise ValueError("give --region or --hotspot-from, not both")
-    if slide.mpp is None:
-        raise ValueError(f"{slide.path}: --hotspot-from needs the slide's µm/pixel (give --mpp)")
-    fast = detect_slide(
+    region, fast = detect_hotspot(
         slide,
         args.hotspot_from,
         device=args.device,
-        tissue_only=True,
         min_tissue=args.min_tissue,
         overlap=args.overlap,
         batch_size=args.batch_size,
         progress=TimeEstimate("tiles"),
     )
-    if fast.hotspot is None:
-        raise ValueError(f"{slide.path}: {args.hotspot_from} analysed no tissue: no hotspot")
-    region = hotspot_region(fast.hotspot, slide.mpp, slide.levels[0].shape)
     print(
         f"{args.image}: hotspot by {args.hotspot_from}: {fast.hotspot['count']:.0f} "
         f"candidates, {fast.hotspot['per_10_hpf']:.1f} per 10 HPF; {args.model} runs on "

@@ -73,14 +73,14 @@ def _cohort(
     print(f"cohort run: {len(slides)} slides → {results}")
     with cohort_progress() as on_event:
         report = run_cohort(slides, settings, results, workers=workers, on_event=on_event)
-    print(f"{'slide':<34} {'tissue mm²':>10} {'tumour mm²':>10} {'mitoses':>8} {'/10 HPF':>8}")
+    print(f"{'slide':<34} {'tissue mm²':>10} {'tumour mm²':>10} {'candidates':>10} {'/10 HPF':>8}")
     for row in report.rows:
         if row.get("status") != "ok":
             print(f"{row['slide']:<34} failed: {row.get('error')}")
             continue
         print(
             f"{row['slide']:<34} {row['tissue_area_mm2']:>10.3f} {row['tumour_area_mm2']:>10.3f} "
-            f"{row['candidate_count']:>8} {row['hotspot_candidates_per_10_hpf'] or 0:>8.1f}"
+            f"{row['candidate_count']:>10} {row['hotspot_candidates_per_10_hpf'] or 0:>8.1f}"
         )
     print(f"summary: {report.summary}")
     first = report.rows[0]

@@ -18,7 +18,7 @@ threshold are kept with the results (`CandidateScores`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,6 +211,25 @@ def classify_candidates(
         out.columns.update(columns)
         out.models.update({k: record for k in columns})
     return out
+
+
+def subtype_steps(
+    image: Any,
+    centres_yx: np.ndarray,
+    predictor: ClassifierPredictor,
+    *,
+    name: str | None = None,
+    mpp: float | None = None,
+    batch_size: int = 32,
+) -> Generator[tuple[int, int], None, CandidateScores]:
+    """`classify_candidates` with one subtyping classifier, for a caller that drives the
+    batches (a napari worker yields between them, for progress and Cancel): yields
+    ``(crops done, total)``, returns the `CandidateScores`."""
+    run = candidate_run(image, centres_yx, predictor, mpp=mpp, batch_size=batch_size)
+    yield from run.steps()
+    columns = probability_columns(predictor, run.result())
+    record = {"model": name or predictor.card.architecture, "threshold": predictor.card.threshold}
+    return CandidateScores(columns, dict.fromkeys(columns, record))
 
 
 def with_scores(

@@ -213,6 +213,20 @@ def densest_area(
     return finder.find(centres_yx)
 
 
+def detect_hotspot(
+    slide: Slide, checkpoint: str | Path | DetectionPredictor, **options: Any
+) -> tuple[tuple[int, int, int, int], DetectionResult]:
+    """A (fast) detector over the slide's tissue, and the level-0 region of the 10-HPF
+    square where its candidates are densest: where a slow model need only run.
+    ``options`` go to `detect_slide`. An error names the slide when there is no hotspot."""
+    if slide.mpp is None:
+        raise ValueError(f"{slide.path}: a hotspot needs the slide's µm/pixel (give --mpp)")
+    found = detect_slide(slide, checkpoint, tissue_only=True, **options)
+    if found.hotspot is None:
+        raise ValueError(f"{slide.path}: {checkpoint} analysed no tissue: no hotspot")
+    return hotspot_region(found.hotspot, slide.mpp, slide.levels[0].shape), found
+
+
 def hotspot_region(
     hotspot: dict[str, float],
     mpp0: tuple[float, float],
